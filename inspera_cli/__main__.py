@@ -1,0 +1,3 @@
+from inspera_cli.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""The Typer app: global options, command registration, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from inspera_cli import __version__, output
+from inspera_cli.commands import (
+    apply,
+    completion,
+    config,
+    demo,
+    doctor,
+    listen,
+    sandbox,
+    signing,
+    subscriptions,
+)
+from inspera_cli.commands.common import AppState
+from inspera_cli.errors import ExitCode, InsperaError
+
+
+class InsperaGroup(TyperGroup):
+    """Maps domain exceptions to one-line errors and exit codes; ``--debug`` re-raises."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except click.exceptions.Abort:
+            output.error("interrupted")
+            ctx.exit(ExitCode.INTERRUPTED)
+        except KeyboardInterrupt:
+            sys.stderr.write("\n")
+            output.error("interrupted")
+            ctx.exit(ExitCode.INTERRUPTED)
+        except InsperaError as exc:
+            if _debug(ctx):
+                raise
+            output.error(str(exc))
+            ctx.exit(exc.exit_code)
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            output.error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
+            ctx.exit(ExitCode.FAILURE)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return isinstance(ctx.obj, AppState) and ctx.obj.debug
+
+
+app = typer.Typer(
+    cls=InsperaGroup,
+    name="inspera-hooks",
+    help="Inspera Assessment webhooks from the command line: subscriptions, a verifying "
+    "local receiver, a signing toolkit and a sandbox tenant.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"inspera-hooks {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Tenant URL, e.g. https://example.inspera.no.")
+    ] = None,
+    client_id: Annotated[str | None, typer.Option("--client-id", help="API client id.")] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Profile in the config file.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="HTTP timeout in seconds.", min=0.1)
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Log HTTP exchanges (redacted) and show tracebacks.")
+    ] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colours (NO_COLOR too).")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    output.configure(no_color=no_color)
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="debug: %(message)s", stream=sys.stderr)
+        for noisy in ("urllib3", "charset_normalizer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = AppState(
+        url=url, client_id=client_id, profile=profile, timeout=timeout, debug=debug, no_color=no_color
+    )
+
+
+for _module in (subscriptions, listen, signing, apply, sandbox, demo, doctor, config, completion):
+    _module.register(app)
+
+
+def main() -> None:
+    app(prog_name="inspera-hooks")

@@ -1,0 +1,100 @@
+"""Option bundles and helpers shared by the commands (defined once, reused everywhere)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from inspera_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from inspera_cli.client import InsperaClient
+
+
+@dataclass
+class AppState:
+    """The global options, passed to every command as ``ctx.obj``."""
+
+    url: str | None = None
+    client_id: str | None = None
+    profile: str | None = None
+    timeout: float | None = None
+    debug: bool = False
+    no_color: bool = False
+    _client: InsperaClient | None = field(default=None, repr=False)
+
+    def client(self) -> InsperaClient:
+        """One client (one HTTP session, keep-alive) per run."""
+        if self._client is None:
+            from inspera_cli.client import InsperaClient
+
+            self._client = InsperaClient(
+                url=self.url, client_id=self.client_id, profile=self.profile, timeout=self.timeout
+            )
+        return self._client
+
+
+def state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):
+        root.obj = AppState()
+    return root.obj
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")
+]
+SecretEnvOption = Annotated[
+    str | None,
+    typer.Option("--secret-env", metavar="VAR", help="Read the webhook secret from this variable."),
+]
+SecretOption = Annotated[
+    str | None,
+    typer.Option(
+        "--secret", metavar="S", help="The webhook secret (leaks into shell history: prefer --secret-env)."
+    ),
+]
+SecretStdinOption = Annotated[
+    bool, typer.Option("--secret-stdin", help="Read the webhook secret from the first line of stdin.")
+]
+
+
+def resolve_secret(
+    secret_env: str | None = None,
+    secret: str | None = None,
+    secret_stdin: bool = False,
+    *,
+    required: bool = False,
+) -> str | None:
+    """The secret from exactly one of --secret-env / --secret / --secret-stdin.
+
+    An unset or empty --secret-env variable is a usage error (exit 2), never silently no secret.
+    """
+    given = [name for name, v in (("--secret-env", secret_env), ("--secret", secret),
+                                  ("--secret-stdin", secret_stdin)) if v]
+    if len(given) > 1:
+        raise UsageError(f"give only one of {', '.join(given)}")
+    if secret_env:
+        value = os.environ.get(secret_env)
+        if not value:
+            raise UsageError(f"--secret-env {secret_env}: the environment variable {secret_env} is not set")
+        return value
+    if secret is not None:
+        from inspera_cli import output
+
+        if not secret:
+            raise UsageError("--secret is empty")
+        output.warn("--secret leaks into your shell history and process list; prefer --secret-env VAR")
+        return secret
+    if secret_stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise UsageError("--secret-stdin: no secret on standard input")
+        return line
+    if required:
+        raise UsageError("a webhook secret is needed: pass --secret-env VAR (or --secret S)")
+    return None

@@ -1,0 +1,160 @@
+"""All terminal output: the only module that imports Rich (lazily, so start-up stays fast).
+
+Data goes to stdout; messages, progress and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+PROG = "inspera-hooks"
+
+_no_color = False
+_consoles: dict[bool, Console] = {}
+
+
+def configure(*, no_color: bool = False) -> None:
+    global _no_color
+    _no_color = no_color or bool(os.environ.get("NO_COLOR"))
+    _consoles.clear()
+
+
+def console(stderr: bool = True) -> Console:
+    """The stderr console for messages (default) or the stdout console for data."""
+    if stderr not in _consoles:
+        from rich.console import Console
+
+        _consoles[stderr] = Console(
+            stderr=stderr,
+            no_color=_no_color or bool(os.environ.get("NO_COLOR")),
+            highlight=False,
+            soft_wrap=True,
+        )
+    return _consoles[stderr]
+
+
+def is_terminal(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def print_json(data: Any) -> None:
+    """Exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_json_line(data: Any) -> None:
+    """One compact JSON object per line (listen --json)."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+
+
+def warn(message: str) -> None:
+    console().print(f"[yellow]warning:[/] {_escape(message)}")
+
+
+def info(message: str, *, markup: bool = False) -> None:
+    """A message on stderr; ``markup`` lets Rich style tags through (our own strings only)."""
+    console().print(message if markup else _escape(message))
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    title: str | None = None,
+) -> None:
+    """Rows as a Rich table on a terminal, plain aligned text when stdout is piped.
+
+    ``columns`` is a list of (key, header) pairs.
+    """
+    if is_terminal():
+        from rich.table import Table
+
+        table = Table(title=title, header_style="bold")
+        for _, header in columns:
+            table.add_column(header, overflow="fold")
+        for row in rows:
+            table.add_row(*(_escape(_cell(row.get(key))) for key, _ in columns))
+        console(stderr=False).print(table)
+        return
+    cells = [[header.upper() for _, header in columns]]
+    cells += [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    out = sys.stdout
+    for r in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    out.flush()
+
+
+def render(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    json_mode: bool,
+    title: str | None = None,
+) -> None:
+    """The one renderer for data commands: JSON document with --json, else a table."""
+    if json_mode:
+        print_json(list(rows))
+    else:
+        render_table(rows, columns, title=title)
+
+
+@contextmanager
+def spinner(message: str) -> Iterator[None]:
+    """A spinner on stderr while something slow happens (only on a terminal)."""
+    if not is_terminal(sys.stderr):
+        yield
+        return
+    with console().status(_escape(message)):
+        yield
+
+
+class _Progress:
+    def __init__(self, advance: Any) -> None:
+        self._advance = advance
+
+    def advance(self, n: int = 1) -> None:
+        self._advance(n)
+
+
+@contextmanager
+def progress(total: int, description: str) -> Iterator[_Progress]:
+    """A progress bar on stderr (a no-op when stderr is not a terminal)."""
+    if not is_terminal(sys.stderr) or total == 0:
+        yield _Progress(lambda n: None)
+        return
+    from rich.progress import Progress
+
+    with Progress(console=console(), transient=True) as bar:
+        task = bar.add_task(_escape(description), total=total)
+        yield _Progress(lambda n: bar.advance(task, n))

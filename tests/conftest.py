@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated home for config and cache, the CLI runner helper, the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from inspera_cli.cli import app
+
+SANDBOX_CLIENT_ID = "sandbox"
+SANDBOX_API_KEY = "sandbox-key-for-tests-9f1c"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Config and token cache under tmp_path; no INSPERA_* variables from the developer's shell."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    for name in list(os.environ):
+        if name.startswith("INSPERA_") or name == "NO_COLOR":
+            monkeypatch.delenv(name)
+    return home
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+class Cli:
+    """Runs the app in-process; fails loudly (with stderr) on an unexpected exit code."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(
+        self,
+        *args: str,
+        expect: int | None = 0,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Result:
+        result = self.runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
+        out = Result(result.exit_code, result.stdout, result.stderr)
+        if expect is not None and out.exit_code != expect:
+            pytest.fail(
+                f"inspera-hooks {' '.join(args)} exited {out.exit_code}, expected {expect}\n"
+                f"--- stdout ---\n{out.stdout}\n--- stderr ---\n{out.stderr}"
+            )
+        return out
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Any]:
+    """A running sandbox tenant on 127.0.0.1, port 0, fast retries."""
+    from inspera_cli.sandbox import Sandbox, SandboxConfig
+
+    sb = Sandbox(
+        SandboxConfig(
+            port=0,
+            client_id=SANDBOX_CLIENT_ID,
+            api_key=SANDBOX_API_KEY,
+            retry_delay=0.05,
+            validation_timeout=2.0,
+        )
+    )
+    sb.start()
+    try:
+        yield sb
+    finally:
+        sb.shutdown()
+
+
+@pytest.fixture
+def sandbox_env(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The sandbox, with INSPERA_URL / INSPERA_CLIENT_ID / INSPERA_API_KEY pointing at it."""
+    monkeypatch.setenv("INSPERA_URL", sandbox.url)
+    monkeypatch.setenv("INSPERA_CLIENT_ID", SANDBOX_CLIENT_ID)
+    monkeypatch.setenv("INSPERA_API_KEY", SANDBOX_API_KEY)
+    return sandbox
