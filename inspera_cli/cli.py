@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,16 +23,21 @@ from inspera_cli.commands import (
 from inspera_cli.commands.common import AppState
 from inspera_cli.errors import ExitCode, InsperaError
 
+# Typer has shipped Click both as a dependency and vendored: take its exception classes from
+# wherever this Typer gets them rather than importing `click`.
+_click_exceptions = sys.modules[typer.BadParameter.__module__]
+_PASS_THROUGH: tuple[type[BaseException], ...] = (typer.Exit, _click_exceptions.ClickException)
+
 
 class InsperaGroup(TyperGroup):
     """Maps domain exceptions to one-line errors and exit codes; ``--debug`` re-raises."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException):
+        except _PASS_THROUGH:
             raise
-        except click.exceptions.Abort:
+        except typer.Abort:
             output.error("interrupted")
             ctx.exit(ExitCode.INTERRUPTED)
         except KeyboardInterrupt:
@@ -52,7 +56,7 @@ class InsperaGroup(TyperGroup):
             ctx.exit(ExitCode.FAILURE)
 
 
-def _debug(ctx: click.Context) -> bool:
+def _debug(ctx: Any) -> bool:
     return isinstance(ctx.obj, AppState) and ctx.obj.debug
 
 

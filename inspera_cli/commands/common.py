@@ -45,9 +45,7 @@ def state(ctx: typer.Context) -> AppState:
     return root.obj
 
 
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")
-]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
 SecretEnvOption = Annotated[
     str | None,
     typer.Option("--secret-env", metavar="VAR", help="Read the webhook secret from this variable."),
@@ -74,8 +72,11 @@ def resolve_secret(
 
     An unset or empty --secret-env variable is a usage error (exit 2), never silently no secret.
     """
-    given = [name for name, v in (("--secret-env", secret_env), ("--secret", secret),
-                                  ("--secret-stdin", secret_stdin)) if v]
+    given = [
+        name
+        for name, v in (("--secret-env", secret_env), ("--secret", secret), ("--secret-stdin", secret_stdin))
+        if v
+    ]
     if len(given) > 1:
         raise UsageError(f"give only one of {', '.join(given)}")
     if secret_env:
