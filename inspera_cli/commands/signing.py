@@ -1,7 +1,326 @@
+"""The signing toolkit: `trigger`, `replay`, `sign` and `verify`, for testing a receiver."""
+
 from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from inspera_cli import output
+from inspera_cli.commands.common import (
+    JsonOption,
+    SecretEnvOption,
+    SecretOption,
+    SecretStdinOption,
+    resolve_secret,
+)
+from inspera_cli.errors import InsperaError, UsageError
+
+if TYPE_CHECKING:
+    from inspera_cli.delivery import DeliveryResult
+
+# The contextObjectId of the example in Inspera's documentation.
+DEFAULT_OBJECT_ID = 35199862
+
+ToOption = Annotated[
+    str,
+    typer.Option("--to", metavar="URL", help="The receiver to POST to, e.g. http://127.0.0.1:8000/."),
+]
+BodyArgument = Annotated[
+    str,
+    typer.Argument(metavar="FILE|-", help="The body: a file, or - for standard input (default)."),
+]
+
+
+def trigger(
+    to: ToOption,
+    event: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="EVENT",
+            help="Event name, e.g. confirm_final_grades (not needed with --verification).",
+        ),
+    ] = None,
+    secret_env: SecretEnvOption = None,
+    secret: SecretOption = None,
+    secret_stdin: SecretStdinOption = False,
+    object_id: Annotated[
+        int | None,
+        typer.Option(
+            "--object-id", metavar="N", help=f"contextObjectId of the event [default: {DEFAULT_OBJECT_ID}]."
+        ),
+    ] = None,
+    verification: Annotated[
+        bool,
+        typer.Option(
+            "--verification", help="Send the endpoint-validation request Inspera sends on create."
+        ),
+    ] = False,
+    legacy_format: Annotated[
+        bool,
+        typer.Option("--legacy-format", help="Java map text instead of JSON, as in older documentation."),
+    ] = False,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            "--repeat", metavar="N", min=1, help="Send the identical bytes N times, like Inspera's retries."
+        ),
+    ] = 1,
+    json_mode: JsonOption = False,
+) -> None:
+    """Send one signed event to a receiver exactly as Inspera would, and show each answer.
+
+    The body is Inspera's thin payload (contextObjectId, event, timestamp), signed with
+    HMAC-SHA1 in the X-Inspera-Signature header and POSTed as application/json with a 10 s
+    timeout. With --repeat the very same bytes go again, so you can check that your receiver
+    is idempotent. Without a secret the request goes unsigned (with a warning): a receiver that
+    verifies signatures should then answer 401.
+
+    \b
+    Example:
+      inspera-hooks trigger confirm_final_grades --to http://127.0.0.1:8000/ --secret-env S
+      inspera-hooks trigger --verification --to http://127.0.0.1:8000/ --secret-env S --json
+
+    Exit codes: 0 every answer was 200; 1 any other answer, or none; 2 usage error.
+    """
+    from inspera_cli import delivery, payload
+
+    if event == payload.VERIFICATION:
+        verification = True
+    if verification:
+        if event not in (None, payload.VERIFICATION):
+            raise UsageError(f"--verification sends the validation request: drop the EVENT {event!r}")
+        if object_id is not None:
+            raise UsageError("--verification always has contextObjectId 0: drop --object-id")
+    elif event is None:
+        raise UsageError("missing EVENT (e.g. confirm_final_grades), or pass --verification")
+    _check_url(to)
+    key = _secret_or_unsigned(secret_env, secret, secret_stdin)
+
+    if verification:
+        body = payload.verification_body(legacy=legacy_format)
+    else:
+        assert event is not None
+        body = payload.build_body(
+            event,
+            DEFAULT_OBJECT_ID if object_id is None else object_id,
+            legacy=legacy_format,
+        )
+    output.info(
+        f"POST {to} ({len(body)} bytes, {'signed' if key else 'unsigned'}"
+        f"{f', {repeat} times' if repeat > 1 else ''}): {body.decode('utf-8')}"
+    )
+    results = delivery.send_repeated(to, body, key, repeat=repeat)
+    _report(results, json_mode=json_mode, with_event=False)
+
+
+def replay(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="A file written by `listen --record`.")],
+    to: ToOption,
+    secret_env: SecretEnvOption = None,
+    secret: SecretOption = None,
+    secret_stdin: SecretStdinOption = False,
+    event: Annotated[
+        str | None, typer.Option("--event", metavar="NAME", help="Only events of this type.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="ISO",
+            help="Only events received at or after this time, e.g. 2024-05-01T14:00 (local time "
+            "unless it has a zone).",
+        ),
+    ] = None,
+    last: Annotated[
+        int | None,
+        typer.Option("--last", metavar="N", min=1, help="Only the last N events that match."),
+    ] = None,
+    failed: Annotated[
+        bool,
+        typer.Option("--failed", help="Only events that were not answered 2xx when recorded."),
+    ] = False,
+    json_mode: JsonOption = False,
+) -> None:
+    """Re-send events recorded by `listen --record`, byte for byte, re-signed, in their order.
+
+    Verification requests are skipped. Each body is sent exactly as it was received, signed
+    with the given secret (unsigned, with a warning, when none is given), with a 10 s timeout;
+    each answer is printed. Reproduce a delivery your app failed on, against a local app, at will.
+
+    \b
+    Example:
+      inspera-hooks replay events.jsonl --to http://127.0.0.1:5000/hooks --secret-env S --failed
+
+    Exit codes: 0 every answer was 200 (or nothing matched); 1 any other answer, or none, or an
+    unreadable file; 2 usage error.
+    """
+    from inspera_cli import delivery
+
+    _check_url(to)
+    since_time = None
+    if since is not None:
+        try:
+            since_time = delivery.parse_time(since)
+        except ValueError:
+            raise UsageError(
+                f"--since {since!r} is not an ISO date or time (e.g. 2024-05-01T14:00:00Z)"
+            ) from None
+    records = delivery.read_recording(Path(file))
+    chosen = delivery.select_recorded(
+        records, event=event, since=since_time, last=last, failed=failed
+    )
+    if not chosen:
+        output.warn(f"nothing to replay: none of the {len(records)} requests in {file} match")
+        if json_mode:
+            output.print_json([])
+        return
+    key = _secret_or_unsigned(secret_env, secret, secret_stdin)
+    output.info(
+        f"Replaying {len(chosen)} of {len(records)} recorded requests to {to}"
+        f" ({'re-signed' if key else 'unsigned'})"
+    )
+    _report(delivery.replay(chosen, to, key), json_mode=json_mode, with_event=True)
+
+
+def sign_body(
+    file: BodyArgument = "-",
+    secret_env: SecretEnvOption = None,
+    secret: SecretOption = None,
+    secret_stdin: SecretStdinOption = False,
+) -> None:
+    """Print the X-Inspera-Signature (hex HMAC-SHA1) of a body, e.g. to send it with curl.
+
+    The body is read as raw bytes: mind that echo and most editors add a trailing newline,
+    which changes the signature (printf '%s' does not).
+
+    \b
+    Example:
+      inspera-hooks sign --secret-env S body.json
+
+    Exit codes: 0 printed; 1 the file cannot be read; 2 usage error (e.g. no secret).
+    """
+    from inspera_cli.signing import sign
+
+    body, key = _body_and_secret(file, secret_env, secret, secret_stdin)
+    typer.echo(sign(body, key))
+
+
+def verify(
+    signature: Annotated[
+        str,
+        typer.Option(
+            "--signature", metavar="HEX", help="The X-Inspera-Signature value to check."
+        ),
+    ],
+    file: BodyArgument = "-",
+    secret_env: SecretEnvOption = None,
+    secret: SecretOption = None,
+    secret_stdin: SecretStdinOption = False,
+) -> None:
+    """Check a signature against a body; when it does not match, say the most likely reason.
+
+    Prints 'valid', or 'invalid' with the reason on stderr: a different secret, a newline
+    added to the body, JSON re-serialised after signing (key order or spacing), an empty
+    signature, a pasted header name. A 'sha1=' prefix and upper-case hex are accepted, with a note.
+
+    \b
+    Example:
+      inspera-hooks verify --secret-env S --signature "$SIGNATURE" body.json
+
+    Exit codes: 0 valid; 1 invalid (or the file cannot be read); 2 usage error.
+    """
+    from inspera_cli.signing import diagnose_signature
+
+    body, key = _body_and_secret(file, secret_env, secret, secret_stdin)
+    diagnosis = diagnose_signature(body, signature, key)
+    for note in diagnosis.notes:
+        output.info(f"note: {note}")
+    if diagnosis.valid:
+        typer.echo("valid")
+        return
+    typer.echo("invalid")
+    output.error(diagnosis.reason or "the signature is not valid")
+    raise typer.Exit(1)
+
+
+def _check_url(url: str) -> None:
+    if not url.lower().startswith(("http://", "https://")) or len(url) <= len("https://"):
+        raise UsageError(f"--to {url!r}: expected an http:// or https:// URL")
+
+
+def _secret_or_unsigned(
+    secret_env: str | None, secret: str | None, secret_stdin: bool
+) -> str | None:
+    key = resolve_secret(secret_env, secret, secret_stdin)
+    if key is None:
+        output.warn(
+            "no secret given: sending without an X-Inspera-Signature header (a verifying receiver "
+            "should answer 401); pass --secret-env VAR to sign"
+        )
+    return key
+
+
+def _body_and_secret(
+    file: str, secret_env: str | None, secret: str | None, secret_stdin: bool
+) -> tuple[bytes, str]:
+    if secret_stdin and file == "-":
+        raise UsageError("--secret-stdin takes standard input, so give the body as a FILE")
+    key = resolve_secret(secret_env, secret, secret_stdin, required=True)
+    assert key is not None
+    return _read_body(file), key
+
+
+def _read_body(file: str) -> bytes:
+    if file == "-":
+        if output.is_terminal(sys.stdin):
+            output.info("Reading the body from standard input (end with Ctrl-D)…")
+        return sys.stdin.buffer.read()
+    try:
+        return Path(file).read_bytes()
+    except FileNotFoundError:
+        raise InsperaError(f"{file}: no such file") from None
+    except OSError as exc:
+        raise InsperaError(f"{file}: cannot read: {exc.strerror or exc}") from None
+
+
+def _report(results: Iterable[DeliveryResult], *, json_mode: bool, with_event: bool) -> None:
+    """Show each answer as it comes (a table row per line), then exit 1 unless all were 200."""
+    collected = []
+    for result in results:
+        collected.append(result)
+        if not json_mode:
+            _print_result(result, with_event=with_event)
+    if json_mode:
+        output.print_json([r.to_json(with_event=with_event) for r in collected])
+    ok = sum(r.ok for r in collected)
+    if len(collected) > 1 or ok < len(collected):
+        output.info(f"{ok} of {len(collected)} answered 200")
+    if ok < len(collected):
+        raise typer.Exit(1)
+
+
+def _print_result(result: DeliveryResult, *, with_event: bool) -> None:
+    if result.status is None:
+        answer, style = f"no answer: {result.error}", "red"
+    else:
+        answer = f"{result.status} {result.reason}".rstrip()
+        if result.answer_excerpt:
+            answer += f" — {result.answer_excerpt}"
+        style = "green" if result.ok else "red"
+    label = f"#{result.attempt}"
+    if with_event:
+        label += f"  {result.event or '(unparsed body)'}"
+    output.console(stderr=False).print(
+        f"{label}  {answer}  {result.latency_ms:.1f} ms", style=style, markup=False
+    )
+
 
 def register(app: typer.Typer) -> None:
-    """Placeholder: this command module is being written."""
+    app.command("trigger")(trigger)
+    app.command("replay")(replay)
+    app.command("sign")(sign_body)
+    app.command("verify")(verify)
