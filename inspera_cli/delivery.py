@@ -119,10 +119,15 @@ def send_repeated(
     session: requests.Session | None = None,
 ) -> Iterable[DeliveryResult]:
     """Send the identical signed bytes ``repeat`` times, as Inspera's retries would; yield each answer."""
+    own_session = session is None
     session = session or new_session()
     headers = signed_headers(body, secret)
-    for attempt in range(1, repeat + 1):
-        yield post(session, url, body, headers, attempt=attempt, timeout=timeout)
+    try:
+        for attempt in range(1, repeat + 1):
+            yield post(session, url, body, headers, attempt=attempt, timeout=timeout)
+    finally:
+        if own_session:
+            session.close()
 
 
 def describe_error(exc: BaseException, timeout: float = DELIVERY_TIMEOUT) -> str:
@@ -325,9 +330,15 @@ def replay(
     session: requests.Session | None = None,
 ) -> Iterable[DeliveryResult]:
     """Re-send each recorded body byte for byte, re-signed with ``secret``, in order; yield answers."""
+    own_session = session is None
     session = session or new_session()
-    for attempt, record in enumerate(records, start=1):
-        headers = signed_headers(record.body, secret, record.content_type)
-        yield post(
-            session, url, record.body, headers, attempt=attempt, event=record.event, timeout=timeout
-        )
+    try:
+        for attempt, record in enumerate(records, start=1):
+            headers = signed_headers(record.body, secret, record.content_type)
+            yield post(
+                session, url, record.body, headers, attempt=attempt, event=record.event,
+                timeout=timeout,
+            )
+    finally:
+        if own_session:
+            session.close()
