@@ -1,7 +1,230 @@
+"""`sandbox serve`, `sandbox fire`, `sandbox deliveries`: an Inspera tenant on your machine."""
+
 from __future__ import annotations
+
+import shlex
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+from inspera_cli import output
+from inspera_cli.commands.common import JsonOption, state
+from inspera_cli.errors import APIError, CredentialsError, NetworkError
+
+sandbox_app = typer.Typer(
+    help="A local Inspera tenant (the webhook API, validation, signed deliveries) for tests and CI.\n\n"
+    "Example: inspera-hooks sandbox serve",
+    no_args_is_help=True,
+)
+
+
+def _parse_resolve(values: list[str]) -> dict[str, tuple[str, int]]:
+    resolve: dict[str, tuple[str, int]] = {}
+    for value in values:
+        host, sep, target = value.partition("=")
+        address, colon, port = target.rpartition(":")
+        if not (sep and host and colon and address and port.isdigit() and 0 < int(port) < 65536):
+            raise typer.BadParameter(
+                f"{value!r}: expected HOST=ADDRESS:PORT, e.g. abc.trycloudflare.com=127.0.0.1:8000",
+                param_hint="--resolve",
+            )
+        resolve[host.lower()] = (address.strip("[]"), int(port))
+    return resolve
+
+
+@sandbox_app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: a free one).")
+    ] = 8765,
+    client_id: Annotated[
+        str, typer.Option("--client-id", help="The API client id the sandbox accepts.")
+    ] = "sandbox",
+    api_key: Annotated[
+        str, typer.Option("--api-key", help="The API authorization code the sandbox accepts.")
+    ] = "sandbox-key",
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--state", metavar="FILE", dir_okay=False,
+            help="Keep subscriptions in this SQLite file (default: in memory).",
+        ),
+    ] = None,
+    token_ttl: Annotated[
+        float,
+        typer.Option("--token-ttl", metavar="S", min=0.001, help="Access tokens expire after S seconds."),
+    ] = 3600.0,
+    validation_timeout: Annotated[
+        float,
+        typer.Option(
+            "--validation-timeout", metavar="S", min=0.001,
+            help="Seconds an endpoint has to answer the validation POST on create.",
+        ),
+    ] = 10.0,
+    retries: Annotated[
+        int, typer.Option("--retries", min=0, help="Retries of a failed delivery.")
+    ] = 3,
+    retry_delay: Annotated[
+        float, typer.Option("--retry-delay", metavar="S", min=0, help="Seconds between delivery attempts.")
+    ] = 1.0,
+    resolve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--resolve", metavar="HOST=127.0.0.1:PORT",
+            help="Send requests for HOST (e.g. a tunnel's) to this local port over plain HTTP. Repeatable.",
+        ),
+    ] = None,
+) -> None:
+    """Run a local Inspera tenant: the webhook API, endpoint validation and signed deliveries.
+
+    Prints the export lines that point the other commands at it, then serves until Ctrl-C.
+    Fire events at your subscriptions with `inspera-hooks sandbox fire EVENT`.
+
+    Example: inspera-hooks sandbox serve --port 8765 --state sandbox.db
+    """
+    from inspera_cli.sandbox import Sandbox, SandboxConfig
+
+    routes = _parse_resolve(resolve or [])
+    sandbox = Sandbox(
+        SandboxConfig(
+            host=host, port=port, client_id=client_id, api_key=api_key, state=state_file,
+            token_ttl=token_ttl, validation_timeout=validation_timeout, retries=retries,
+            retry_delay=retry_delay, resolve=routes,
+            log=lambda line: output.info(f"{time.strftime('%H:%M:%S')} {line}"),
+        )
+    )
+    sandbox.start()
+    stop = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
+    try:
+        for name, value in (
+            ("INSPERA_URL", sandbox.url), ("INSPERA_CLIENT_ID", client_id), ("INSPERA_API_KEY", api_key)
+        ):
+            print(f"export {name}={shlex.quote(value)}", flush=True)
+        where = f"subscriptions in {state_file}" if state_file else "subscriptions in memory"
+        output.info(f"Inspera sandbox: API at {sandbox.url}/api, {where}.")
+        for public, (address, local_port) in routes.items():
+            output.info(f"Requests for {public} go to http://{address}:{local_port}.")
+        output.info("Fire events with `inspera-hooks sandbox fire EVENT`; Ctrl-C stops.")
+        output.info(f"Ready: {sandbox.url}")
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        sandbox.shutdown()
+    output.info("Sandbox stopped.")
+
+
+def _sandbox_request(ctx: typer.Context, method: str, path: str, body: Any = None) -> Any:
+    """Call a /_sandbox route of the tenant URL (--url, INSPERA_URL or the profile)."""
+    import requests
+
+    from inspera_cli.config import resolve_settings
+
+    app_state = state(ctx)
+    settings = resolve_settings(url=app_state.url, profile=app_state.profile, timeout=app_state.timeout)
+    if not settings.url:
+        raise CredentialsError(
+            "no sandbox URL: pass --url or set INSPERA_URL (`inspera-hooks sandbox serve` prints it)"
+        )
+    url = f"{settings.url}{path}"
+    try:
+        response = requests.request(method, url, json=body, timeout=settings.timeout)
+    except requests.exceptions.Timeout:
+        raise NetworkError(
+            f"the sandbox at {settings.url} did not answer within {settings.timeout} s"
+        ) from None
+    except requests.exceptions.RequestException:
+        raise NetworkError(
+            f"cannot reach a sandbox at {settings.url}: is `inspera-hooks sandbox serve` running?"
+        ) from None
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status_code == 404 or not isinstance(data, dict):
+        raise APIError(
+            f"{settings.url} is not a sandbox (it answered {response.status_code} to {method} {path}); "
+            "point --url or INSPERA_URL at `inspera-hooks sandbox serve`",
+            response.status_code,
+        )
+    if response.status_code != 200:
+        raise APIError(f"the sandbox refused: {data.get('error')}", response.status_code)
+    return data
+
+
+@sandbox_app.command("fire")
+def fire(
+    ctx: typer.Context,
+    event: Annotated[str, typer.Argument(help="Event name, e.g. confirm_final_grades.")],
+    object_id: Annotated[
+        int | None,
+        typer.Option("--object-id", metavar="N", help="contextObjectId (default: a random test id)."),
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Make the sandbox deliver an event to every subscription to it; print the delivery ids.
+
+    Deliveries are signed and retried in the background; see `inspera-hooks sandbox deliveries`.
+
+    Example: inspera-hooks sandbox fire confirm_final_grades --object-id 35199862
+    """
+    payload: dict[str, Any] = {"event": event}
+    if object_id is not None:
+        payload["contextObjectId"] = object_id
+    data = _sandbox_request(ctx, "POST", "/_sandbox/fire", payload)
+    ids = data.get("deliveryIds")
+    if not isinstance(ids, list):
+        raise APIError("the sandbox answered without deliveryIds")
+    if json:
+        output.print_json({"deliveryIds": ids})
+        return
+    if not ids:
+        output.warn(
+            f"no subscription to {event}: nothing was delivered "
+            f"(create one with `inspera-hooks create --event {event} --endpoint URL`)"
+        )
+        return
+    for delivery_id in ids:
+        print(delivery_id)
+    plural = "delivery" if len(ids) == 1 else "deliveries"
+    output.info(f"Fired {event}: {len(ids)} {plural} queued; follow them with "
+                "`inspera-hooks sandbox deliveries`.")
+
+
+DELIVERY_COLUMNS = [
+    ("deliveryId", "Delivery"),
+    ("attempt", "Attempt"),
+    ("subscriptionId", "Subscription"),
+    ("endpoint", "Endpoint"),
+    ("status", "Status"),
+    ("error", "Error"),
+    ("time", "Time"),
+]
+
+
+@sandbox_app.command("deliveries")
+def deliveries(ctx: typer.Context, json: JsonOption = False) -> None:
+    """List every delivery attempt the sandbox made (status, error, time), oldest first.
+
+    Example: inspera-hooks sandbox deliveries --json
+    """
+    data = _sandbox_request(ctx, "GET", "/_sandbox/deliveries")
+    items = data.get("deliveries")
+    if not isinstance(items, list):
+        raise APIError("the sandbox answered without deliveries")
+    output.render(items, DELIVERY_COLUMNS, json_mode=json, title="Delivery attempts")
+
 
 def register(app: typer.Typer) -> None:
-    """Placeholder: this command module is being written."""
+    app.add_typer(sandbox_app, name="sandbox")
+
