@@ -1,0 +1,260 @@
+"""`trigger` against real HTTP servers: a stdlib receiver on port 0, and the sandbox tenant."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from inspera_cli import delivery
+from inspera_cli.payload import parse_event
+from inspera_cli.signing import SIGNATURE_HEADER, is_valid, sign
+from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
+
+SECRET = "trigger-test-secret-7c1d"
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def signature(self) -> str | None:
+        return self.headers.get(SIGNATURE_HEADER.lower())
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1, port 0: records every POST exactly as it arrived.
+
+    Answers from ``statuses`` in turn (then 200); with ``secret`` set, a request whose signature
+    does not verify is answered 401 first, like a real receiver. ``delay`` slows every answer.
+    """
+
+    def __init__(self, statuses: tuple[int, ...] = (), secret: str | None = None, delay: float = 0.0):
+        self.statuses = list(statuses)
+        self.secret = secret
+        self.delay = delay
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = receiver._record(self.path, dict(self.headers.items()), body)
+                time.sleep(receiver.delay)
+                answer = b"ok" if status == 200 else b"nope"
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(answer)))
+                    if 300 <= status < 400:
+                        self.send_header("Location", "/elsewhere")
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except OSError:
+                    pass  # the client gave up (timeout tests)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def _record(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        with self._lock:
+            self.received.append(Received(path, lowered, body))
+            if self.secret is not None and not is_valid(
+                body, lowered.get(SIGNATURE_HEADER.lower()), self.secret
+            ):
+                return 401
+            return self.statuses.pop(0) if self.statuses else 200
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound once, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def trigger(cli: Cli, *args: str, expect: int = 0) -> Any:
+    return cli("trigger", *args, "--secret-env", "HOOK_SECRET", env={"HOOK_SECRET": SECRET},
+               expect=expect)
+
+
+def test_trigger_sends_a_signed_thin_payload(cli: Cli, receiver: Receiver) -> None:
+    result = trigger(cli, "confirm_final_grades", "--to", receiver.url, "--object-id", "42", "--json")
+    [item] = result.json
+    assert item["attempt"] == 1 and item["status"] == 200 and item["error"] is None
+    assert isinstance(item["latencyMs"], float)
+    [got] = receiver.received
+    assert got.path == "/hooks"
+    assert got.headers["content-type"] == "application/json"
+    assert got.signature == sign(got.body, SECRET)
+    event = parse_event(got.body)
+    assert (event.event, event.context_object_id) == ("confirm_final_grades", 42)
+    assert list(json.loads(got.body)) == ["contextObjectId", "event", "timestamp"]
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_trigger_human_output(cli: Cli, receiver: Receiver) -> None:
+    result = trigger(cli, "confirm_final_grades", "--to", receiver.url)
+    assert result.stdout.startswith("#1  200 OK  ")
+    assert result.stdout.rstrip().endswith(" ms")
+    assert f"POST {receiver.url}" in result.stderr and "signed" in result.stderr
+
+
+def test_trigger_repeat_sends_identical_bytes(cli: Cli, receiver: Receiver) -> None:
+    result = trigger(cli, "resource_created", "--to", receiver.url, "--repeat", "3", "--json")
+    assert [r["attempt"] for r in result.json] == [1, 2, 3]
+    assert len(receiver.received) == 3
+    assert len({(r.body, r.signature) for r in receiver.received}) == 1
+    assert "3 of 3 answered 200" in result.stderr
+
+
+def test_trigger_legacy_format(cli: Cli, receiver: Receiver) -> None:
+    trigger(cli, "confirm_final_grades", "--to", receiver.url, "--object-id", "35199862",
+            "--legacy-format")
+    [got] = receiver.received
+    assert got.body.startswith(b"{contextObjectId=35199862, event=confirm_final_grades, timestamp=")
+    assert got.signature == sign(got.body, SECRET)
+    assert parse_event(got.body).context_object_id == 35199862
+
+
+def test_trigger_verification(cli: Cli, receiver: Receiver) -> None:
+    trigger(cli, "--verification", "--to", receiver.url)
+    [got] = receiver.received
+    data = json.loads(got.body)
+    assert data["event"] == "verification" and data["contextObjectId"] == 0
+    assert len(data["contextObjectTitle"]) == 36  # a UUID
+    assert got.signature == sign(got.body, SECRET)
+
+
+def test_trigger_non_200_exits_1(cli: Cli) -> None:
+    with Receiver(statuses=(500, 200)) as r:
+        result = trigger(cli, "confirm_final_grades", "--to", r.url, "--repeat", "2", "--json",
+                         expect=1)
+    assert [item["status"] for item in result.json] == [500, 200]
+    assert result.json[0]["error"] is None
+
+
+def test_trigger_shows_a_refusal_and_its_answer(cli: Cli) -> None:
+    with Receiver(secret="the-receivers-own-secret") as r:
+        result = trigger(cli, "confirm_final_grades", "--to", r.url, expect=1)
+    assert result.stdout.startswith("#1  401 Unauthorized — nope")
+    assert "0 of 1 answered 200" in result.stderr
+
+
+def test_trigger_redirect_is_not_followed(cli: Cli) -> None:
+    with Receiver(statuses=(302,)) as r:
+        result = trigger(cli, "confirm_final_grades", "--to", r.url, "--json", expect=1)
+        assert len(r.received) == 1
+    assert result.json[0]["status"] == 302
+
+
+def test_trigger_connection_refused(cli: Cli) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/"
+    result = trigger(cli, "confirm_final_grades", "--to", url, "--repeat", "2", "--json", expect=1)
+    for item in result.json:
+        assert item["status"] is None
+        assert item["error"] == "connection refused"
+    human = trigger(cli, "confirm_final_grades", "--to", url, expect=1)
+    assert "no answer: connection refused" in human.stdout
+    assert "Traceback" not in human.stderr
+
+
+def test_post_reports_a_timeout() -> None:
+    with Receiver(delay=1.0) as r, delivery.new_session() as session:
+        result = delivery.post(session, r.url, b"{}", {}, timeout=0.2)
+    assert result.status is None
+    assert result.error == "no answer within 0.2 s"
+
+
+def test_trigger_without_secret_sends_unsigned_with_a_warning(cli: Cli, receiver: Receiver) -> None:
+    result = cli("trigger", "confirm_final_grades", "--to", receiver.url)
+    assert "no secret given" in result.stderr and "unsigned" in result.stderr
+    [got] = receiver.received
+    assert got.signature is None
+
+
+def test_trigger_secret_flag_warns_and_is_not_echoed(cli: Cli, receiver: Receiver) -> None:
+    result = cli("trigger", "confirm_final_grades", "--to", receiver.url, "--secret", SECRET, "--json")
+    assert "shell history" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert receiver.received[0].signature == sign(receiver.received[0].body, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--to", "http://127.0.0.1:9/"], "missing EVENT"),
+        (["confirm_final_grades", "--to", "127.0.0.1:9"], "http:// or https://"),
+        (["--verification", "--object-id", "5", "--to", "http://127.0.0.1:9/"], "--object-id"),
+        (["other_event", "--verification", "--to", "http://127.0.0.1:9/"], "drop the EVENT"),
+        (["confirm_final_grades", "--to", "http://127.0.0.1:9/", "--repeat", "0"], "--repeat"),
+        (["confirm_final_grades", "--to", "http://127.0.0.1:9/", "--secret-env", "UNSET_VAR"],
+         "UNSET_VAR"),
+    ],
+)
+def test_trigger_usage_errors(cli: Cli, args: list[str], message: str) -> None:
+    result = cli("trigger", *args, expect=2)
+    assert message in result.stderr
+
+
+# --- end to end with the sandbox tenant ----------------------------------------------------------
+
+
+def test_trigger_matches_what_the_sandbox_sends(cli: Cli, sandbox: Any) -> None:
+    """A receiver that takes `trigger --verification` passes the sandbox's endpoint validation,
+    and a `trigger`ed event has the same shape and headers as the sandbox's delivery."""
+    from inspera_cli.client import InsperaClient
+
+    with Receiver(secret=SECRET) as r:
+        trigger(cli, "--verification", "--to", r.url)
+        trigger(cli, "confirm_final_grades", "--to", r.url, "--object-id", "7")
+        with InsperaClient(url=sandbox.url, client_id=SANDBOX_CLIENT_ID,
+                           api_key=SANDBOX_API_KEY) as client:
+            client.create("confirm_final_grades", r.url, SECRET)
+        sandbox.fire("confirm_final_grades", 7)
+        sandbox.wait_deliveries(1, timeout=10)
+        ours_check, ours_event, theirs_check, theirs_event = r.received
+
+    for ours, theirs in ((ours_check, theirs_check), (ours_event, theirs_event)):
+        assert ours.signature == sign(ours.body, SECRET)
+        assert theirs.signature == sign(theirs.body, SECRET)
+        assert ours.headers["content-type"] == theirs.headers["content-type"]
+        mine, inspera = json.loads(ours.body), json.loads(theirs.body)
+        assert list(mine) == list(inspera)
+        assert {k: v for k, v in mine.items() if k not in ("timestamp", "contextObjectTitle")} == {
+            k: v for k, v in inspera.items() if k not in ("timestamp", "contextObjectTitle")
+        }
+    assert [d["status"] for d in sandbox.deliveries()] == [200]
