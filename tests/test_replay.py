@@ -1,0 +1,229 @@
+"""`replay` of `listen --record` files (spec §4 format) against a real stdlib receiver."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inspera_cli.payload import build_body, verification_body
+from inspera_cli.signing import sign
+from tests.conftest import Cli
+from tests.test_trigger import Receiver, closed_port
+
+SECRET = "replay-test-secret-42ab"
+OLD_SECRET = "the-secret-it-was-recorded-with"
+
+
+def record_line(
+    body: bytes, *, status: int = 200, received_at: str = "2024-05-01T12:00:00Z", **extra: Any
+) -> str:
+    """One line as `listen --record` writes it: the `--json` object plus body and headers."""
+    try:
+        text: str | None = body.decode("utf-8")
+        raw = text
+    except UnicodeDecodeError:
+        text, raw = None, body.decode("utf-8", "replace")
+    try:
+        payload: Any = json.loads(body)
+    except ValueError:
+        payload = None
+    item: dict[str, Any] = {
+        "receivedAt": received_at,
+        "event": payload.get("event") if isinstance(payload, dict) else None,
+        "contextObjectId": payload.get("contextObjectId") if isinstance(payload, dict) else None,
+        "payload": payload,
+        "raw": raw,
+        "signature": "valid",
+        "delivery": 1,
+        "status": status,
+        "forward": None,
+        "headers": {"Content-Type": "application/json", "X-Inspera-Signature": sign(body, OLD_SECRET)},
+    }
+    if text is not None:
+        item["body"] = text
+    else:
+        item["bodyBase64"] = base64.b64encode(body).decode()
+    item.update(extra)
+    return json.dumps(item)
+
+
+def event_body(event: str, object_id: int, minute: int = 0) -> bytes:
+    return build_body(event, object_id, timestamp=f"2024-05-01T12:{minute:02d}:00Z")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(secret=SECRET) as r:
+        yield r
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> tuple[Path, list[bytes]]:
+    """A file with a verification, three events (one failed), in arrival order."""
+    bodies = [
+        event_body("confirm_final_grades", 1, 1),
+        event_body("resource_created", 2, 2),
+        event_body("confirm_final_grades", 3, 3),
+    ]
+    lines = [
+        record_line(verification_body(), received_at="2024-05-01T11:59:00Z"),
+        record_line(bodies[0], received_at="2024-05-01T12:01:00Z"),
+        record_line(bodies[1], received_at="2024-05-01T12:02:00Z", status=502),
+        record_line(bodies[2], received_at="2024-05-01T12:03:00+00:00"),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, bodies
+
+
+def replay(cli: Cli, path: Path, url: str, *args: str, expect: int = 0) -> Any:
+    return cli("replay", str(path), "--to", url, "--secret-env", "HOOK_SECRET", *args,
+               env={"HOOK_SECRET": SECRET}, expect=expect)
+
+
+def test_replay_resends_bytes_in_order_re_signed(
+    cli: Cli, receiver: Receiver, recording: tuple[Path, list[bytes]]
+) -> None:
+    path, bodies = recording
+    result = replay(cli, path, receiver.url, "--json")
+    assert [r.body for r in receiver.received] == bodies  # verification skipped
+    for got in receiver.received:
+        assert got.signature == sign(got.body, SECRET)
+        assert got.headers["content-type"] == "application/json"
+    assert result.json == [
+        {"attempt": i, "status": 200, "latencyMs": item["latencyMs"], "error": None, "event": event}
+        for i, (item, event) in enumerate(
+            zip(result.json, ["confirm_final_grades", "resource_created", "confirm_final_grades"],
+                strict=True),
+            start=1,
+        )
+    ]
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_replay_human_output(cli: Cli, receiver: Receiver, recording: tuple[Path, list[bytes]]) -> None:
+    path, _ = recording
+    result = replay(cli, path, receiver.url)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("#1  confirm_final_grades  200 OK  ")
+    assert lines[1].startswith("#2  resource_created  200 OK  ")
+    assert "Replaying 3 of 4 recorded requests" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--event", "confirm_final_grades"], [0, 2]),
+        (["--failed"], [1]),
+        (["--last", "2"], [1, 2]),
+        (["--event", "confirm_final_grades", "--last", "1"], [2]),
+        (["--since", "2024-05-01T12:02:00Z"], [1, 2]),
+        (["--since", "2024-05-01T14:02:00+02:00"], [1, 2]),
+    ],
+)
+def test_replay_filters(
+    cli: Cli, receiver: Receiver, recording: tuple[Path, list[bytes]], args: list[str],
+    expected: list[int],
+) -> None:
+    path, bodies = recording
+    replay(cli, path, receiver.url, *args)
+    assert [r.body for r in receiver.received] == [bodies[i] for i in expected]
+
+
+def test_replay_nothing_matches_is_a_warning(
+    cli: Cli, receiver: Receiver, recording: tuple[Path, list[bytes]]
+) -> None:
+    path, _ = recording
+    result = replay(cli, path, receiver.url, "--event", "no_such_event", "--json")
+    assert result.json == []
+    assert "nothing to replay" in result.stderr
+    assert receiver.received == []
+
+
+def test_replay_binary_body_and_headers_as_pairs(cli: Cli, receiver: Receiver, tmp_path: Path) -> None:
+    binary = b"\xff\xfe not utf-8 \x00"
+    path = tmp_path / "raw.jsonl"
+    path.write_text(
+        record_line(binary, headers=[["Content-Type", "application/octet-stream"]]) + "\n"
+    )
+    result = replay(cli, path, receiver.url, "--json")
+    [got] = receiver.received
+    assert got.body == binary
+    assert got.headers["content-type"] == "application/octet-stream"
+    assert result.json[0]["event"] is None
+
+
+def test_replay_reports_each_failure_and_exits_1(
+    cli: Cli, recording: tuple[Path, list[bytes]]
+) -> None:
+    path, _ = recording
+    with Receiver(statuses=(200, 500, 200)) as r:
+        result = replay(cli, path, r.url, "--json", expect=1)
+    assert [item["status"] for item in result.json] == [200, 500, 200]
+    refused = replay(cli, path, f"http://127.0.0.1:{closed_port()}/", "--json", expect=1)
+    assert {item["error"] for item in refused.json} == {"connection refused"}
+
+
+def test_replay_a_wrong_secret_is_refused_by_the_receiver(
+    cli: Cli, receiver: Receiver, recording: tuple[Path, list[bytes]]
+) -> None:
+    path, _ = recording
+    result = cli("replay", str(path), "--to", receiver.url, "--secret-env", "K", "--json",
+                 env={"K": OLD_SECRET}, expect=1)
+    assert {item["status"] for item in result.json} == {401}
+
+
+def test_replay_without_secret_sends_unsigned(
+    cli: Cli, receiver: Receiver, recording: tuple[Path, list[bytes]]
+) -> None:
+    path, _ = recording
+    result = cli("replay", str(path), "--to", receiver.url, "--last", "1", expect=1)
+    assert "no secret given" in result.stderr
+    assert receiver.received[0].signature is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("{not json}\n", "line 1: not valid JSON"),
+        ('{"body": "{}"}\n\n[1, 2]\n', "line 3: expected a JSON object"),
+        ('{"event": "x"}\n', "line 1: no 'body' or 'bodyBase64'"),
+        ('{"bodyBase64": "%%%"}\n', "line 1: 'bodyBase64' is not valid base64"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_replay_bad_files_are_one_line_errors(
+    cli: Cli, receiver: Receiver, tmp_path: Path, content: str | bytes | None, message: str
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    if isinstance(content, str):
+        path.write_text(content)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    result = replay(cli, path, receiver.url, expect=1)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("inspera-hooks: error: ") and message in line
+    assert receiver.received == []
+
+
+def test_replay_truncated_last_line_names_it(cli: Cli, receiver: Receiver, tmp_path: Path) -> None:
+    path = tmp_path / "cut.jsonl"
+    whole = record_line(event_body("confirm_final_grades", 1))
+    path.write_text(whole + "\n" + whole[:40])
+    result = replay(cli, path, receiver.url, expect=1)
+    assert "line 2: not valid JSON" in result.stderr
+    assert receiver.received == []  # nothing is sent from a file that cannot be read whole
+
+
+def test_replay_since_needs_receipt_times(cli: Cli, receiver: Receiver, tmp_path: Path) -> None:
+    path = tmp_path / "untimed.jsonl"
+    path.write_text(record_line(event_body("a", 1), received_at="yesterday") + "\n")
+    result = replay(cli, path, receiver.url, "--since", "2024-01-01", expect=1)
+    assert "line 1: 'receivedAt' 'yesterday' is not an ISO time" in result.stderr
+    assert "is not an ISO date" in replay(cli, path, receiver.url, "--since", "soon", expect=2).stderr
