@@ -72,6 +72,11 @@ def info(message: str, *, markup: bool = False) -> None:
     console().print(message if markup else _escape(message))
 
 
+def styled_line(text: str, style: str | None = None, *, stderr: bool = False) -> None:
+    """One line of plain text (stdout by default), in a Rich ``style`` on a terminal, e.g. a plan line."""
+    console(stderr=stderr).print(_escape(text), style=style, emoji=False)
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
