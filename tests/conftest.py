@@ -99,3 +99,18 @@ def sandbox_env(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("INSPERA_CLIENT_ID", SANDBOX_CLIENT_ID)
     monkeypatch.setenv("INSPERA_API_KEY", SANDBOX_API_KEY)
     return sandbox
+
+
+@pytest.fixture
+def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A scripted Inspera-like server, with INSPERA_URL / CLIENT_ID / API_KEY pointing at it."""
+    from tests.stub_server import StubInspera
+
+    server = StubInspera()
+    monkeypatch.setenv("INSPERA_URL", server.url)
+    monkeypatch.setenv("INSPERA_CLIENT_ID", "stub-client")
+    monkeypatch.setenv("INSPERA_API_KEY", "stub-api-key-3c9d")
+    try:
+        yield server
+    finally:
+        server.close()
