@@ -77,6 +77,18 @@ def styled_line(text: str, style: str | None = None, *, stderr: bool = False) ->
     console(stderr=stderr).print(_escape(text), style=style, emoji=False)
 
 
+def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
+    """One stdout line from (text, style) pieces: Rich colours on a terminal, plain text when
+    piped (cheap enough for `listen` under load)."""
+    if is_terminal():
+        from rich.text import Text
+
+        console(stderr=False).print(Text.assemble(*segments), emoji=False, markup=False)
+        return
+    sys.stdout.write("".join(text for text, _ in segments) + "\n")
+    sys.stdout.flush()
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
