@@ -46,7 +46,7 @@ class StubInspera:
         server.daemon_threads = True
         self.server = server
         self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def token_reply(self) -> Reply:
