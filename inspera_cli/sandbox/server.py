@@ -149,7 +149,7 @@ class Sandbox:
             on_attempt=self._log_attempt,
         )
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-http",
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox-http",
             daemon=True,
         )
         self._thread.start()
@@ -455,6 +455,8 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Answer even a garbled request line with a status line and headers, not a bare HTTP/0.9 body.
+    default_request_version = "HTTP/1.0"
     server_version = "InsperaSandbox/1"
     timeout = 10  # seconds a silent client may hold a connection
 
