@@ -1,7 +1,163 @@
+"""`apply`: make the tenant's subscriptions match a TOML file (subscriptions as code)."""
+
 from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from inspera_cli import output
+from inspera_cli.commands.common import JsonOption, state
+from inspera_cli.errors import ExitCode, InsperaError
+
+if TYPE_CHECKING:
+    from inspera_cli.apply import ApplyResult, Outcome, Plan
+
+
+class ApplyFailed(InsperaError):
+    """Some planned changes failed; the others were made."""
+
+
+def apply(
+    ctx: typer.Context,
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file", "-f", metavar="FILE", help="The subscriptions file (TOML, [[subscription]] entries)."
+        ),
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan and change nothing.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete live subscriptions that are not in the file.")
+    ] = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option("--detailed-exitcode", help="Exit 2 when changes were made or planned."),
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=32, help="Creates run at the same time.")
+    ] = 4,
+    json: JsonOption = False,
+) -> None:
+    """Make the tenant's subscriptions match a file: create what is missing, keep what is there.
+
+    Each [[subscription]] entry has event, endpoint and secret_env (the name of the environment
+    variable holding the secret: secrets never live in the file). A subscription is identified by
+    its (event, endpoint) pair, so a second apply of the same file changes nothing. The file is
+    checked before any API call; every problem is reported with its line.
+
+    Example: inspera-hooks apply -f inspera-hooks.toml --prune --dry-run
+
+    Exit codes: 0 done (or nothing to do), 1 invalid file or a failed change (the others are made:
+    run it again to finish), 2 with --detailed-exitcode when changes were made or planned,
+    3 credentials.
+    """
+    from inspera_cli.apply import apply_plan, check_events, load_subscriptions_file, make_plan
+    from inspera_cli.commands.subscriptions import is_loopback_url
+
+    spec = load_subscriptions_file(file, is_loopback_url=is_loopback_url)
+    client = state(ctx).client()
+    if spec.subscriptions:
+        check_events(spec, (e.event for e in client.events()))
+    plan = make_plan(spec.subscriptions, client.subscriptions(), prune=prune)
+    if not json:
+        _show_plan(plan)
+    result: ApplyResult | None = None
+    if not dry_run and plan.changes:
+        with output.progress(plan.changes, "Applying") as bar:
+            result = apply_plan(client, plan, concurrency=concurrency, on_done=lambda _: bar.advance())
+    failures = result.failures if result else []
+    for failure in failures:
+        _show_failure(failure)
+    if json:
+        output.print_json(_plan_json(plan, result, applied=not dry_run))
+    else:
+        _show_summary(plan, result, dry_run=dry_run)
+    if failures:
+        raise ApplyFailed(
+            f"{len(failures)} of {plan.changes} change(s) failed (see above); fix the cause and run "
+            "apply again to finish"
+        )
+    if detailed_exitcode and plan.changes:
+        raise typer.Exit(ExitCode.CHANGES)
+
+
+def _show_plan(plan: Plan) -> None:
+    events = [d.event for d in plan.create] + [s.event for s in (*plan.delete, *plan.unchanged)]
+    width = max((len(e) for e in events), default=0)
+
+    def line(sign: str, verb: str, event: str, endpoint: str, note: str, style: str | None) -> None:
+        output.styled_line(f"{sign} {verb:<9}  {event:<{width}}  {endpoint}  ({note})", style)
+
+    for d in plan.create:
+        line("+", "create", d.event, d.endpoint, f"secret from ${d.secret_env}", "green")
+    for s in plan.delete:
+        line("-", "delete", s.event, s.endpoint, f"id {s.subscription_id}", "red")
+    for s in plan.unchanged:
+        line("=", "unchanged", s.event, s.endpoint, f"id {s.subscription_id}", "dim")
+    output.info(
+        f"Plan: {len(plan.create)} to create, {len(plan.delete)} to delete, {len(plan.unchanged)} unchanged."
+    )
+    if plan.unmanaged:
+        output.info(
+            f"{len(plan.unmanaged)} live subscription(s) not in the file are left alone "
+            "(--prune deletes them)."
+        )
+
+
+def _show_failure(outcome: Outcome) -> None:
+    output.styled_line(
+        f"✗ {outcome.action} {outcome.event} → {outcome.endpoint} failed: {outcome.error}", "red", stderr=True
+    )
+
+
+def _show_summary(plan: Plan, result: ApplyResult | None, *, dry_run: bool) -> None:
+    if dry_run:
+        output.info("Dry run: nothing was changed.")
+    elif not plan.changes:
+        output.info("Nothing to do: the tenant matches the file.")
+    elif result is not None:
+        created = sum(o.ok for o in result.created)
+        deleted = sum(o.ok for o in result.deleted)
+        output.info(f"Applied: {created} created, {deleted} deleted, {len(plan.unchanged)} unchanged.")
+
+
+def _plan_json(plan: Plan, result: ApplyResult | None, *, applied: bool) -> dict[str, Any]:
+    created = result.created if result else []
+    deleted = result.deleted if result else []
+    create_items = []
+    for i, d in enumerate(plan.create):
+        outcome = created[i] if i < len(created) else None
+        sub = outcome.subscription if outcome else None
+        create_items.append(
+            {
+                "event": d.event,
+                "endpoint": d.endpoint,
+                "secretEnv": d.secret_env,
+                "line": d.line,
+                "subscriptionId": sub.subscription_id if sub else None,
+                "created": bool(outcome and outcome.ok),
+                "error": outcome.error if outcome else None,
+            }
+        )
+    delete_items = []
+    for i, s in enumerate(plan.delete):
+        outcome = deleted[i] if i < len(deleted) else None
+        delete_items.append(
+            {
+                **s.to_json(),
+                "deleted": bool(outcome and outcome.ok),
+                "error": outcome.error if outcome else None,
+            }
+        )
+    return {
+        "create": create_items,
+        "delete": delete_items,
+        "unchanged": [s.to_json() for s in plan.unchanged],
+        "applied": applied,
+    }
+
 
 def register(app: typer.Typer) -> None:
-    """Placeholder: this command module is being written."""
+    app.command("apply")(apply)
