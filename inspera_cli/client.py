@@ -205,6 +205,17 @@ class InsperaClient:
         self._token: str | None = self.settings.token
         self.token_exchanges = 0
 
+    @classmethod
+    def from_settings(cls, settings: Settings, token_cache: TokenCache | None = None) -> InsperaClient:
+        """A client on settings already resolved (e.g. the embedded sandbox of `demo`)."""
+        client = cls.__new__(cls)
+        client.settings = settings
+        client.session = make_session()
+        client.token_cache = token_cache or TokenCache()
+        client._token = settings.token
+        client.token_exchanges = 0
+        return client
+
     # -- plumbing ----------------------------------------------------------------------------
 
     @property
