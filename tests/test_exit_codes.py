@@ -1,0 +1,51 @@
+"""Exit codes that need a real process: Ctrl-C, Click's own usage errors, `python -m`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.stub_server import Reply
+
+
+def _env(stub, tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSPERA_")}
+    env.update(
+        INSPERA_URL=stub.url,
+        INSPERA_CLIENT_ID="c",
+        INSPERA_API_KEY="k",
+        XDG_CONFIG_HOME=str(tmp_path / "cfg"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )
+    return env
+
+
+def test_ctrl_c_exits_130_without_traceback(stub, tmp_path):
+    stub.on("GET", "/api/v1/subscription", Reply(body=[], delay=5))
+    proc = subprocess.Popen(
+        ["inspera-hooks", "list"],
+        env=_env(stub, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while not stub.count("GET", "/api/v1/subscription") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert "inspera-hooks: error: interrupted" in err and "Traceback" not in err
+
+
+def test_click_usage_error_is_2(cli):
+    r = cli("list", "--no-such-flag", expect=2)
+    assert "No such option" in r.stderr
+
+
+def test_python_dash_m_works(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "inspera_cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("inspera-hooks ")
