@@ -66,6 +66,8 @@ app = typer.Typer(
     help="Inspera Assessment webhooks from the command line: subscriptions, a verifying "
     "local receiver, a signing toolkit and a sandbox tenant.",
     no_args_is_help=True,
+    # `inspera-hooks completion SHELL` replaces Typer's --install-completion / --show-completion.
+    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,

@@ -12,6 +12,7 @@ import typer
 
 from inspera_cli import output
 from inspera_cli.commands.common import JsonOption, SecretEnvOption, SecretStdinOption, resolve_secret, state
+from inspera_cli.completers import complete_event, complete_subscription_id
 from inspera_cli.errors import InsperaError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -39,7 +40,10 @@ def events(ctx: typer.Context, json: JsonOption = False) -> None:
 
 def list_(
     ctx: typer.Context,
-    event: Annotated[str | None, typer.Option("--event", help="Only subscriptions to this event.")] = None,
+    event: Annotated[
+        str | None,
+        typer.Option("--event", help="Only subscriptions to this event.", autocompletion=complete_event),
+    ] = None,
     json: JsonOption = False,
 ) -> None:
     """List your webhook subscriptions.
@@ -78,7 +82,11 @@ def create(
     ctx: typer.Context,
     event: Annotated[
         list[str],
-        typer.Option("--event", help="Event to subscribe to; repeat for several (one subscription each)."),
+        typer.Option(
+            "--event",
+            help="Event to subscribe to; repeat for several (one subscription each).",
+            autocompletion=complete_event,
+        ),
     ],
     endpoint: Annotated[str, typer.Option("--endpoint", help="HTTPS URL Inspera will POST events to.")],
     secret_env: SecretEnvOption = None,
@@ -157,9 +165,13 @@ def _render_created(items: list[dict[str, Any]], *, json: bool, generated: bool)
 
 def delete(
     ctx: typer.Context,
-    ids: Annotated[list[int] | None, typer.Argument(metavar="[ID]...", help="Subscription ids.")] = None,
+    ids: Annotated[
+        list[int] | None,
+        typer.Argument(metavar="[ID]...", help="Subscription ids.", autocompletion=complete_subscription_id),
+    ] = None,
     event: Annotated[
-        str | None, typer.Option("--event", help="Delete the subscription to this event…")
+        str | None,
+        typer.Option("--event", help="Delete the subscription to this event…", autocompletion=complete_event),
     ] = None,
     endpoint: Annotated[str | None, typer.Option("--endpoint", help="…at this endpoint.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Delete every subscription.")] = False,

@@ -1,0 +1,212 @@
+"""Dynamic shell completion: event names and subscription ids from the tenant's API.
+
+A completion runs on every TAB, so it must be fast and must never print an error into the user's
+prompt. Hence: settings come from the same flags / environment / profile as any command, answers are
+cached for a minute (``completion.json`` in the user cache dir, mode 0600, names and ids only), the
+API is called through the standard library with one try and a ~2 s deadline (the client's retries
+and ``requests`` import are for real commands), and every failure yields no candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from inspera_cli import __version__
+from inspera_cli.config import Settings, cache_dir, resolve_settings, write_private
+
+CACHE_TTL = 60.0
+DEADLINE = 2.0
+CACHE_FILE = "completion.json"
+MAX_BODY = 4 * 1024 * 1024
+
+Candidate = tuple[str, str]
+
+
+def complete_event(ctx: Any, incomplete: str) -> list[Candidate]:
+    """Event names (with their descriptions) for `--event` options."""
+    items = _cached(ctx, "events")
+    return [(name, help_) for name, help_ in items if name.startswith(incomplete)]
+
+
+def complete_subscription_id(ctx: Any, incomplete: str) -> list[Candidate]:
+    """Subscription ids, each with its event and endpoint as help, for `delete`."""
+    items = _cached(ctx, "subscriptions")
+    return [(sid, help_) for sid, help_ in items if sid.startswith(incomplete)]
+
+
+def cache_path() -> Path:
+    return cache_dir() / CACHE_FILE
+
+
+def _settings(ctx: Any) -> Settings | None:
+    """The connection settings the command would use: global flags, environment, profile."""
+    params = ctx.find_root().params if ctx is not None else {}
+    settings = resolve_settings(
+        params.get("url"),
+        params.get("client_id"),
+        profile=params.get("profile"),
+    )
+    if not settings.url or not (settings.token or (settings.client_id and settings.api_key)):
+        return None
+    return settings
+
+
+def _cached(ctx: Any, kind: str) -> list[Candidate]:
+    try:
+        settings = _settings(ctx)
+        if settings is None or settings.url is None:
+            return []
+        key = f"{settings.url} {settings.client_id or ''} {kind}"
+        path = cache_path()
+        cache = _load(path)
+        entry = cache.get(key)
+        now = time.time()
+        if isinstance(entry, dict) and 0 <= now - float(entry.get("time", 0)) < CACHE_TTL:
+            return [(str(v), str(h)) for v, h in entry.get("items", [])]
+        items = _fetch(settings, kind, deadline=time.monotonic() + DEADLINE)
+        cache = {k: v for k, v in cache.items() if isinstance(v, dict) and now - v.get("time", 0) < CACHE_TTL}
+        cache[key] = {"time": now, "items": items}
+        write_private(path, json.dumps(cache).encode("utf-8"))
+        return items
+    except Exception:
+        # Completion is best effort: no network, a bad profile or an odd answer means no candidates.
+        return []
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _fetch(settings: Settings, kind: str, *, deadline: float) -> list[Candidate]:
+    if kind == "events":
+        return _event_items(_api_get(settings, "/v1/subscription/events", deadline))
+    return _subscription_items(_api_get(settings, "/v1/subscription", deadline))
+
+
+def _api_get(settings: Settings, path: str, deadline: float) -> Any:
+    """GET an API path with a cached or fresh token; one token refresh on 401."""
+    import urllib.error
+
+    from inspera_cli.auth import TokenCache
+
+    assert settings.url is not None
+    url = f"{settings.url}/api{path}"
+    cache = TokenCache()
+    token = settings.token
+    if token is None and settings.client_id:
+        cached = cache.get(settings.url, settings.client_id)
+        token = cached.access_token if cached else None
+    for refreshed in (False, True):
+        if token is None or refreshed:
+            if settings.token:
+                raise PermissionError("INSPERA_TOKEN rejected")
+            token = _exchange(settings, cache, deadline)
+        try:
+            return _request("GET", url, {"Authorization": f"Bearer {token}"}, deadline)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401:
+                raise
+    raise PermissionError("token rejected")
+
+
+def _exchange(settings: Settings, cache: Any, deadline: float) -> str:
+    """The token exchange; the token is cached like the client's so the next command reuses it."""
+    from urllib.parse import urlencode
+
+    from inspera_cli.auth import Token
+
+    assert settings.url is not None and settings.client_id and settings.api_key
+    query = urlencode({"grant_type": "authorization_code", "client_id": settings.client_id})
+    body = _request(
+        "POST",
+        f"{settings.url}/api/authenticate/token/?{query}",
+        {"code": settings.api_key, "Content-Type": "application/x-www-form-urlencoded"},
+        deadline,
+    )
+    token = Token(str(body["access_token"]), time.time() + float(body.get("expires_in") or 3600))
+    cache.put(settings.url, settings.client_id, token)
+    return token.access_token
+
+
+def _request(method: str, url: str, headers: dict[str, str], deadline: float) -> Any:
+    import urllib.request
+
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("completion deadline passed")
+    request = urllib.request.Request(
+        url,
+        data=b"" if method == "POST" else None,
+        method=method,
+        headers={"User-Agent": f"inspera-hooks/{__version__}", "Accept": "application/json", **headers},
+    )
+    context = _tls_context() if url.startswith("https:") else None
+    with urllib.request.urlopen(request, timeout=remaining, context=context) as response:
+        return json.loads(response.read(MAX_BODY) or b"null")
+
+
+def _tls_context() -> Any:
+    """Verify TLS against the same CA bundle requests would use (REQUESTS_CA_BUNDLE, else certifi)."""
+    import ssl
+
+    cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if not cafile:
+        try:
+            import certifi
+
+            cafile = certifi.where()
+        except ImportError:
+            cafile = None
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _unwrap(data: Any) -> list[Any]:
+    """A bare array, or an object that wraps one array under a single key."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            return lists[0]
+    return []
+
+
+def _event_items(data: Any) -> list[Candidate]:
+    items: dict[str, str] = {}
+    for item in _unwrap(data):
+        if isinstance(item, str):
+            items.setdefault(item, "")
+        elif isinstance(item, dict):
+            name = next((item[k] for k in ("event", "name", "eventType") if item.get(k)), None)
+            if name is not None:
+                items.setdefault(str(name), " ".join(str(item.get("description") or "").split()))
+    return sorted(items.items())
+
+
+def _subscription_items(data: Any) -> list[Candidate]:
+    items = []
+    for item in _unwrap(data):
+        if not isinstance(item, dict):
+            continue
+        sid = item.get("subscriptionId", item.get("id"))
+        if isinstance(sid, bool) or not str(sid).strip().isdigit():
+            continue
+        event, endpoint = str(item.get("event") or ""), _public_url(str(item.get("endpoint") or ""))
+        items.append((str(sid).strip(), f"{event} → {endpoint}".strip(" →")))
+    return sorted(items, key=lambda i: int(i[0]))
+
+
+def _public_url(url: str) -> str:
+    """The endpoint without credentials or query (some put a token there): nothing secret is cached."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", "")) if parts.scheme and host else ""
