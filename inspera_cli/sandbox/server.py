@@ -458,6 +458,9 @@ class _Handler(BaseHTTPRequestHandler):
     # Answer even a garbled request line with a status line and headers, not a bare HTTP/0.9 body.
     default_request_version = "HTTP/1.0"
     server_version = "InsperaSandbox/1"
+    # Headers and body go out in two writes: with Nagle on, the body waits for the client's
+    # delayed ACK, some 40 ms on every keep-alive request.
+    disable_nagle_algorithm = True
     timeout = 10  # seconds a silent client may hold a connection
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
