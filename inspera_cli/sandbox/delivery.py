@@ -157,7 +157,7 @@ class DeliveryQueue:
         resolve: Resolve,
         log: DeliveryLog,
         on_attempt: Callable[[dict[str, Any]], None] | None = None,
-        workers: int = 8,
+        workers: int = 16,
     ) -> None:
         self.timeout = timeout
         self.retries = retries
