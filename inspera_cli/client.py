@@ -123,7 +123,7 @@ def parse_subscriptions(data: Any) -> list[Subscription]:
 
 
 def _retry_after(response: requests.Response | None, attempt: int) -> float:
-    delay = BACKOFF * (2**attempt)
+    delay: float = BACKOFF * (2**attempt)
     value = response.headers.get("Retry-After") if response is not None else None
     if value:
         try:
