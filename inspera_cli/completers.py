@@ -33,6 +33,15 @@ def complete_event(ctx: Any, incomplete: str) -> list[Candidate]:
     return [(name, help_) for name, help_ in items if name.startswith(incomplete)]
 
 
+def complete_event_list(ctx: Any, incomplete: str) -> list[Candidate]:
+    """Comma-separated event names (`listen --events a,b`): completes the name after the last comma."""
+    head, _, tail = incomplete.rpartition(",")
+    given = set(head.split(",")) if head else set()
+    prefix = f"{head}," if head else ""
+    items = _cached(ctx, "events")
+    return [(prefix + name, help_) for name, help_ in items if name.startswith(tail) and name not in given]
+
+
 def complete_subscription_id(ctx: Any, incomplete: str) -> list[Candidate]:
     """Subscription ids, each with its event and endpoint as help, for `delete`."""
     items = _cached(ctx, "subscriptions")

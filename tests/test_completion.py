@@ -214,3 +214,12 @@ def test_cache_ignores_a_corrupt_file(sandbox_env: Any) -> None:
     path.write_text("{not json", encoding="utf-8")
     assert "confirm_final_grades" in complete("inspera-hooks create --event ").stdout.split()
     assert json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_comma_separated_event_lists(sandbox_env: Any) -> None:
+    from inspera_cli.completers import complete_event_list
+
+    values = [value for value, _ in complete_event_list(None, "confirm_final_grades,c")]
+    assert "confirm_final_grades,complete_grading" in values
+    assert all(v.startswith("confirm_final_grades,c") for v in values)
+    assert "confirm_final_grades,confirm_final_grades" not in values
