@@ -1,4 +1,26 @@
-"""inspera-hooks: the command line and Python library for Inspera Assessment webhooks."""
+"""inspera-hooks: the command line and Python library for Inspera Assessment webhooks.
+
+The public, typed API (a breaking change to rename or remove)::
+
+    from inspera_cli import (
+        InsperaClient,     # events(), subscriptions(event=None), create(event, endpoint, secret), delete(id)
+        Subscription,      # subscription_id, event, endpoint, last_modified
+        Event,             # event, context_object_id, timestamp, fields
+        sign,              # sign(body, secret) -> lowercase hex HMAC-SHA1
+        verify_signature,  # verify_signature(body, header, secret) -> None, or raises SignatureError
+        parse_event,       # parse_event(body) -> Event; JSON or Java-map text, else ValueError
+        SignatureError,    # why a signature did not verify
+        InsperaError,      # base of every error raised on purpose (one line for the user)
+    )
+
+A receiver verifies the raw body bytes first, then parses them::
+
+    verify_signature(body, headers.get("X-Inspera-Signature"), secret)
+    event = parse_event(body)
+
+``InsperaClient`` (and ``Subscription``) import ``requests`` on first use only, so that
+``import inspera_cli`` stays cheap for receivers that only verify and parse.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +47,17 @@ from inspera_cli.signing import sign, verify_signature
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient, Subscription
 
+_LAZY = ("InsperaClient", "Subscription")
+
 
 def __getattr__(name: str) -> object:
     # The client pulls in requests; import it only when asked for, so the CLI starts fast.
-    if name in ("InsperaClient", "Subscription"):
+    if name in _LAZY:
         from inspera_cli import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'inspera_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
