@@ -68,7 +68,8 @@ def test_signatures_are_those_of_the_spec() -> None:
         ("profile", keyword),
         ("timeout", keyword),
     ]
-    assert parameters(inspera_cli.InsperaClient.subscriptions) == [("self", positional), ("event", positional)]
+    subscriptions = parameters(inspera_cli.InsperaClient.subscriptions)
+    assert subscriptions == [("self", positional), ("event", positional)]
     assert parameters(inspera_cli.InsperaClient.create) == [
         ("self", positional),
         ("event", positional),
