@@ -49,7 +49,7 @@ def test_client_methods_are_documented() -> None:
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        inspera_cli.Nope  # type: ignore[attr-defined] # noqa: B018
+        inspera_cli.Nope  # noqa: B018
 
 
 def parameters(function: object) -> list[tuple[str, str]]:
