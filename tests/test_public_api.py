@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import inspera_cli
+from tests.test_public_api_readme import python_blocks
 
 PACKAGE = Path(inspera_cli.__file__).parent
 PUBLIC = {
@@ -136,8 +137,8 @@ def mypy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_mypy_strict_on_the_public_modules_and_on_a_user_of_them(tmp_path: Path) -> None:
-    # The user's program lives outside the repository, so mypy finds the installed package and
-    # only trusts its annotations because of py.typed.
+    # The user's program (and the README's examples) live outside the repository, so mypy finds
+    # the installed package and only trusts its annotations because of py.typed.
     user = tmp_path / "receiver.py"
     user.write_text(
         textwrap.dedent(
@@ -164,7 +165,11 @@ def test_mypy_strict_on_the_public_modules_and_on_a_user_of_them(tmp_path: Path)
             """
         )
     )
-    user_check = mypy(str(user), cwd=tmp_path)
+    examples = []
+    for number, code in enumerate(python_blocks()):
+        examples.append(tmp_path / f"readme_example_{number}.py")
+        examples[-1].write_text(code, encoding="utf-8")
+    user_check = mypy(str(user), *map(str, examples), cwd=tmp_path)
     assert user_check.returncode == 0, user_check.stdout + user_check.stderr
     modules = [str(PACKAGE / name) for name in PUBLIC_MODULES]
     package_check = mypy(*modules, cwd=tmp_path)
