@@ -28,11 +28,14 @@ def doctor(
     secret: SecretOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Check settings, tenant, credentials and events API; with --endpoint, whether Inspera's
-    validation of that endpoint would pass (HTTPS, public DNS, TLS certificate, 200 within 10 s).
+    """Check that Inspera can deliver events: settings, tenant, credentials, and your endpoint.
 
-    Each check is printed with ✓ or ✗ and how to fix it. The validation POST is signed with the
-    given secret, or with a throwaway one.
+    Checks the settings (and where each came from), that the tenant answers, that the credentials
+    are accepted and that the events API answers. With --endpoint, also whether Inspera's validation
+    of that endpoint would pass: HTTPS, public DNS, a valid TLS certificate, and 200 to a signed
+    verification POST within 10 s. The POST is signed with the given secret, or a throwaway one.
+
+    Each check is printed with ✓ or ✗ and how to fix it.
 
     Example: inspera-hooks doctor --endpoint https://hooks.example.edu/inspera --secret-env HOOK_SECRET
 
