@@ -397,21 +397,25 @@ def apply_plan(
             return Outcome("delete", sub.event, sub.endpoint, subscription=sub, error=_reason(exc))
         return Outcome("delete", sub.event, sub.endpoint, subscription=sub, existed=existed)
 
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="apply")
     try:
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="apply") as pool:
-            result.created = _run(pool, create, plan.create, on_done)
-            if any(not o.ok for o in result.created):
-                skipped = "skipped: a create failed, so nothing is deleted (fix it and apply again)"
-                result.deleted = [
-                    Outcome("delete", s.event, s.endpoint, subscription=s, error=skipped) for s in plan.delete
-                ]
-                for outcome in result.deleted:
-                    if on_done:
-                        on_done(outcome)
-            else:
-                result.deleted = _run(pool, delete, plan.delete, on_done)
-    finally:
-        workers.close()
+        result.created = _run(pool, create, plan.create, on_done)
+        if any(not o.ok for o in result.created):
+            skipped = "skipped: a create failed, so nothing is deleted (fix it and apply again)"
+            result.deleted = [
+                Outcome("delete", s.event, s.endpoint, subscription=s, error=skipped) for s in plan.delete
+            ]
+            for outcome in result.deleted:
+                if on_done:
+                    on_done(outcome)
+        else:
+            result.deleted = _run(pool, delete, plan.delete, on_done)
+    except BaseException:
+        # Interrupted (Ctrl-C): queued changes never start; those in flight finish on their own.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    workers.close()
     return result
 
 

@@ -295,3 +295,20 @@ def test_an_unsupported_event_is_refused_before_any_write(
     assert f"{path}:9: event 'no_such_event' is not supported" in result.stderr
     assert writes(env) == []
     assert live(env) == set()
+
+
+def test_an_interrupt_stops_the_queued_creates(sandbox: Any, receiver: Receiver) -> None:
+    from inspera_cli.apply import DesiredSubscription, apply_plan, make_plan
+
+    desired = [
+        DesiredSubscription(EVENTS[0], receiver.url(f"/{i}"), "HOOK_SECRET", secret=SECRET) for i in range(8)
+    ]
+    plan = make_plan(desired, [], prune=False)
+
+    def interrupt(_: Any) -> None:
+        raise KeyboardInterrupt
+
+    with client(sandbox) as c, pytest.raises(KeyboardInterrupt):
+        apply_plan(c, plan, concurrency=2, on_done=interrupt)
+    time.sleep(0.2)  # let the one still in flight finish
+    assert 1 <= len(sandbox.subscriptions()) <= 3
