@@ -23,7 +23,9 @@ from inspera_cli.config import (
 from inspera_cli.errors import UsageError
 
 config_app = typer.Typer(
-    help="Show and change the saved settings (profiles in config.toml).", no_args_is_help=True
+    help="Show and change the saved settings (profiles in config.toml).\n\n"
+    "Example: inspera-hooks --profile prod config show",
+    no_args_is_help=True,
 )
 
 MASK = "********"
