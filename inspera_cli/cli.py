@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated, Any
 
@@ -103,15 +104,30 @@ def main_callback(
     ] = False,
 ) -> None:
     output.configure(no_color=no_color)
-    if debug:
-        import logging
-
-        logging.basicConfig(level=logging.DEBUG, format="debug: %(message)s", stream=sys.stderr)
-        for noisy in ("urllib3", "charset_normalizer"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    _configure_debug_log(debug)
     ctx.obj = AppState(
         url=url, client_id=client_id, profile=profile, timeout=timeout, debug=debug, no_color=no_color
     )
+
+
+class _DebugHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
+
+
+def _configure_debug_log(debug: bool) -> None:
+    """--debug: the package's loggers (HTTP exchanges, already redacted) go to stderr."""
+    logger = logging.getLogger("inspera_cli")
+    for handler in [h for h in logger.handlers if isinstance(h, _DebugHandler)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if debug:
+        handler = _DebugHandler()
+        handler.setFormatter(logging.Formatter("debug: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 for _module in (subscriptions, listen, signing, apply, sandbox, demo, doctor, config, completion):
