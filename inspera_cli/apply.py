@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from inspera_cli.endpoints import endpoint_problem
 from inspera_cli.errors import ConfigError, InsperaError
 
 if TYPE_CHECKING:
@@ -76,15 +76,6 @@ class SubscriptionsFile:
 # -- loading ---------------------------------------------------------------------------------------
 
 
-def _endpoint_problem(endpoint: str, is_loopback_url: Callable[[str], bool]) -> str | None:
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"endpoint {endpoint!r} is not an http(s) URL"
-    if parts.scheme == "http" and not is_loopback_url(endpoint):
-        return f"endpoint {endpoint} is plain http: Inspera calls HTTPS endpoints only"
-    return None
-
-
 class _LineFinder:
     """Finds the line of an entry or of a key in it by scanning the text (tomllib keeps no lines)."""
 
@@ -122,15 +113,12 @@ class _LineFinder:
 def load_subscriptions_file(
     path: Path,
     env: Mapping[str, str] | None = None,
-    *,
-    is_loopback_url: Callable[[str], bool],
 ) -> SubscriptionsFile:
     """Read and strictly validate a subscriptions file; every problem is reported with its line.
 
     Checks everything that needs no API: TOML syntax, unknown keys, missing or empty fields,
     endpoints that are not HTTPS (plain http only on loopback), unset ``secret_env`` variables and
-    duplicate (event, endpoint) pairs. ``is_loopback_url`` is the CLI's own test of which plain-http
-    endpoints are allowed (the same as `create`'s). Raises :class:`SubscriptionsFileError`.
+    duplicate (event, endpoint) pairs. Raises :class:`SubscriptionsFileError`.
     """
     env = os.environ if env is None else env
     try:
@@ -149,7 +137,7 @@ def load_subscriptions_file(
             line = int(match.group(1)) if match.group(1) else max(len(text.splitlines()), 1)
         message = _SYNTAX_LINE.sub("", message) if match else message
         raise SubscriptionsFileError(path, [Problem(line, f"invalid TOML: {message}")]) from None
-    return _validate(path, text, data, env, is_loopback_url)
+    return _validate(path, text, data, env)
 
 
 def _validate(
@@ -157,7 +145,6 @@ def _validate(
     text: str,
     data: dict[str, Any],
     env: Mapping[str, str],
-    is_loopback_url: Callable[[str], bool],
 ) -> SubscriptionsFile:
     raw = data.get(ENTRY_TABLE, [])
     entries = raw if isinstance(raw, list) else []
@@ -199,9 +186,9 @@ def _validate(
             problems += entry_problems
             continue
         event, endpoint, secret_env = (entry[k].strip() for k in FIELDS)
-        endpoint_problem = _endpoint_problem(endpoint, is_loopback_url)
-        if endpoint_problem:
-            problems.append(Problem(finder.entry_key(index, "endpoint"), endpoint_problem))
+        unreachable = endpoint_problem(endpoint)
+        if unreachable:
+            problems.append(Problem(finder.entry_key(index, "endpoint"), unreachable))
         secret = env.get(secret_env, "")
         if not secret:
             problems.append(

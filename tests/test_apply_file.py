@@ -15,7 +15,6 @@ from inspera_cli.apply import (
     make_plan,
 )
 from inspera_cli.client import Subscription
-from inspera_cli.commands.subscriptions import is_loopback_url
 from inspera_cli.errors import ConfigError, ExitCode
 
 ENV = {"HOOK_SECRET": "s3cr3t-never-shown", "OTHER_SECRET": "other-s3cr3t"}
@@ -37,7 +36,7 @@ secret_env = "OTHER_SECRET"
 def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> SubscriptionsFile:
     path = tmp_path / "hooks.toml"
     path.write_text(text, encoding="utf-8")
-    return load_subscriptions_file(path, ENV if env is None else env, is_loopback_url=is_loopback_url)
+    return load_subscriptions_file(path, ENV if env is None else env)
 
 
 def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[tuple[int | None, str]]:
@@ -169,14 +168,14 @@ def test_inline_entries_fall_back_to_the_array_line(tmp_path: Path) -> None:
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the subscriptions file"):
-        load_subscriptions_file(tmp_path / "absent.toml", ENV, is_loopback_url=is_loopback_url)
+        load_subscriptions_file(tmp_path / "absent.toml", ENV)
 
 
 def test_file_that_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "hooks.toml"
     path.write_bytes(b'event = "\xff"\n')
     with pytest.raises(SubscriptionsFileError, match="not UTF-8"):
-        load_subscriptions_file(path, ENV, is_loopback_url=is_loopback_url)
+        load_subscriptions_file(path, ENV)
 
 
 def test_unsupported_event_names_the_event_line(tmp_path: Path) -> None:

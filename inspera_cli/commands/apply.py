@@ -54,9 +54,8 @@ def apply(
     3 credentials.
     """
     from inspera_cli.apply import apply_plan, check_events, load_subscriptions_file, make_plan
-    from inspera_cli.commands.subscriptions import is_loopback_url
 
-    spec = load_subscriptions_file(file, is_loopback_url=is_loopback_url)
+    spec = load_subscriptions_file(file)
     client = state(ctx).client()
     if spec.subscriptions:
         check_events(spec, (e.event for e in client.events()))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 
 from inspera_cli import output
 from inspera_cli.commands.common import JsonOption, SecretEnvOption, SecretStdinOption, resolve_secret, state
 from inspera_cli.completers import complete_event, complete_subscription_id
+from inspera_cli.endpoints import endpoint_problem
 from inspera_cli.errors import InsperaError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -56,26 +55,11 @@ def list_(
     output.render([s.to_json() for s in subs], SUBSCRIPTION_COLUMNS, json_mode=json)
 
 
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_endpoint(endpoint: str, *, allow_http: bool) -> None:
-    """Inspera only calls HTTPS: refuse anything else unless loopback or explicitly allowed."""
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--endpoint {endpoint!r} is not an http(s) URL")
-    if parts.scheme == "http" and not allow_http and not is_loopback_url(endpoint):
-        raise UsageError(
-            f"--endpoint {endpoint} is plain http: Inspera calls HTTPS endpoints only "
-            "(pass --allow-http to send it anyway)"
-        )
+    problem = endpoint_problem(endpoint, allow_http=allow_http)
+    if problem:
+        hint = " (pass --allow-http to send it anyway)" if "plain http" in problem else ""
+        raise UsageError(f"--{problem}{hint}")
 
 
 def create(
