@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,66 @@ def test_replay_since_needs_receipt_times(cli: Cli, receiver: Receiver, tmp_path
     result = replay(cli, path, receiver.url, "--since", "2024-01-01", expect=1)
     assert "line 1: 'receivedAt' 'yesterday' is not an ISO time" in result.stderr
     assert "is not an ISO date" in replay(cli, path, receiver.url, "--since", "soon", expect=2).stderr
+
+
+# --- end to end: trigger → the real `listen --record` → replay ----------------------------------
+
+
+def test_trigger_through_listen_then_replay_its_record(cli: Cli, tmp_path: Path) -> None:
+    """`trigger` reaches a real `listen` (which forwards to an app that fails once); `replay` of
+    the file `listen --record` wrote sends the same bytes in the same order, validly re-signed."""
+    import re
+    import subprocess
+    import sys
+
+    record = tmp_path / "recorded.jsonl"
+    with Receiver(secret=OLD_SECRET, statuses=(200, 500, 200)) as app:
+        listen = subprocess.Popen(
+            [sys.executable, "-m", "inspera_cli", "listen", "--port", "0", "--json",
+             "--secret-env", "HOOK_SECRET", "--record", str(record), "--forward-to", app.url,
+             "--exit-after", "2", "--timeout", "30"],
+            env={**os.environ, "HOOK_SECRET": OLD_SECRET},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert listen.stderr is not None
+            seen = []
+            while not any(line.startswith("Ready:") for line in seen):
+                line = listen.stderr.readline()
+                assert line, f"listen exited before it was ready: {''.join(seen)}"
+                seen.append(line)
+            match = re.search(r"http://\S+", seen[-1])
+            assert match, seen[-1]
+            url = match.group(0)
+
+            def trigger(*args: str, secret: str = OLD_SECRET, expect: int = 0) -> Any:
+                return cli("trigger", *args, "--to", url, "--secret-env", "K", "--json",
+                           env={"K": secret}, expect=expect)
+
+            assert trigger("--verification").json[0]["status"] == 200
+            assert trigger("confirm_final_grades", secret="wrong", expect=1).json[0]["status"] == 401
+            trigger("confirm_final_grades", "--object-id", "1")
+            assert trigger("resource_created", "--object-id", "2", expect=1).json[0]["status"] == 500
+            trigger("confirm_final_grades", "--object-id", "3")
+            stdout, _ = listen.communicate(timeout=20)
+        finally:
+            if listen.poll() is None:
+                listen.kill()
+                listen.communicate()
+        assert listen.returncode == 0
+        sent = [r.body for r in app.received]  # the exact bytes trigger sent, as forwarded
+
+    assert [json.loads(line)["signature"] for line in stdout.splitlines()] == [
+        "valid", "invalid", "valid", "valid", "valid"
+    ]
+    assert len(record.read_text().splitlines()) == 4  # the verification too, not the forgery
+    with Receiver(secret=SECRET) as target:
+        result = replay(cli, record, target.url, "--json")
+        assert [r.body for r in target.received] == sent
+        assert all(r.signature == sign(r.body, SECRET) for r in target.received)
+    assert [(i["event"], i["status"]) for i in result.json] == [
+        ("confirm_final_grades", 200), ("resource_created", 200), ("confirm_final_grades", 200)
+    ]
+    with Receiver(secret=SECRET) as target:
+        replay(cli, record, target.url, "--failed")
+        assert [r.body for r in target.received] == [sent[1]]
