@@ -1,0 +1,575 @@
+"""`inspera-hooks listen` as users run it: a subprocess on port 0, real HTTP clients, signatures
+computed independently with `openssl dgst -sha1 -hmac`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from inspera_cli.listener import JSON_FIELDS
+from inspera_cli.payload import verification_body
+from tests.conftest import Cli
+
+OPENSSL = "/usr/bin/openssl"
+SECRET = "listen-test-secret-5e1f"
+EVENT = "confirm_final_grades"
+_ids = itertools.count(35_199_000)
+
+
+def openssl_sign(body: bytes, secret: str = SECRET) -> str:
+    """The X-Inspera-Signature value, from an implementation that is not ours."""
+    out = subprocess.run(
+        [OPENSSL, "dgst", "-sha1", "-hmac", secret], input=body, capture_output=True, check=True
+    ).stdout.decode()
+    return out.strip().rsplit(" ", 1)[-1]
+
+
+def event_body(event: str = EVENT, object_id: int | None = None, *, java: bool = False) -> bytes:
+    object_id = next(_ids) if object_id is None else object_id
+    if java:
+        return f"{{contextObjectId={object_id}, event={event}, timestamp=2018-10-04T16:47:55Z}}".encode()
+    return json.dumps(
+        {"contextObjectId": object_id, "event": event, "timestamp": "2018-10-04T16:47:55Z"}
+    ).encode()
+
+
+def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {"X-Inspera-Signature": openssl_sign(body, secret), "Content-Type": "application/json"}
+
+
+class ListenProcess:
+    """`inspera-hooks listen --port 0 ARGS` in a subprocess; stdout and stderr collected as lines."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, port: int = 0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inspera_cli", "listen", "--port", str(port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "LISTEN_SECRET": SECRET, **(env or {})},
+            text=True,
+            encoding="utf-8",
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        ready = self.wait_for(lambda: any(line.startswith("Ready:") for line in self.stderr), 20)
+        if not ready:
+            self.kill()
+            pytest.fail(f"listen did not start:\n{self.err_text}")
+        line = next(line for line in self.stderr if line.startswith("Ready:"))
+        self.url = line.split()[1]
+
+    def _read(self, stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: predicate() or self.proc.poll() is not None and predicate(), timeout
+            )
+
+    def json_line(self, object_id: int | None = None, *, raw: str | None = None) -> dict[str, Any]:
+        """The --json line of the request with this contextObjectId (or this raw body)."""
+
+        def find() -> dict[str, Any] | None:
+            for line in self.stdout:
+                item = json.loads(line)
+                if (raw is not None and item["raw"] == raw) or (
+                    object_id is not None and item["contextObjectId"] == object_id
+                ):
+                    return item
+            return None
+
+        assert self.wait_for(lambda: find() is not None), f"no line for {object_id or raw}: {self.stdout}"
+        found = find()
+        assert found is not None
+        return found
+
+    @property
+    def err_text(self) -> str:
+        return "\n".join(self.stderr)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def __enter__(self) -> ListenProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def post(url: str, body: bytes, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+    return requests.post(url, data=body, headers=headers or {}, timeout=15, **kw)
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ListenProcess]:
+    """One listener for the request-by-request checks: --json, a secret, a record file, a path."""
+    record = tmp_path_factory.mktemp("listen") / "events.jsonl"
+    with ListenProcess(
+        "--secret-env", "LISTEN_SECRET", "--json", "--record", str(record), "--path", "/inspera"
+    ) as lp:
+        lp.record = record  # type: ignore[attr-defined]
+        yield lp
+
+
+def records(lp: ListenProcess) -> list[dict[str, Any]]:
+    path: Path = lp.record  # type: ignore[attr-defined]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# -- one request at a time ---------------------------------------------------------------------
+
+
+def test_ready_line_and_the_audience_reminder(receiver: ListenProcess) -> None:
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/inspera", receiver.url)
+    assert receiver.wait_for(lambda: "never for actions" in receiver.err_text)
+    assert "contributors" in receiver.err_text
+
+
+def test_valid_signature_is_answered_200_and_printed_as_one_json_line(receiver: ListenProcess) -> None:
+    body = event_body()
+    response = post(receiver.url, body, signed_headers(body))
+    assert response.status_code == 200
+    item = receiver.json_line(json.loads(body)["contextObjectId"])
+    assert list(item) == list(JSON_FIELDS)
+    assert item["event"] == EVENT
+    assert item["payload"] == json.loads(body)
+    assert item["raw"] == body.decode()
+    assert item["signature"] == "valid"
+    assert (item["delivery"], item["status"], item["forward"]) == (1, 200, None)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", item["receivedAt"])
+
+
+def test_the_record_line_is_on_disk_when_the_answer_arrives(receiver: ListenProcess) -> None:
+    body = event_body()
+    assert post(receiver.url, body, signed_headers(body)).status_code == 200
+    line = next(r for r in records(receiver) if r["raw"] == body.decode())
+    assert line["body"] == body.decode() and "bodyBase64" not in line
+    assert line["headers"]["X-Inspera-Signature"] == openssl_sign(body)
+    assert line["headers"]["Content-Type"] == "application/json"
+    assert {k: line[k] for k in ("event", "signature", "status", "delivery")} == {
+        "event": EVENT, "signature": "valid", "status": 200, "delivery": 1,
+    }
+    assert SECRET not in json.dumps(line)
+
+
+@pytest.mark.parametrize(
+    ("signature", "state"),
+    [(None, "missing"), ("0" * 40, "invalid"), ("not-hex", "invalid"), ("", "invalid")],
+)
+def test_a_missing_or_wrong_signature_is_401_and_not_recorded(
+    receiver: ListenProcess, signature: str | None, state: str
+) -> None:
+    body = event_body()
+    headers = {} if signature is None else {"X-Inspera-Signature": signature}
+    response = post(receiver.url, body, headers)
+    assert response.status_code == 401
+    item = receiver.json_line(json.loads(body)["contextObjectId"])
+    assert (item["signature"], item["status"]) == (state, 401)
+    assert all(r["raw"] != body.decode() for r in records(receiver))
+
+
+def test_a_signature_with_sha1_prefix_in_upper_case_is_valid(receiver: ListenProcess) -> None:
+    body = event_body()
+    header = "sha1=" + openssl_sign(body).upper()
+    assert post(receiver.url, body, {"X-Inspera-Signature": header}).status_code == 200
+
+
+def test_a_signature_made_with_another_secret_is_401(receiver: ListenProcess) -> None:
+    body = event_body()
+    assert post(receiver.url, body, signed_headers(body, "another-secret")).status_code == 401
+
+
+def test_signed_verification_is_answered_200(receiver: ListenProcess) -> None:
+    body = verification_body()
+    assert post(receiver.url, body, signed_headers(body)).status_code == 200
+    item = receiver.json_line(raw=body.decode())
+    assert (item["event"], item["signature"], item["status"]) == ("verification", "valid", 200)
+
+
+def test_unsigned_verification_is_answered_200_too(receiver: ListenProcess) -> None:
+    body = verification_body()
+    assert post(receiver.url, body).status_code == 200
+    item = receiver.json_line(raw=body.decode())
+    assert (item["signature"], item["status"]) == ("missing", 200)
+
+
+def test_a_java_map_body_is_parsed(receiver: ListenProcess) -> None:
+    body = event_body(java=True)
+    assert post(receiver.url, body, signed_headers(body)).status_code == 200
+    item = receiver.json_line(raw=body.decode())
+    assert item["event"] == EVENT
+    assert isinstance(item["contextObjectId"], int)
+    assert item["payload"]["timestamp"] == "2018-10-04T16:47:55Z"
+
+
+def test_a_signed_body_that_is_not_an_event_is_shown_raw_and_acknowledged(receiver: ListenProcess) -> None:
+    body = b"hello, not json \xff\xfe"
+    assert post(receiver.url, body, signed_headers(body)).status_code == 200
+    item = receiver.json_line(raw=body.decode("utf-8", "replace"))
+    assert (item["event"], item["payload"], item["signature"]) == (None, None, "valid")
+    line = next(r for r in records(receiver) if r["raw"] == item["raw"])
+    assert "body" not in line and line["bodyBase64"] == "aGVsbG8sIG5vdCBqc29uIP/+"
+
+
+def test_the_same_body_again_is_marked_as_a_retry(receiver: ListenProcess) -> None:
+    body = event_body()
+    for _ in range(3):
+        assert post(receiver.url, body, signed_headers(body)).status_code == 200
+
+    def deliveries() -> list[int]:
+        items = [json.loads(line) for line in receiver.stdout]
+        return [item["delivery"] for item in items if item["raw"] == body.decode()]
+
+    assert receiver.wait_for(lambda: len(deliveries()) == 3)
+    assert deliveries() == [1, 2, 3]
+    assert [r["delivery"] for r in records(receiver) if r["raw"] == body.decode()] == [1, 2, 3]
+
+
+def test_a_two_mib_body_is_413_and_the_listener_serves_on(receiver: ListenProcess) -> None:
+    body = b'{"event": "x", "pad": "' + b"a" * (2 << 20) + b'"}'
+    assert post(receiver.url, body, {"X-Inspera-Signature": "0" * 40}).status_code == 413
+    ok = event_body()
+    assert post(receiver.url, ok, signed_headers(ok)).status_code == 200
+
+
+def test_other_paths_404_other_methods_405_get_200(receiver: ListenProcess) -> None:
+    base = receiver.url.rsplit("/", 1)[0]
+    body = event_body()
+    assert post(base + "/elsewhere", body, signed_headers(body)).status_code == 404
+    health = requests.get(receiver.url, timeout=5)
+    assert health.status_code == 200 and "listen" in health.text
+    assert requests.head(receiver.url, timeout=5).status_code == 200
+    for method in ("PUT", "DELETE", "PATCH"):
+        response = requests.request(method, receiver.url, timeout=5)
+        assert response.status_code == 405
+        assert "POST" in response.headers["Allow"]
+    assert requests.get(receiver.url + "?probe=1", timeout=5).status_code == 200
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(receiver: ListenProcess) -> None:
+    with requests.Session() as session:
+        for _ in range(20):
+            body = event_body()
+            response = session.post(receiver.url, data=body, headers=signed_headers(body), timeout=5)
+            assert response.status_code == 200
+            assert response.headers.get("Connection") != "close"
+
+
+# -- human output, --events ----------------------------------------------------------------------
+
+
+def test_human_lines_and_the_events_filter(tmp_path: Path) -> None:
+    record = tmp_path / "events.jsonl"
+    with ListenProcess(
+        "--secret-env", "LISTEN_SECRET", "--events", f"{EVENT},resource_created",
+        "--record", str(record),
+    ) as lp:
+        wanted, other, bad = event_body(), event_body("user_deleted"), event_body()
+        assert post(lp.url, wanted, signed_headers(wanted)).status_code == 200
+        assert post(lp.url, other, signed_headers(other)).status_code == 200  # acknowledged
+        assert post(lp.url, bad, {"X-Inspera-Signature": "1" * 40}).status_code == 401
+        assert post(lp.url, verification_body()).status_code == 200
+        assert lp.wait_for(lambda: len(lp.stdout) >= 3)
+        assert lp.stop() == 0
+    out = "\n".join(lp.stdout)
+    wanted_id, bad_id = json.loads(wanted)["contextObjectId"], json.loads(bad)["contextObjectId"]
+    assert re.search(rf"\d\d:\d\d:\d\d +{EVENT} +{wanted_id} +valid +#1 +-> 200", out)
+    assert re.search(rf"{EVENT} +{bad_id} +invalid .*-> 401 .*does not match", out)
+    assert re.search(r"verification +0 +missing .*-> 200 .*unsigned verification", out)
+    assert "user_deleted" not in out
+    assert "Stopped after" in lp.err_text and "1 accepted" in lp.err_text
+    recorded = [json.loads(line)["event"] for line in record.read_text().splitlines()]
+    assert recorded == [EVENT, "user_deleted"]  # filtered but valid: recorded; 401 and unsigned: not
+
+
+# -- forwarding ----------------------------------------------------------------------------------
+
+
+class App:
+    """The user's app: a stdlib server on port 0 that answers ``status`` after ``delay`` seconds."""
+
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                app.received.append((self.path, dict(self.headers.items()), body))
+                time.sleep(delay)
+                answer = f"app says {status}".encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> App:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_forwarding_relays_the_apps_answer_and_routes_by_event() -> None:
+    with App(200) as ok_app, App(500) as failing_app:
+        dead = f"http://127.0.0.1:{closed_port()}/gone"
+        with ListenProcess(
+            "--secret-env", "LISTEN_SECRET", "--json",
+            "--forward-to", f"{ok_app.url}/hooks?from=listen",
+            "--forward-to", f"resource_created={failing_app.url}/other",
+            "--forward-to", f"user_deleted={dead}",
+        ) as lp:
+            body = event_body(java=True)
+            response = post(lp.url, body, {"X-Inspera-Signature": openssl_sign(body),
+                                           "Content-Type": "text/plain"})
+            assert (response.status_code, response.text) == (200, "app says 200")
+            path, headers, received = ok_app.received[0]
+            assert (path, received) == ("/hooks?from=listen", body)
+            assert headers["X-Inspera-Signature"] == openssl_sign(body)
+            assert headers["Content-Type"] == "text/plain"
+
+            failing = event_body("resource_created")
+            assert post(lp.url, failing, signed_headers(failing)).status_code == 500
+            assert failing_app.received[0][2] == failing
+
+            unreachable = event_body("user_deleted")
+            response = post(lp.url, unreachable, signed_headers(unreachable))
+            assert response.status_code == 502 and "did not answer" in response.text
+
+            verification = verification_body()
+            assert post(lp.url, verification, signed_headers(verification)).status_code == 200
+            bad = event_body()
+            assert post(lp.url, bad, {"X-Inspera-Signature": "2" * 40}).status_code == 401
+            assert len(ok_app.received) == 1  # neither the verification nor the 401 was forwarded
+
+            forward = lp.json_line(raw=body.decode())["forward"]
+            assert forward["url"] == f"{ok_app.url}/hooks?from=listen"
+            assert forward["status"] == 200 and forward["error"] is None
+            assert forward["latencyMs"] >= 0
+            assert lp.json_line(json.loads(failing)["contextObjectId"])["forward"]["status"] == 500
+            dead_item = lp.json_line(json.loads(unreachable)["contextObjectId"])
+            assert dead_item["status"] == 502
+            assert dead_item["forward"]["status"] is None
+            assert "refused" in dead_item["forward"]["error"]
+
+
+@pytest.mark.slow
+def test_an_app_slower_than_9_seconds_gets_502_in_time() -> None:
+    with App(200, delay=12) as sleepy, ListenProcess(
+        "--secret-env", "LISTEN_SECRET", "--forward-to", sleepy.url
+    ) as lp:
+        body = event_body()
+        started = time.monotonic()
+        response = post(lp.url, body, signed_headers(body))
+        elapsed = time.monotonic() - started
+        assert response.status_code == 502
+        assert 8.5 < elapsed < 10  # before Inspera's own 10 s timeout
+        assert lp.wait_for(lambda: any("no answer within 9 s" in line for line in lp.stdout))
+
+
+# -- durability, TLS -------------------------------------------------------------------------------
+
+
+def test_sigkill_right_after_a_200_loses_nothing(tmp_path: Path) -> None:
+    record = tmp_path / "events.jsonl"
+    with ListenProcess("--secret-env", "LISTEN_SECRET", "--record", str(record)) as lp:
+        bodies = [event_body() for _ in range(5)]
+        with requests.Session() as session:
+            for body in bodies:
+                response = session.post(lp.url, data=body, headers=signed_headers(body), timeout=5)
+                assert response.status_code == 200
+        lp.proc.kill()  # SIGKILL: no cleanup, no flush
+        lp.proc.wait(10)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [line["body"].encode() for line in lines] == bodies
+
+
+def test_https_with_a_trustme_certificate(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    with ListenProcess(
+        "--secret-env", "LISTEN_SECRET", "--json", "--tls-cert", str(cert_file), "--tls-key", str(key_file)
+    ) as lp:
+        assert lp.url.startswith("https://127.0.0.1:")
+        with requests.Session() as session:
+            for _ in range(3):
+                body = event_body()
+                response = session.post(
+                    lp.url, data=body, headers=signed_headers(body), timeout=5, verify=str(ca_file)
+                )
+                assert response.status_code == 200
+            assert session.get(lp.url, timeout=5, verify=str(ca_file)).status_code == 200
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(lp.url, timeout=5)  # not trusted without the CA
+        item = lp.json_line(json.loads(body)["contextObjectId"])
+        assert item["signature"] == "valid"
+        assert lp.stop() == 0
+
+
+# -- how it ends -----------------------------------------------------------------------------------
+
+
+def test_exit_after_counts_accepted_events_only() -> None:
+    with ListenProcess("--secret-env", "LISTEN_SECRET", "--exit-after", "2", "--json") as lp:
+        verification = verification_body()
+        assert post(lp.url, verification, signed_headers(verification)).status_code == 200
+        bad = event_body()
+        assert post(lp.url, bad, {"X-Inspera-Signature": "3" * 40}).status_code == 401
+        first, second = event_body(), event_body()
+        assert post(lp.url, first, signed_headers(first)).status_code == 200
+        assert lp.proc.poll() is None
+        assert post(lp.url, second, signed_headers(second)).status_code == 200
+        assert lp.wait_exit() == 0
+    assert [json.loads(line)["raw"] for line in lp.stdout][-1] == second.decode()
+    assert "2 accepted" in lp.err_text
+
+
+def test_exit_after_with_a_timeout_fails_when_too_few_came() -> None:
+    with ListenProcess("--exit-after", "3", "--timeout", "1") as lp:
+        body = event_body()
+        assert post(lp.url, body).status_code == 200  # no secret: unchecked, still accepted
+        assert lp.wait_exit() == 1
+    assert "only 1 of 3 events were accepted within 1 s" in lp.err_text
+
+
+def test_timeout_alone_stops_and_exits_0() -> None:
+    started = time.monotonic()
+    with ListenProcess("--timeout", "0.5") as lp:
+        assert lp.wait_exit() == 0
+    assert time.monotonic() - started < 10
+    assert "Stopped after" in lp.err_text
+
+
+def test_sigterm_and_ctrl_c_print_a_summary_and_exit_0() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with ListenProcess("--secret-env", "LISTEN_SECRET") as lp:
+            body = event_body()
+            assert post(lp.url, body, signed_headers(body)).status_code == 200
+            assert lp.stop(sig) == 0
+        assert "Stopped after" in lp.err_text and "1 accepted" in lp.err_text
+
+
+# -- --subscribe against the sandbox -------------------------------------------------------------
+
+
+def test_subscribe_creates_verifies_and_deletes_on_sigterm(sandbox_env: Any, cli: Cli) -> None:
+    port = closed_port()
+    public_url = f"http://127.0.0.1:{port}/hooks"
+    with ListenProcess(
+        "--subscribe", EVENT, "--public-url", public_url, "--json", "--path", "/hooks", port=port
+    ) as lp:
+        assert lp.wait_for(lambda: "Subscribed:" in lp.err_text, 20), lp.err_text
+        live = cli("list", "--json").json
+        assert [(s["event"], s["endpoint"]) for s in live] == [(EVENT, public_url)]
+        assert lp.wait_for(lambda: bool(lp.stdout))
+        verification = json.loads(lp.stdout[0])
+        assert (verification["event"], verification["signature"]) == ("verification", "valid")
+
+        sandbox_env.fire(EVENT, 4242)
+        item = lp.json_line(4242)
+        assert (item["signature"], item["status"]) == ("valid", 200)  # signed with the fresh secret
+        assert lp.stop(signal.SIGTERM) == 0
+    assert f"Deleted subscription {live[0]['subscriptionId']}" in lp.err_text
+    assert cli("list", "--json").json == []
+    everything = lp.err_text + "\n".join(lp.stdout)
+    assert not re.search(r"[0-9a-f]{64}", everything)  # the fresh secret is never shown
+
+
+# -- refused command lines -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tls-cert", "pyproject.toml"], "--tls-cert and --tls-key go together"),
+        (["--subscribe", EVENT], "--subscribe needs --public-url"),
+        (["--public-url", "https://x.example"], "only used with --subscribe"),
+        (["--forward-to", "not a url"], "not an http:// or https:// URL"),
+        (["--forward-to", "http://a.example", "--forward-to", "http://b.example"], "given twice"),
+        (["--secret-env", "LISTEN_NOT_SET"], "LISTEN_NOT_SET is not set"),
+    ],
+)
+def test_usage_errors_exit_2(cli: Cli, args: list[str], message: str) -> None:
+    result = cli("listen", "--port", "0", "--timeout", "1", *args, expect=2)
+    assert message in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(cli: Cli) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("listen", "--port", str(port), "--timeout", "1", expect=1)
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
