@@ -665,7 +665,7 @@ class Listener:
 
     def _serve(self) -> None:
         assert self._server is not None
-        self._server.serve_forever(poll_interval=0.2)
+        self._server.serve_forever(poll_interval=0.1)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

@@ -83,7 +83,8 @@ def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
     if is_terminal():
         from rich.text import Text
 
-        console(stderr=False).print(Text.assemble(*segments), emoji=False, markup=False)
+        text = Text.assemble(*((piece, style or "") for piece, style in segments))
+        console(stderr=False).print(text, emoji=False, markup=False)
         return
     sys.stdout.write("".join(text for text, _ in segments) + "\n")
     sys.stdout.flush()
