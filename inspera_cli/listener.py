@@ -26,6 +26,7 @@ import socket
 import socketserver
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -68,6 +69,9 @@ _SEEN_LIMIT = 200_000
 _REPORT_SLICE = 0.005  # bodies remembered for retry detection
 _NO_BODY_STATUSES = frozenset({204, 304})
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_KERNEL_TIMEOUTS = sys.platform != "win32" and hasattr(socket, "SO_RCVTIMEO")
+# The record writer may send answers itself only where a send can be made not to block.
+_WRITER_ANSWERS = bool(_DONTWAIT) and _KERNEL_TIMEOUTS
 _SERVER_HEADER = f"Server: inspera-hooks/{__version__}\r\n"
 
 
@@ -338,6 +342,8 @@ class _Handler(socketserver.BaseRequestHandler):
                 # wrap_socket detaches the plain socket: from now on there is only the TLS one.
                 self.conn = listener._ssl.wrap_socket(self.raw, server_side=True)
                 self.raw = self.conn
+            elif not _KERNEL_TIMEOUTS:
+                self.raw.settimeout(timeout)
             else:
                 # Kernel-side timeouts on a blocking socket: each recv/send is one system call,
                 # where Python's settimeout() would add a poll() before every one.
@@ -423,7 +429,7 @@ class _Handler(socketserver.BaseRequestHandler):
         if line is None or record is None:
             self._send(answer, close=not keep)
             listener._finish(answer)
-        elif keep and self.conn is self.request and _DONTWAIT:
+        elif keep and self.conn is self.request and _WRITER_ANSWERS:
             self._defer(listener, record, answer, line)
         else:
             try:
@@ -459,11 +465,19 @@ class _Handler(socketserver.BaseRequestHandler):
                         self.deferred_done.notify_all()
             listener._finish(answer)
 
-        record.append(line, send_when_recorded)
+        try:
+            record.append(line, send_when_recorded)
+        except OSError as exc:  # the record file is closed: shutting down
+            with self.deferred_done:
+                self.deferred -= 1
+            failed = listener._unrecorded(answer, exc)
+            self._send(failed, close=True)
+            listener._finish(failed)
 
     def _wait_deferred(self) -> None:
         with self.deferred_done:
-            self.deferred_done.wait_for(lambda: not self.deferred)
+            # Bounded, though the writer answers within one fsync: never hang a thread for good.
+            self.deferred_done.wait_for(lambda: not self.deferred, timeout=60)
 
     def _skip_body(self, req: _Request, rfile: BinaryIO, listener: Listener) -> bool:
         """Read past a body we do not want, if small; False means close the connection."""
