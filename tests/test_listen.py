@@ -55,7 +55,9 @@ def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
 class ListenProcess:
     """`inspera-hooks listen --port 0 ARGS` in a subprocess; stdout and stderr collected as lines."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, port: int = 0) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, port: int = 0, read_stdout: bool = True
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inspera_cli", "listen", "--port", str(port), *args],
             stdout=subprocess.PIPE,
@@ -68,9 +70,12 @@ class ListenProcess:
         self.stderr: list[str] = []
         self._changed = threading.Condition()
         self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout), daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True)
         ]
+        if read_stdout:
+            self._readers.append(
+                threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout), daemon=True)
+            )
         for reader in self._readers:
             reader.start()
         ready = self.wait_for(lambda: any(line.startswith("Ready:") for line in self.stderr), 20)
@@ -328,6 +333,23 @@ def test_human_lines_and_the_events_filter(tmp_path: Path) -> None:
     assert "Stopped after" in lp.err_text and "1 accepted" in lp.err_text
     recorded = [json.loads(line)["event"] for line in record.read_text().splitlines()]
     assert recorded == [EVENT, "user_deleted"]  # filtered but valid: recorded; 401 and unsigned: not
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_listener(tmp_path: Path) -> None:
+    record = tmp_path / "events.jsonl"
+    with ListenProcess("--json", "--record", str(record), read_stdout=False) as lp:  # `listen | head -1`
+        assert lp.proc.stdout is not None
+        first = event_body()
+        assert post(lp.url, first).status_code == 200
+        assert json.loads(lp.proc.stdout.readline())["raw"] == first.decode()
+        lp.proc.stdout.close()
+        for _ in range(5):
+            body = event_body()
+            assert post(lp.url, body).status_code == 200
+        assert lp.stop() == 0
+    assert len(record.read_text().splitlines()) == 6
+    assert "Traceback" not in lp.err_text and "Exception" not in lp.err_text
+    assert "6 accepted" in lp.err_text
 
 
 # -- forwarding ----------------------------------------------------------------------------------

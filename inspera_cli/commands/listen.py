@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import io
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -86,8 +89,15 @@ def subscribe(
     """Create one subscription per event for ``endpoint``, appending each to ``created`` as soon
     as it exists, so that cleanup deletes whatever was made even if a later create fails."""
     for event in events:
-        with output.spinner(f"Creating the {event} subscription (Inspera validates {endpoint})"):
-            subscription = client.create(event, endpoint, secret)
+        try:
+            with output.spinner(f"Creating the {event} subscription (Inspera validates {endpoint})"):
+                subscription = client.create(event, endpoint, secret)
+        except (KeyboardInterrupt, Terminated):
+            output.warn(
+                f"interrupted while creating the {event} subscription: if Inspera made it, "
+                f"delete it (inspera-hooks list --event {event})"
+            )
+            raise
         created.append(subscription)
         output.info(f"Subscribed: {event} -> {endpoint} (id {subscription.subscription_id})")
 
@@ -200,18 +210,32 @@ def request_line(item: dict[str, Any]) -> list[tuple[str, str | None]]:
 def _printer(json_mode: bool) -> Callable[[dict[str, Any]], None]:
     from inspera_cli.listener import JSON_FIELDS
 
-    if json_mode:
-        def print_json(item: dict[str, Any]) -> None:
-            if item["kind"] == "event" and item["shown"]:
+    broken = False
+
+    def print_item(item: dict[str, Any]) -> None:
+        nonlocal broken
+        if broken or not item["shown"]:
+            return
+        try:
+            if not json_mode:
+                output.print_segments(request_line(item))
+            elif item["kind"] == "event":
                 output.print_json_line({key: item[key] for key in JSON_FIELDS})
+        except BrokenPipeError:
+            # `listen | head`: the reader left. Keep answering, recording and forwarding.
+            broken = True
+            _stdout_to_devnull()
 
-        return print_json
+    return print_item
 
-    def print_human(item: dict[str, Any]) -> None:
-        if item["shown"]:
-            output.print_segments(request_line(item))
 
-    return print_human
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def _summary(stats: ListenerStats, seconds: float, record: Path | None) -> str:
