@@ -7,6 +7,10 @@ is sent, with one fsync shared by the requests that arrive together (group commi
 nothing of Typer or Rich: each request is handed to ``on_request`` as a plain dict, from one
 reporting thread, so slow rendering never holds up an answer.
 
+Under load the costs that matter are thread wake-ups and the GIL, so a recorded event's answer
+is sent by the record writer right after the fsync that covers it, and its connection's thread
+goes straight back to reading the next request.
+
     lst = Listener(ListenerConfig(port=0, secret="..."), on_request=print)
     lst.start()
     ...  # POST to lst.url
@@ -65,8 +69,8 @@ _MAX_LINE = 8192  # request line and each header line
 _MAX_HEADERS = 100
 _RELAY_LIMIT = 64 * 1024  # how much of the app's answer is relayed back
 _DRAIN_LIMIT = 16 * 1024 * 1024  # read and discard this much of a refused body so the 413 arrives
-_SEEN_LIMIT = 200_000
-_REPORT_SLICE = 0.005  # bodies remembered for retry detection
+_SEEN_LIMIT = 200_000  # bodies remembered for retry detection
+_REPORT_SLICE = 0.005  # the reporting thread wakes at most this often under load
 _NO_BODY_STATUSES = frozenset({204, 304})
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _KERNEL_TIMEOUTS = sys.platform != "win32" and hasattr(socket, "SO_RCVTIMEO")
@@ -277,6 +281,8 @@ class RecordLog:
     def close(self) -> None:
         """Flush what is queued, stop the writer, close the file."""
         with self._lock:
+            if self._closing:
+                return
             self._closing = True
             self._pending.notify()
         self._writer.join()
@@ -613,10 +619,11 @@ class Listener:
     """The receiver: ``start()`` returns once it listens; ``url`` is where; ``shutdown()`` stops.
 
     ``on_request(item)`` is called once per answered request, in order, from one reporting
-    thread, after the answer went out. ``item`` holds the `--json` fields (JSON_FIELDS) plus
-    ``kind`` ("event" for a POST on the path, "health" for GET/HEAD on it, "other" for 404/405),
-    ``method``, ``path``, ``verification``, ``shown`` (passed --events), ``accepted`` and
-    ``note`` (why it was refused, or what to know).
+    thread, after the answer went out; ``shutdown()`` returns once all of them were reported.
+    ``item`` holds the `--json` fields (JSON_FIELDS) plus ``kind`` ("event" for a POST on the
+    path, "health" for GET/HEAD on it, "other" for 404/405), ``method``, ``path``,
+    ``verification``, ``shown`` (passed --events), ``accepted`` and ``note`` (why it was
+    refused, or what to know).
     """
 
     def __init__(
@@ -641,6 +648,7 @@ class Listener:
         self._stopping = False
         self._reports: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._port = config.port
         self.url = ""
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -675,6 +683,7 @@ class Listener:
         self.url = f"{scheme}://{host}:{port}{self._path}"
         if self._on_request is not None:
             self._spawn(self._report_loop, "listener-report")
+        self._port = port
         self._spawn(lambda: self._serve(), "listener-accept")
 
     def _serve(self) -> None:
@@ -688,7 +697,8 @@ class Listener:
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1] if self._server else self.config.port
+        """The port listened on (the one picked, with port 0)."""
+        return self._port
 
     def shutdown(self, grace: float = 10.0) -> None:
         """Stop accepting, close idle connections, let requests in flight finish (up to
@@ -711,13 +721,14 @@ class Listener:
             for handler in self._handlers:  # still busy after the grace period
                 _hang_up(handler.raw)
         server.server_close()
+        if self._record is not None:
+            # Flushes and answers what is queued. The closed log stays in place: a straggler
+            # then gets a 500 rather than an acknowledgement without a record.
+            self._record.close()
         self._reports.put(None)
         for thread in self._threads:
             thread.join(5.0)
         self._threads.clear()
-        if self._record is not None:
-            self._record.close()
-            self._record = None
 
     def __enter__(self) -> Listener:
         self.start()
