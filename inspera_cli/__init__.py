@@ -18,7 +18,7 @@ A receiver verifies the raw body bytes first, then parses them::
     verify_signature(body, headers.get("X-Inspera-Signature"), secret)
     event = parse_event(body)
 
-``InsperaClient`` (and ``Subscription``) import ``requests`` on first use only, so that
+``InsperaClient`` imports ``requests`` on first use only, so that
 ``import inspera_cli`` stays cheap for receivers that only verify and parse.
 """
 
@@ -41,13 +41,14 @@ __all__ = [
 ]
 
 from inspera_cli.errors import InsperaError, SignatureError
+from inspera_cli.models import Subscription
 from inspera_cli.payload import Event, parse_event
 from inspera_cli.signing import sign, verify_signature
 
 if TYPE_CHECKING:
-    from inspera_cli.client import InsperaClient, Subscription
+    from inspera_cli.client import InsperaClient
 
-_LAZY = ("InsperaClient", "Subscription")
+_LAZY = ("InsperaClient",)
 
 
 def __getattr__(name: str) -> object:

@@ -10,7 +10,6 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +19,15 @@ from inspera_cli import __version__
 from inspera_cli.auth import Token, TokenCache, token_from_response
 from inspera_cli.config import Settings, resolve_settings
 from inspera_cli.errors import APIError, CredentialsError, NetworkError, NotFoundError
+from inspera_cli.models import (
+    EventType,
+    Subscription,
+    parse_event_types,
+    parse_subscription,
+    parse_subscriptions,
+)
+
+__all__ = ["EventType", "InsperaClient", "Subscription", "make_session"]
 
 log = logging.getLogger("inspera_cli.http")
 
@@ -33,93 +41,11 @@ CREATE_READ_TIMEOUT = 20.0
 REDACTED = "***"
 
 
-@dataclass(frozen=True)
-class Subscription:
-    """One webhook subscription on the tenant."""
-
-    subscription_id: int
-    event: str
-    endpoint: str
-    last_modified: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "subscriptionId": self.subscription_id,
-            "event": self.event,
-            "endpoint": self.endpoint,
-            "lastModified": self.last_modified,
-        }
-
-
-@dataclass(frozen=True)
-class EventType:
-    """An event type the tenant lets you subscribe to."""
-
-    event: str
-    description: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"event": self.event, "description": self.description}
-
-
 def make_session() -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = f"inspera-hooks/{__version__}"
     session.headers["Accept"] = "application/json"
     return session
-
-
-def _unwrap_list(data: Any, what: str) -> list[Any]:
-    """A bare array, or an object wrapping one array under a single key (e.g. {"events": [...]})."""
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            return lists[0]
-        if not data:
-            return []
-    raise APIError(f"unexpected answer shape for {what}: expected a JSON array of {what}")
-
-
-def parse_event_types(data: Any) -> list[EventType]:
-    result = []
-    for item in _unwrap_list(data, "events"):
-        if isinstance(item, str):
-            result.append(EventType(item))
-        elif isinstance(item, dict):
-            name = next((item[k] for k in ("event", "name", "eventType") if item.get(k)), None)
-            if name is None:
-                continue
-            description = item.get("description")
-            result.append(EventType(str(name), str(description) if description else None))
-    return result
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def parse_subscription(item: Any) -> Subscription | None:
-    if not isinstance(item, dict):
-        return None
-    sid = _as_int(item.get("subscriptionId", item.get("id")))
-    event, endpoint = item.get("event"), item.get("endpoint")
-    if sid is None or not isinstance(event, str) or not isinstance(endpoint, str):
-        return None
-    modified = item.get("lastModified")
-    return Subscription(sid, event, endpoint, str(modified) if modified is not None else None)
-
-
-def parse_subscriptions(data: Any) -> list[Subscription]:
-    items = (parse_subscription(item) for item in _unwrap_list(data, "subscriptions"))
-    return [s for s in items if s is not None]
 
 
 def _retry_after(response: requests.Response | None, attempt: int) -> float:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from inspera_cli import __version__
 from inspera_cli.config import Settings, cache_dir, resolve_settings, write_private
+from inspera_cli.errors import APIError
+from inspera_cli.models import parse_event_types, parse_subscriptions
 
 CACHE_TTL = 60.0
 DEADLINE = 2.0
@@ -178,39 +180,23 @@ def _tls_context() -> Any:
     return ssl.create_default_context(cafile=cafile)
 
 
-def _unwrap(data: Any) -> list[Any]:
-    """A bare array, or an object that wraps one array under a single key."""
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            return lists[0]
-    return []
-
-
 def _event_items(data: Any) -> list[Candidate]:
+    try:
+        events = parse_event_types(data)
+    except APIError:
+        return []
     items: dict[str, str] = {}
-    for item in _unwrap(data):
-        if isinstance(item, str):
-            items.setdefault(item, "")
-        elif isinstance(item, dict):
-            name = next((item[k] for k in ("event", "name", "eventType") if item.get(k)), None)
-            if name is not None:
-                items.setdefault(str(name), " ".join(str(item.get("description") or "").split()))
+    for e in events:
+        items.setdefault(e.event, " ".join((e.description or "").split()))
     return sorted(items.items())
 
 
 def _subscription_items(data: Any) -> list[Candidate]:
-    items = []
-    for item in _unwrap(data):
-        if not isinstance(item, dict):
-            continue
-        sid = item.get("subscriptionId", item.get("id"))
-        if isinstance(sid, bool) or not str(sid).strip().isdigit():
-            continue
-        event, endpoint = str(item.get("event") or ""), _public_url(str(item.get("endpoint") or ""))
-        items.append((str(sid).strip(), f"{event} → {endpoint}".strip(" →")))
+    try:
+        subs = parse_subscriptions(data)
+    except APIError:
+        return []
+    items = [(str(s.subscription_id), f"{s.event} → {_public_url(s.endpoint)}".strip(" →")) for s in subs]
     return sorted(items, key=lambda i: int(i[0]))
 
 

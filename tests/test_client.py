@@ -360,3 +360,10 @@ def test_broken_config_file_is_one_clean_line(cli, isolated_home):
     config.write_text("[default\nurl=")
     r = cli("list", expect=1)
     assert r.stderr.startswith("inspera-hooks: error: ") and "config.toml" in r.stderr
+
+
+def test_list_keeps_items_with_missing_fields_and_skips_those_without_id(cli, stub):
+    stub.on("GET", SUBS, Reply(body={"subscriptions": [{"subscriptionId": 3}, {"event": "no id"}, "junk"]}))
+    assert cli("list", "--json").json == [
+        {"subscriptionId": 3, "event": "", "endpoint": "", "lastModified": None}
+    ]
