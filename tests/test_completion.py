@@ -139,6 +139,12 @@ def test_event_names_complete_from_the_sandbox(cli: Any, sandbox_env: Any) -> No
 
     sandbox_env.shutdown()  # answered from the cache for a minute
     assert complete("inspera-hooks delete --event ").stdout.split() == sorted(names)
+    for words in (
+        "inspera-hooks trigger ",
+        "inspera-hooks replay rec.jsonl --event ",
+        "inspera-hooks sandbox fire ",
+    ):
+        assert complete(words).stdout.split() == sorted(names), words
 
 
 @pytest.fixture

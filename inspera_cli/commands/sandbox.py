@@ -13,6 +13,7 @@ import typer
 
 from inspera_cli import output
 from inspera_cli.commands.common import JsonOption, state
+from inspera_cli.completers import complete_event
 from inspera_cli.errors import APIError, CredentialsError, NetworkError
 
 sandbox_app = typer.Typer(
@@ -51,7 +52,9 @@ def serve(
     state_file: Annotated[
         Path | None,
         typer.Option(
-            "--state", metavar="FILE", dir_okay=False,
+            "--state",
+            metavar="FILE",
+            dir_okay=False,
             help="Keep subscriptions in this SQLite file (default: in memory).",
         ),
     ] = None,
@@ -62,20 +65,21 @@ def serve(
     validation_timeout: Annotated[
         float,
         typer.Option(
-            "--validation-timeout", metavar="S", min=0.001,
+            "--validation-timeout",
+            metavar="S",
+            min=0.001,
             help="Seconds an endpoint has to answer the validation POST on create.",
         ),
     ] = 10.0,
-    retries: Annotated[
-        int, typer.Option("--retries", min=0, help="Retries of a failed delivery.")
-    ] = 3,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries of a failed delivery.")] = 3,
     retry_delay: Annotated[
         float, typer.Option("--retry-delay", metavar="S", min=0, help="Seconds between delivery attempts.")
     ] = 1.0,
     resolve: Annotated[
         list[str] | None,
         typer.Option(
-            "--resolve", metavar="HOST=127.0.0.1:PORT",
+            "--resolve",
+            metavar="HOST=127.0.0.1:PORT",
             help="Send requests for HOST (e.g. a tunnel's) to this local port over plain HTTP. Repeatable.",
         ),
     ] = None,
@@ -92,9 +96,16 @@ def serve(
     routes = _parse_resolve(resolve or [])
     sandbox = Sandbox(
         SandboxConfig(
-            host=host, port=port, client_id=client_id, api_key=api_key, state=state_file,
-            token_ttl=token_ttl, validation_timeout=validation_timeout, retries=retries,
-            retry_delay=retry_delay, resolve=routes,
+            host=host,
+            port=port,
+            client_id=client_id,
+            api_key=api_key,
+            state=state_file,
+            token_ttl=token_ttl,
+            validation_timeout=validation_timeout,
+            retries=retries,
+            retry_delay=retry_delay,
+            resolve=routes,
             log=lambda line: output.info(f"{time.strftime('%H:%M:%S')} {line}"),
         )
     )
@@ -104,7 +115,9 @@ def serve(
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
     try:
         for name, value in (
-            ("INSPERA_URL", sandbox.url), ("INSPERA_CLIENT_ID", client_id), ("INSPERA_API_KEY", api_key)
+            ("INSPERA_URL", sandbox.url),
+            ("INSPERA_CLIENT_ID", client_id),
+            ("INSPERA_API_KEY", api_key),
         ):
             print(f"export {name}={shlex.quote(value)}", flush=True)
         where = f"subscriptions in {state_file}" if state_file else "subscriptions in memory"
@@ -165,7 +178,9 @@ def _sandbox_request(ctx: typer.Context, method: str, path: str, body: Any = Non
 @sandbox_app.command("fire")
 def fire(
     ctx: typer.Context,
-    event: Annotated[str, typer.Argument(help="Event name, e.g. confirm_final_grades.")],
+    event: Annotated[
+        str, typer.Argument(help="Event name, e.g. confirm_final_grades.", autocompletion=complete_event)
+    ],
     object_id: Annotated[
         int | None,
         typer.Option("--object-id", metavar="N", help="contextObjectId (default: a random test id)."),
@@ -197,8 +212,9 @@ def fire(
     for delivery_id in ids:
         print(delivery_id)
     plural = "delivery" if len(ids) == 1 else "deliveries"
-    output.info(f"Fired {event}: {len(ids)} {plural} queued; follow them with "
-                "`inspera-hooks sandbox deliveries`.")
+    output.info(
+        f"Fired {event}: {len(ids)} {plural} queued; follow them with `inspera-hooks sandbox deliveries`."
+    )
 
 
 DELIVERY_COLUMNS = [
@@ -227,4 +243,3 @@ def deliveries(ctx: typer.Context, json: JsonOption = False) -> None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(sandbox_app, name="sandbox")
-

@@ -17,6 +17,7 @@ from inspera_cli.commands.common import (
     SecretStdinOption,
     resolve_secret,
 )
+from inspera_cli.completers import complete_event
 from inspera_cli.errors import InsperaError, UsageError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def trigger(
         typer.Argument(
             metavar="EVENT",
             help="Event name, e.g. confirm_final_grades (not needed with --verification).",
+            autocompletion=complete_event,
         ),
     ] = None,
     secret_env: SecretEnvOption = None,
@@ -55,9 +57,7 @@ def trigger(
     ] = None,
     verification: Annotated[
         bool,
-        typer.Option(
-            "--verification", help="Send the endpoint-validation request Inspera sends on create."
-        ),
+        typer.Option("--verification", help="Send the endpoint-validation request Inspera sends on create."),
     ] = False,
     legacy_format: Annotated[
         bool,
@@ -124,7 +124,10 @@ def replay(
     secret: SecretOption = None,
     secret_stdin: SecretStdinOption = False,
     event: Annotated[
-        str | None, typer.Option("--event", metavar="NAME", help="Only events of this type.")
+        str | None,
+        typer.Option(
+            "--event", metavar="NAME", help="Only events of this type.", autocompletion=complete_event
+        ),
     ] = None,
     since: Annotated[
         str | None,
@@ -170,9 +173,7 @@ def replay(
                 f"--since {since!r} is not an ISO date or time (e.g. 2024-05-01T14:00:00Z)"
             ) from None
     records = delivery.read_recording(Path(file))
-    chosen = delivery.select_recorded(
-        records, event=event, since=since_time, last=last, failed=failed
-    )
+    chosen = delivery.select_recorded(records, event=event, since=since_time, last=last, failed=failed)
     if not chosen:
         output.warn(f"nothing to replay: none of the {len(records)} requests in {file} match")
         if json_mode:
@@ -212,9 +213,7 @@ def sign_body(
 def verify(
     signature: Annotated[
         str,
-        typer.Option(
-            "--signature", metavar="HEX", help="The X-Inspera-Signature value to check."
-        ),
+        typer.Option("--signature", metavar="HEX", help="The X-Inspera-Signature value to check."),
     ],
     file: BodyArgument = "-",
     secret_env: SecretEnvOption = None,
@@ -252,9 +251,7 @@ def _check_url(url: str) -> None:
         raise UsageError(f"--to {url!r}: expected an http:// or https:// URL")
 
 
-def _secret_or_unsigned(
-    secret_env: str | None, secret: str | None, secret_stdin: bool
-) -> str | None:
+def _secret_or_unsigned(secret_env: str | None, secret: str | None, secret_stdin: bool) -> str | None:
     key = resolve_secret(secret_env, secret, secret_stdin)
     if key is None:
         output.warn(
