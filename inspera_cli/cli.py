@@ -122,12 +122,12 @@ def _configure_debug_log(debug: bool) -> None:
     logger = logging.getLogger("inspera_cli")
     for handler in [h for h in logger.handlers if isinstance(h, _DebugHandler)]:
         logger.removeHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # Without --debug, leave the logger as an embedding program configured it.
+    logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
     if debug:
         handler = _DebugHandler()
         handler.setFormatter(logging.Formatter("debug: %(message)s"))
         logger.addHandler(handler)
-        logger.propagate = False
 
 
 for _module in (subscriptions, listen, signing, apply, sandbox, demo, doctor, config, completion):
