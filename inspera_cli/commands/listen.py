@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,11 +25,13 @@ from inspera_cli.commands.common import (
     resolve_secret,
     state,
 )
-from inspera_cli.errors import InsperaError, UsageError
+from inspera_cli.completers import complete_event_list
+from inspera_cli.errors import APIError, InsperaError, UsageError
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient, Subscription
     from inspera_cli.listener import Listener, ListenerConfig, ListenerStats
+    from inspera_cli.tunnel import Tunnel
 
 AUDIENCE_NOTE = (
     "Inspera sends an event only to users who are contributors on the test, have write access to "
@@ -40,6 +43,20 @@ _SIGNATURE_STYLES = {
     "invalid": "bold red",
     "missing": "bold red",
 }
+# With --tunnel, how long a create refused because validation failed is tried again: quick tunnels
+# print their URL seconds before they carry traffic. A refused create created nothing, so this is
+# the one POST that is retried.
+TUNNEL_VALIDATION_RETRY = 20.0
+RETRY_PAUSE = 1.0
+# Refusals that are not a failed endpoint validation, so waiting for the tunnel cannot help.
+_NOT_VALIDATION = frozenset({401, 403, 404, 405, 409, 429})
+# Hosts a tunnel to 127.0.0.1 reaches.
+_TUNNEL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0"})
+
+
+class TunnelProgram(StrEnum):
+    cloudflared = "cloudflared"
+    ngrok = "ngrok"
 
 
 class Terminated(BaseException):
@@ -85,21 +102,51 @@ def subscribe(
     endpoint: str,
     secret: str,
     created: list[Subscription],
+    *,
+    retry_for: float = 0.0,
 ) -> None:
     """Create one subscription per event for ``endpoint``, appending each to ``created`` as soon
-    as it exists, so that cleanup deletes whatever was made even if a later create fails."""
+    as it exists, so that cleanup deletes whatever was made even if a later create fails.
+
+    With ``retry_for`` (a tunnel that may not carry traffic yet), a create refused because the
+    endpoint's validation failed is tried again until that many seconds have passed."""
+    deadline = time.monotonic() + retry_for
+    waiting = False
     for event in events:
-        try:
-            with output.spinner(f"Creating the {event} subscription (Inspera validates {endpoint})"):
-                subscription = client.create(event, endpoint, secret)
-        except (KeyboardInterrupt, Terminated):
-            output.warn(
-                f"interrupted while creating the {event} subscription: if Inspera made it, "
-                f"delete it (inspera-hooks list --event {event})"
-            )
-            raise
+        while True:
+            try:
+                subscription = _create(client, event, endpoint, secret)
+                break
+            except APIError as exc:
+                if not retry_for or not _validation_refused(exc):
+                    raise
+                if time.monotonic() + RETRY_PAUSE > deadline:
+                    raise APIError(f"{exc} (still refused after {retry_for:g} s)", exc.status) from None
+                if not waiting:
+                    waiting = True
+                    output.info(
+                        f"{exc}\nWaiting for the tunnel to carry traffic… "
+                        f"(trying again for up to {retry_for:g} s)"
+                    )
+            time.sleep(RETRY_PAUSE)
         created.append(subscription)
         output.info(f"Subscribed: {event} -> {endpoint} (id {subscription.subscription_id})")
+
+
+def _create(client: InsperaClient, event: str, endpoint: str, secret: str) -> Subscription:
+    try:
+        with output.spinner(f"Creating the {event} subscription (Inspera validates {endpoint})"):
+            return client.create(event, endpoint, secret)
+    except (KeyboardInterrupt, Terminated):
+        output.warn(
+            f"interrupted while creating the {event} subscription: if Inspera made it, "
+            f"delete it (inspera-hooks list --event {event})"
+        )
+        raise
+
+
+def _validation_refused(exc: APIError) -> bool:
+    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in _NOT_VALIDATION
 
 
 def unsubscribe(client: InsperaClient, created: list[Subscription]) -> None:
@@ -264,15 +311,20 @@ def serve(
     json_mode: bool = False,
     subscribe_events: list[str] | None = None,
     public_url: str | None = None,
+    tunnel: str | None = None,
     exit_after: int | None = None,
     timeout: float | None = None,
 ) -> None:
     """Run the listener until --exit-after / --timeout / Ctrl-C / SIGTERM; subscriptions made
-    for ``public_url`` are deleted on every way out."""
+    for ``public_url`` are deleted, and the ``tunnel`` program (whose URL plus the path is then
+    the public URL) is stopped, on every way out."""
+    from urllib.parse import urlsplit
+
     from inspera_cli.listener import Listener
 
     listener: Listener = Listener(config, on_request=_printer(json_mode))
     created: list[Subscription] = []
+    running: Tunnel | None = None
     started = time.monotonic()
     reached = True
     with _stop_signals():
@@ -280,9 +332,13 @@ def serve(
             listener.start()
             output.info(f"Ready: {listener.url}")
             output.info(AUDIENCE_NOTE)
+            if tunnel:
+                running = _start_tunnel(tunnel, listener.port)
+                public_url = running.public_url + urlsplit(listener.url).path
+                output.info(f"Public URL: {public_url}")
             if subscribe_events and public_url:
-                subscribe(state(ctx).client(), subscribe_events, public_url,
-                          config.secret or "", created)
+                subscribe(state(ctx).client(), subscribe_events, public_url, config.secret or "",
+                          created, retry_for=TUNNEL_VALIDATION_RETRY if tunnel else 0.0)
             reached = _wait(listener, exit_after, timeout)
         except (KeyboardInterrupt, Terminated):
             pass
@@ -290,6 +346,8 @@ def serve(
             with _shielded():
                 if created:
                     unsubscribe(state(ctx).client(), created)
+                if running is not None:
+                    running.stop()
                 listener.shutdown()
                 if listener.url:
                     record = Path(config.record) if config.record is not None else None
@@ -299,6 +357,14 @@ def serve(
             f"only {listener.stats().accepted} of {exit_after} events were accepted "
             f"within {timeout:g} s"
         )
+
+
+def _start_tunnel(program: str, port: int) -> Tunnel:
+    from inspera_cli import tunnel
+
+    with output.spinner(f"Starting {program} for port {port}"):
+        # Read at call time, so that tests can shorten it.
+        return tunnel.Tunnel.start(program, port, timeout=tunnel.START_TIMEOUT)
 
 
 def _wait(listener: Listener, exit_after: int | None, timeout: float | None) -> bool:
@@ -338,7 +404,8 @@ def listen(
     ] = False,
     events: Annotated[
         list[str] | None,
-        typer.Option("--events", metavar="A,B", help="Show and forward only these events (others get 200)."),
+        typer.Option("--events", metavar="A,B", help="Show and forward only these events (others get 200).",
+                     autocompletion=complete_event_list),
     ] = None,
     forward_to: Annotated[
         list[str] | None,
@@ -377,13 +444,19 @@ def listen(
     subscribe_to: Annotated[
         list[str] | None,
         typer.Option("--subscribe", metavar="EVENT",
-                     help="Subscribe to these events at --public-url while listening; "
-                     "deleted again on exit (repeatable or comma-separated)."),
+                     help="Subscribe to these events at --public-url (or --tunnel) while listening; "
+                     "deleted again on exit (repeatable or comma-separated).",
+                     autocompletion=complete_event_list),
     ] = None,
     public_url: Annotated[
         str | None,
         typer.Option("--public-url", metavar="URL",
                      help="The public HTTPS URL (a tunnel) that reaches this listener, for --subscribe."),
+    ] = None,
+    tunnel: Annotated[
+        TunnelProgram | None,
+        typer.Option("--tunnel", help="Start this tunnel program and use its public URL plus --path "
+                     "as --public-url; stopped again on exit."),
     ] = None,
     exit_after: Annotated[
         int | None, typer.Option("--exit-after", min=1, metavar="N", help="Exit 0 after N accepted events.")
@@ -405,9 +478,16 @@ def listen(
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     subscribe_events = _split(subscribe_to)
-    if subscribe_events and not public_url:
+    if tunnel and public_url:
+        raise UsageError("--tunnel and --public-url are exclusive: --tunnel makes the public URL")
+    if tunnel and tls_cert:
+        raise UsageError("--tunnel forwards plain HTTP: drop --tls-cert (the tunnel serves HTTPS)")
+    if tunnel and host not in _TUNNEL_HOSTS:
+        raise UsageError(f"--tunnel forwards to 127.0.0.1: listen there (or on 0.0.0.0), not --host {host}")
+    if subscribe_events and not (public_url or tunnel):
         raise UsageError(
-            "--subscribe needs --public-url URL: the HTTPS address of a tunnel to this listener"
+            "--subscribe needs --public-url URL (the HTTPS address of a tunnel to this listener) "
+            "or --tunnel cloudflared|ngrok"
         )
     if public_url and not subscribe_events:
         raise UsageError("--public-url is only used with --subscribe EVENT")
@@ -439,6 +519,7 @@ def listen(
         json_mode=json_output,
         subscribe_events=subscribe_events,
         public_url=public_url,
+        tunnel=tunnel.value if tunnel else None,
         exit_after=exit_after,
         timeout=timeout,
     )
