@@ -247,6 +247,8 @@ def test_concurrent_events_are_each_recorded_once(listener: Listener, tmp_path: 
         thread.join()
     lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert sorted(line["body"].encode() for line in lines) == sorted(bodies)
+    # Counters are updated just after each answer goes out: give the last ones a moment.
+    assert listener.wait_accepted(400, timeout=5)
     assert listener.stats().recorded == listener.stats().accepted == 400
 
 
