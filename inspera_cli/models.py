@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inspera_cli.errors import APIError
+from inspera_cli.payload import as_int
 
 
 @dataclass(frozen=True)
@@ -67,21 +68,11 @@ def parse_event_types(data: Any) -> list[EventType]:
     return result
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
 def parse_subscription(item: Any) -> Subscription | None:
     """One subscription object; only the id is required (an item without one cannot be managed)."""
     if not isinstance(item, dict):
         return None
-    sid = _as_int(item.get("subscriptionId", item.get("id")))
+    sid = as_int(item.get("subscriptionId", item.get("id")))
     if sid is None:
         return None
     event, endpoint, modified = (item.get(k) for k in ("event", "endpoint", "lastModified"))

@@ -60,7 +60,8 @@ def _parse_java_map(text: str) -> dict[str, Any]:
     return fields
 
 
-def _as_int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """An integer, or digits in a string, as Inspera's ids come; anything else is None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -89,7 +90,7 @@ def parse_event(body: bytes) -> Event:
     timestamp = fields.get("timestamp")
     return Event(
         event=name,
-        context_object_id=_as_int(fields.get("contextObjectId")),
+        context_object_id=as_int(fields.get("contextObjectId")),
         timestamp=str(timestamp) if timestamp is not None else None,
         fields=fields,
     )
