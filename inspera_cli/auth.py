@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from inspera_cli.errors import APIError, CredentialsError
 
 if TYPE_CHECKING:
     import requests
+
+log = logging.getLogger("inspera_cli.auth")
 
 # Reuse a cached token until this many seconds before it expires.
 EXPIRY_MARGIN = 60.0
@@ -53,18 +56,30 @@ class TokenCache:
         return token if token.fresh() else None
 
     def put(self, url: str, client_id: str, token: Token) -> None:
+        """Cache a token; a cache that cannot be written only costs the next run an exchange."""
         data = self._load()
         data[self.key(url, client_id)] = {
             "access_token": token.access_token,
             "expires_at": token.expires_at,
         }
-        write_private(self.path, json.dumps(data, indent=2).encode("utf-8"))
+        self._save(data)
 
     def forget(self, url: str, client_id: str) -> bool:
         data = self._load()
         if data.pop(self.key(url, client_id), None) is None:
             return False
-        write_private(self.path, json.dumps(data, indent=2).encode("utf-8"))
+        return self._save(data)
+
+    def _save(self, data: dict[str, Any]) -> bool:
+        try:
+            write_private(self.path, json.dumps(data, indent=2).encode("utf-8"))
+        except OSError as exc:
+            log.warning(
+                "inspera-hooks: warning: cannot write the token cache %s (%s); going on without it",
+                self.path,
+                exc.strerror or exc,
+            )
+            return False
         return True
 
 
@@ -97,8 +112,8 @@ def token_from_response(response: requests.Response, url: str) -> Token:
         return Token(access_token, time.time() + expires_in)
     if status == 401 or error == "invalid_grant":
         raise CredentialsError(
-            "Inspera rejected the API key or client id (invalid_grant): check INSPERA_API_KEY and "
-            "the client id, or run `inspera-hooks login` again"
+            "Inspera rejected the API key or client id (invalid_grant): check the API key "
+            "(INSPERA_API_KEY or the profile's) and the client id, or run `inspera-hooks login` again"
         )
     if status == 409:
         raise CredentialsError(

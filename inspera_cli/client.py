@@ -18,7 +18,7 @@ import requests
 from inspera_cli import __version__
 from inspera_cli.auth import Token, TokenCache, token_from_response
 from inspera_cli.config import Settings, resolve_settings
-from inspera_cli.errors import APIError, CredentialsError, NetworkError, NotFoundError
+from inspera_cli.errors import APIError, CredentialsError, NetworkError, NotFoundError, SubscriptionNotListed
 from inspera_cli.models import (
     EventType,
     Subscription,
@@ -38,7 +38,12 @@ BACKOFF = 0.5
 MAX_RETRY_AFTER = 30.0
 # Inspera validates the endpoint (up to 10 s) before it answers a create.
 CREATE_READ_TIMEOUT = 20.0
+# When a create answers empty, how long to wait between listings for the new subscription.
+LIST_LAG_DELAYS = (0.5, 1.0)
 REDACTED = "***"
+MIN_REDACT_LENGTH = 4
+# JSON fields whose values are never logged, whatever their name's case.
+SECRET_FIELD_WORDS = ("token", "secret", "key", "code", "password", "authorization")
 
 
 def make_session() -> requests.Session:
@@ -163,8 +168,16 @@ class InsperaClient:
         return [s for s in (self.settings.api_key, self._token, self.settings.token) if s]
 
     def redact(self, text: str) -> str:
+        """A safety net under the field-based redaction: known secret values, also JSON-escaped.
+
+        Values shorter than MIN_REDACT_LENGTH are left to the field-based redaction: replacing
+        every "k" would only garble the log.
+        """
         for secret in self._secrets():
-            text = text.replace(secret, REDACTED)
+            if len(secret) < MIN_REDACT_LENGTH:
+                continue
+            for form in {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}:
+                text = text.replace(form, REDACTED)
         return text
 
     def _log_exchange(self, response: requests.Response, elapsed: float, body: Any) -> None:
@@ -176,14 +189,11 @@ class InsperaClient:
         }
         log.debug("> %s %s %s", request.method, self.redact(request.url or ""), headers)
         if body is not None:
-            shown = dict(body) if isinstance(body, dict) else body
-            if isinstance(shown, dict) and "secret" in shown:
-                shown["secret"] = REDACTED
-            log.debug("> %s", self.redact(json.dumps(shown)))
+            log.debug("> %s", self.redact(json.dumps(_redact_fields(body))))
         log.debug("< %s %s (%.0f ms)", response.status_code, response.reason, elapsed * 1000)
         text = response.text[:2000]
         if text:
-            log.debug("< %s", self.redact(_redact_json_tokens(text)))
+            log.debug("< %s", self.redact(_redact_json_text(text)))
 
     def _send(
         self,
@@ -350,11 +360,17 @@ class InsperaClient:
             )
             if created:
                 return created
-        # An empty (or unrecognised) answer: find the new subscription by listing.
-        matches = [s for s in self.subscriptions(event) if s.endpoint == endpoint]
-        if not matches:
-            raise APIError(f"Inspera accepted the subscription to {event} but does not list it")
-        return max(matches, key=lambda s: s.subscription_id)
+        # An empty (or unrecognised) answer: find the new subscription by listing, giving the
+        # tenant a moment in case its list lags behind.
+        for delay in (0.0, *LIST_LAG_DELAYS):
+            time.sleep(delay)
+            matches = [s for s in self.subscriptions(event) if s.endpoint == endpoint]
+            if matches:
+                return max(matches, key=lambda s: s.subscription_id)
+        raise SubscriptionNotListed(
+            f"Inspera accepted the subscription to {event} at {endpoint} but does not list it; "
+            "check `inspera-hooks list` in a moment"
+        )
 
     def delete(self, subscription_id: int, *, missing_ok: bool = False) -> bool:
         """Remove a subscription; False if it did not exist (with ``missing_ok``)."""
@@ -382,12 +398,23 @@ def _error_detail(response: requests.Response) -> str:
     return ""
 
 
-def _redact_json_tokens(text: str) -> str:
+def _redact_fields(data: Any) -> Any:
+    """A copy of JSON data with the values of secret-looking fields replaced."""
+    if isinstance(data, dict):
+        return {
+            k: REDACTED
+            if any(word in str(k).lower() for word in SECRET_FIELD_WORDS) and v is not None
+            else _redact_fields(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [_redact_fields(v) for v in data]
+    return data
+
+
+def _redact_json_text(text: str) -> str:
     try:
         data = json.loads(text)
     except ValueError:
         return text
-    if isinstance(data, dict) and "access_token" in data:
-        data["access_token"] = REDACTED
-        return json.dumps(data)
-    return text
+    return json.dumps(_redact_fields(data), ensure_ascii=False)

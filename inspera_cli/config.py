@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -9,11 +10,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from inspera_cli.errors import ConfigError, UsageError
+from inspera_cli.errors import ConfigError, CredentialsError, UsageError
 
 APP_NAME = "inspera-hooks"
 DEFAULT_PROFILE = "default"
 DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUT = 3600.0
 # Keys a profile may hold, and whether they are secret (masked in `config show`).
 PROFILE_KEYS = {"url": False, "client_id": False, "api_key": True, "timeout": False}
 ENV = {
@@ -94,8 +96,10 @@ def parse_timeout(value: Any, origin: str) -> float:
         seconds = float(value)
     except (TypeError, ValueError):
         raise UsageError(f"timeout from {origin} is not a number of seconds: {value!r}") from None
-    if seconds <= 0:
-        raise UsageError(f"timeout from {origin} must be positive, got {value!r}")
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT:
+        raise UsageError(
+            f"timeout from {origin} must be between 0 and {MAX_TIMEOUT:g} seconds, got {value!r}"
+        )
     return seconds
 
 
@@ -133,7 +137,7 @@ def resolve_settings(
     profiles = read_config(path)
     if name not in profiles and profile_source != "default":
         known = ", ".join(sorted(profiles)) or "none"
-        raise ConfigError(
+        raise CredentialsError(
             f"profile {name!r} is not in {path or config_path()} (profiles: {known}); "
             f"create it with `inspera-hooks --profile {name} login`"
         )
@@ -149,12 +153,18 @@ def resolve_settings(
             value, source = table[key], f"profile {name}"
         else:
             continue
-        if key == "url":
-            value = normalize_url(str(value))
-        elif key == "timeout":
-            value = parse_timeout(value, ENV[key] if source == "environment" else source)
-        else:
-            value = str(value)
+        try:
+            if key == "url":
+                value = normalize_url(str(value))
+            elif key == "timeout":
+                value = parse_timeout(value, ENV[key] if source == "environment" else source)
+            else:
+                value = str(value)
+        except UsageError as exc:
+            if source != f"profile {name}":
+                raise
+            # A bad value in the file is a broken config file (exit 1), not a bad command line.
+            raise ConfigError(f"{path or config_path()}: [{name}] {key}: {exc}") from None
         setattr(settings, key, value)
         settings.sources[key] = source
     settings.sources.setdefault("timeout", "default")

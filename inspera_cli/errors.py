@@ -51,6 +51,10 @@ class APIError(InsperaError):
         self.status = status
 
 
+class SubscriptionNotListed(APIError):
+    """Inspera accepted a create with an empty answer, but listing does not show the new one."""
+
+
 class NetworkError(InsperaError):
     """The request never got an HTTP answer: refused, DNS, timeout, TLS."""
 

@@ -315,8 +315,8 @@ def test_precedence_flag_over_env_over_profile(cli, stub, monkeypatch, isolated_
     assert stub.seen[0].query["client_id"] == ["from-profile"]
 
 
-def test_unknown_profile_is_an_error(cli):
-    r = cli("--profile", "nope", "list", expect=1)
+def test_unknown_profile_is_a_credentials_error(cli):
+    r = cli("--profile", "nope", "list", expect=3)
     assert "profile 'nope'" in r.stderr
 
 
@@ -367,3 +367,111 @@ def test_list_keeps_items_with_missing_fields_and_skips_those_without_id(cli, st
     assert cli("list", "--json").json == [
         {"subscriptionId": 3, "event": "", "endpoint": "", "lastModified": None}
     ]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0", "1e300"])
+def test_unusable_timeouts_are_refused_wherever_they_come_from(cli, stub, isolated_home, value):
+    assert "timeout" in cli("--timeout", value, "list", expect=2).stderr
+    assert "timeout" in cli("list", env={"INSPERA_TIMEOUT": value}, expect=2).stderr
+    assert "timeout" in cli("config", "set", "--", "timeout", value, expect=2).stderr
+    config = isolated_home / ".config" / "inspera-hooks" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'[default]\ntimeout = "{value}"\n')
+    r = cli("list", expect=1)  # a broken file is exit 1, and names the file
+    assert "config.toml" in r.stderr and "[default] timeout" in r.stderr
+
+
+def test_a_bad_url_in_the_profile_names_the_file(cli, stub, isolated_home, monkeypatch):
+    monkeypatch.delenv("INSPERA_URL")
+    config = isolated_home / ".config" / "inspera-hooks" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("[default]\nurl = 5\n")
+    assert "[default] url" in cli("list", expect=1).stderr
+
+
+def test_an_unusable_token_cache_does_not_stop_commands(cli, stub, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert cli("list", "--json").json == []
+    assert cli("list", "--json").json == []
+    assert stub.count("POST", TOKEN) == 2  # nothing cached, so each run exchanges
+
+
+def test_debug_log_redaction(cli, stub, monkeypatch):
+    monkeypatch.setenv("INSPERA_API_KEY", "k")
+    stub.on(
+        "GET",
+        SUBS,
+        Reply(body={"subscriptions": [], "refresh_token": "refresh-value-91", "echo": "stub-token-1"}),
+    )
+    err = cli("--debug", "list").stderr
+    assert "/api/authenticate/token/" in err  # a one-letter key does not garble the log
+    assert "refresh-value-91" not in err and "stub-token-1" not in err
+    monkeypatch.setenv("INSPERA_API_KEY", 'key-with-"quote"-\u00e4')
+    stub.on("POST", TOKEN, Reply(401, {"error": "invalid_grant", "got": 'key-with-"quote"-\u00e4'}))
+    err = cli("--debug", "list", expect=None).stderr
+    assert 'key-with-\\"quote\\"' not in err and "quote" not in err
+
+
+def test_create_goes_on_after_a_refused_event(cli, stub):
+    stub.on(
+        "POST",
+        SUBS,
+        Reply(400, {"error": "endpoint validation failed: answered 500"}),
+        Reply(201, {"subscriptionId": 8, "event": "complete_grading", "endpoint": "https://h/"}),
+    )
+    r = cli(
+        "create",
+        "--event",
+        "confirm_final_grades",
+        "--event",
+        "complete_grading",
+        "--endpoint",
+        "https://h/",
+        "--json",
+        expect=1,
+    )
+    (item,) = r.json
+    assert item["subscriptionId"] == 8 and item["created"] is True
+    assert "validation failed" in r.stderr and "1 of 2 subscriptions failed" in r.stderr
+    assert stub.count("POST", SUBS) == 2
+
+
+def test_create_stops_on_credentials_errors(cli, stub):
+    stub.on("POST", SUBS, Reply(401, {"error": "expired"}))
+    cli(
+        "create",
+        "--event",
+        "confirm_final_grades",
+        "--event",
+        "complete_grading",
+        "--endpoint",
+        "https://h/",
+        expect=3,
+    )
+    assert stub.count("POST", SUBS) == 2  # one try, one after the refresh, then stop
+
+
+def test_create_accepted_but_not_listed_keeps_the_generated_secret(cli, stub, monkeypatch):
+    monkeypatch.setattr("inspera_cli.client.LIST_LAG_DELAYS", (0.0,))
+    stub.on("POST", SUBS, Reply(201, b""))
+    r = cli("create", "--event", "complete_grading", "--endpoint", "https://h/", "--json", expect=1)
+    assert r.json == []
+    sent = json.loads([s for s in stub.seen if s.method == "POST" and s.path == SUBS][0].body)
+    assert f"The generated secret for complete_grading → https://h/ was: {sent['secret']}" in r.stderr
+    assert "does not list it" in r.stderr and stub.count("GET", SUBS) == 2
+
+
+def test_delete_by_pair_not_found_prints_an_empty_json_list(cli, stub):
+    r = cli("delete", "--event", "e", "--endpoint", "https://none/", "--json", expect=4)
+    assert r.json == [] and "no subscription to e at https://none/" in r.stderr
+
+
+def test_piped_login_reads_answers_without_getpass_and_fails_cleanly_on_eof(cli, stub, monkeypatch):
+    for name in ("INSPERA_URL", "INSPERA_CLIENT_ID", "INSPERA_API_KEY"):
+        monkeypatch.delenv(name)
+    r = cli("login", input=f"{stub.url}\nmy-client\n", expect=2)
+    assert "no answer on standard input" in r.stderr and "interrupted" not in r.stderr
+    r = cli("login", input=f"{stub.url}\nmy-client\nthe-key-123\n")
+    assert "GetPassWarning" not in r.stderr and "the-key-123" not in r.stderr

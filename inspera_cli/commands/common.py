@@ -92,10 +92,25 @@ def resolve_secret(
         output.warn("--secret leaks into your shell history and process list; prefer --secret-env VAR")
         return secret
     if secret_stdin:
-        line = sys.stdin.readline().rstrip("\r\n")
-        if not line:
-            raise UsageError("--secret-stdin: no secret on standard input")
-        return line
+        return ask("Webhook secret", hidden=True, option="--secret-stdin")
     if required:
         raise UsageError("a webhook secret is needed: pass --secret-env VAR (or --secret S)")
     return None
+
+
+def ask(text: str, *, hidden: bool = False, default: str | None = None, option: str | None = None) -> str:
+    """One answer: a prompt on a terminal (hidden for secrets), else the next line of stdin.
+
+    Piped answers are read as they are (no getpass warning, nothing echoed); running out of them
+    is a usage error rather than an "interrupted".
+    """
+    if sys.stdin.isatty():
+        answer: str = typer.prompt(text, hide_input=hidden, default=default, err=True)
+        return answer
+    line = sys.stdin.readline().rstrip("\r\n")
+    if line:
+        return line
+    if default:
+        return default
+    what = option or text.lower()
+    raise UsageError(f"{what}: no answer on standard input")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from inspera_cli import output
-from inspera_cli.commands.common import JsonOption, state
+from inspera_cli.commands.common import JsonOption, ask, state
 from inspera_cli.config import (
     DEFAULT_PROFILE,
     ENV,
@@ -53,17 +53,15 @@ def login(ctx: typer.Context) -> None:
     url = (
         app_state.url
         or os.environ.get(ENV["url"])
-        or typer.prompt("Tenant URL (e.g. https://example.inspera.no)", default=current.get("url"), err=True)
+        or ask("Tenant URL (e.g. https://example.inspera.no)", default=current.get("url"))
     )
     url = normalize_url(url)
     client_id = (
         app_state.client_id
         or os.environ.get(ENV["client_id"])
-        or typer.prompt("API client id", default=current.get("client_id"), err=True)
+        or ask("API client id", default=current.get("client_id"))
     )
-    api_key = os.environ.get(ENV["api_key"]) or typer.prompt(
-        "API authorization code (hidden)", hide_input=True, err=True
-    )
+    api_key = os.environ.get(ENV["api_key"]) or ask("API authorization code (hidden)", hidden=True)
     with output.spinner("Checking the key with a token exchange…"):
         client = InsperaClient(url, client_id, api_key, timeout=app_state.timeout)
         client.access_token(refresh=True)

@@ -12,7 +12,14 @@ from inspera_cli import output
 from inspera_cli.commands.common import JsonOption, SecretEnvOption, SecretStdinOption, resolve_secret, state
 from inspera_cli.completers import complete_event, complete_subscription_id
 from inspera_cli.endpoints import endpoint_problem
-from inspera_cli.errors import InsperaError, NotFoundError, UsageError
+from inspera_cli.errors import (
+    APIError,
+    ExitCode,
+    InsperaError,
+    NotFoundError,
+    SubscriptionNotListed,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from inspera_cli.client import Subscription
@@ -111,7 +118,8 @@ def create(
     if if_not_exists:
         existing = {s.event: s for s in client.subscriptions() if s.endpoint == endpoint}
     items: list[dict[str, Any]] = []
-    failure: InsperaError | None = None
+    refused: list[APIError] = []
+    stopped: InsperaError | None = None
     for name in events_wanted:
         if name in existing:
             items.append({**existing[name].to_json(), "created": False})
@@ -120,16 +128,32 @@ def create(
         try:
             with output.spinner(f"Inspera is validating {endpoint} for {name}…"):
                 sub = client.create(name, endpoint, secret)
+        except SubscriptionNotListed as exc:
+            refused.append(exc)
+            if not given:
+                output.info(f"The generated secret for {name} → {endpoint} was: {secret}")
+            continue
+        except APIError as exc:
+            # Inspera refused this one (e.g. validation failed); the other events may still pass.
+            refused.append(exc)
+            output.error(str(exc))
+            continue
         except InsperaError as exc:
-            failure = exc
+            stopped = exc  # credentials, network: the rest would fail the same way
             break
         item = {**sub.to_json(), "created": True}
         if not given:
             item["secret"] = secret
         items.append(item)
     _render_created(items, json=json, generated=not given)
-    if failure is not None:
-        raise failure
+    if stopped is not None:
+        raise stopped
+    if refused:
+        if len(events_wanted) == 1:
+            raise refused[0]
+        raise APIError(
+            f"{len(refused)} of {len(events_wanted)} subscriptions failed; the others are in place"
+        )
 
 
 def _render_created(items: list[dict[str, Any]], *, json: bool, generated: bool) -> None:
@@ -151,7 +175,7 @@ def delete(
     ctx: typer.Context,
     ids: Annotated[
         list[int] | None,
-        typer.Argument(metavar="[ID]...", help="Subscription ids.", autocompletion=complete_subscription_id),
+        typer.Argument(metavar="ID", help="Subscription ids.", autocompletion=complete_subscription_id),
     ] = None,
     event: Annotated[
         str | None,
@@ -190,11 +214,15 @@ def delete(
         if not all_:
             subs = [s for s in subs if s.endpoint == endpoint]
             if not subs and not missing_ok:
+                if json:
+                    output.print_json([])
                 raise NotFoundError(f"no subscription to {event} at {endpoint}")
         targets = [s.subscription_id for s in subs]
     if targets and interactive and not yes:
         what = "every subscription" if all_ else f"subscription(s) {', '.join(map(str, targets))}"
-        typer.confirm(f"Delete {what}?", abort=True, err=True)
+        if not typer.confirm(f"Delete {what}?", err=True):
+            output.info("Nothing deleted.")
+            raise typer.Exit(ExitCode.FAILURE)
     results = []
     for sid in targets:
         deleted = client.delete(sid, missing_ok=True)
