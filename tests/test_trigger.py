@@ -258,3 +258,7 @@ def test_trigger_matches_what_the_sandbox_sends(cli: Cli, sandbox: Any) -> None:
             k: v for k, v in inspera.items() if k not in ("timestamp", "contextObjectTitle")
         }
     assert [d["status"] for d in sandbox.deliveries()] == [200]
+
+
+def test_an_empty_event_name_is_a_usage_error(cli) -> None:
+    assert "missing EVENT" in cli("trigger", "", "--to", "http://127.0.0.1:9/", expect=2).stderr

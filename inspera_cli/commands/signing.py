@@ -95,7 +95,7 @@ def trigger(
             raise UsageError(f"--verification sends the validation request: drop the EVENT {event!r}")
         if object_id is not None:
             raise UsageError("--verification always has contextObjectId 0: drop --object-id")
-    elif event is None:
+    elif event is None or not event.strip():
         raise UsageError("missing EVENT (e.g. confirm_final_grades), or pass --verification")
     _check_url(to)
     key = _secret_or_unsigned(secret_env, secret, secret_stdin)
