@@ -649,42 +649,81 @@ class Listener:
         self._reports: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._port = config.port
+        self._serving = False
         self.url = ""
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Listen, and serve from background threads. Raises InsperaError (a one-line reason)
+        if it cannot, with nothing left open: ``shutdown()`` is then a no-op."""
+        if self._server is not None:
+            raise RuntimeError("this listener is already started")
+        try:
+            self._open()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _open(self) -> None:
         cfg = self.config
         if cfg.tls_cert or cfg.tls_key:
             self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             try:
                 self._ssl.load_cert_chain(cfg.tls_cert or "", cfg.tls_key)
-            except (OSError, ssl.SSLError) as exc:
+            except ssl.SSLError as exc:
+                detail = f" ({exc.reason})" if exc.reason else ""
                 raise InsperaError(
-                    f"cannot load the TLS certificate {cfg.tls_cert} / key {cfg.tls_key}: {exc}"
+                    f"cannot load the TLS certificate {cfg.tls_cert} / key {cfg.tls_key}: not a "
+                    f"PEM certificate and its matching private key{detail}"
+                ) from exc
+            except OSError as exc:
+                raise InsperaError(
+                    f"cannot load the TLS certificate {cfg.tls_cert} / key {cfg.tls_key}: "
+                    f"{exc.strerror or exc}"
                 ) from exc
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         try:
             self._server = _Server(self, (cfg.host, cfg.port), family)
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
             raise InsperaError(
-                f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc} "
+                f"cannot listen on {cfg.host}:{cfg.port}: {reason} "
                 "(pick another --port, or 0 for a free one)"
             ) from exc
         if cfg.record is not None:
             try:
                 self._record = RecordLog(cfg.record)
             except OSError as exc:
-                self._server.server_close()
-                raise InsperaError(f"cannot open the record file {cfg.record}: {exc.strerror}") from exc
+                raise InsperaError(
+                    f"cannot open the record file {cfg.record}: {exc.strerror or exc}"
+                ) from exc
         port = self._server.server_address[1]
         host = f"[{cfg.host}]" if family == socket.AF_INET6 else cfg.host
         scheme = "https" if self._ssl else "http"
-        self.url = f"{scheme}://{host}:{port}{self._path}"
         if self._on_request is not None:
             self._spawn(self._report_loop, "listener-report")
-        self._port = port
         self._spawn(lambda: self._serve(), "listener-accept")
+        # Only now may shutdown() wait for serve_forever: BaseServer.shutdown() waits for a loop
+        # that was never started for good. (Asked before the loop begins, it just ends at once.)
+        self._serving = True
+        self._port = port
+        self.url = f"{scheme}://{host}:{port}{self._path}"
+
+    def _abandon(self) -> None:
+        """Undo a start() that failed part-way: close whatever it opened, stop its threads."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.server_close()
+        record, self._record = self._record, None
+        if record is not None:
+            record.close()
+        self._ssl = None
+        if self._threads:
+            self._reports.put(None)
+            for thread in self._threads:
+                thread.join(5.0)
+            self._threads.clear()
 
     def _serve(self) -> None:
         assert self._server is not None
@@ -704,9 +743,11 @@ class Listener:
         """Stop accepting, close idle connections, let requests in flight finish (up to
         ``grace`` seconds), report everything answered, close the record file."""
         if self._server is None:
-            return
+            return  # never started, start() failed, or already shut down
         server, self._server = self._server, None
-        server.shutdown()
+        if self._serving:
+            self._serving = False
+            server.shutdown()
         with self._conn_lock:
             self._stopping = True
             handlers = list(self._handlers)

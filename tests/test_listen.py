@@ -588,6 +588,67 @@ def test_usage_errors_exit_2(cli: Cli, args: list[str], message: str) -> None:
     assert message in result.stderr
 
 
+def run_listen(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    """`inspera-hooks [GLOBAL] listen ARGS` to its end; a hang fails the test (TimeoutExpired kills it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "inspera_cli", *args],
+        capture_output=True, text=True, encoding="utf-8", timeout=timeout,
+        env={**os.environ, "LISTEN_SECRET": SECRET, **(env or {})},
+    )
+
+
+def _taken_port() -> socket.socket:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+@pytest.mark.parametrize(
+    "case", ["record in a missing directory", "record under a file", "garbage TLS files",
+             "TLS key of another certificate", "port in use"],
+)
+def test_a_listener_that_cannot_start_says_why_in_one_line_and_exits_1(tmp_path: Path, case: str) -> None:
+    args = ["--secret-env", "LISTEN_SECRET", "--port", "0"]
+    expected: str
+    with _taken_port() as taken:
+        if case == "record in a missing directory":
+            record = tmp_path / "nonexistdir" / "x.jsonl"
+            args += ["--record", str(record)]
+            expected = f"cannot open the record file {record}: No such file or directory"
+        elif case == "record under a file":
+            (tmp_path / "plain").write_text("")
+            args += ["--record", str(tmp_path / "plain" / "x.jsonl")]
+            expected = "cannot open the record file"
+        elif case == "port in use":
+            port = taken.getsockname()[1]
+            args += ["--port", str(port)]
+            expected = f"cannot listen on 127.0.0.1:{port}"
+        else:
+            garbage = tmp_path / "garbage.pem"
+            garbage.write_text("not a certificate\n")
+            cert, key = garbage, garbage
+            if case == "TLS key of another certificate":
+                trustme = pytest.importorskip("trustme")
+                ca = trustme.CA()
+                cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+                ca.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(cert))
+                ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
+            args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+            expected = "cannot load the TLS certificate"
+        started = time.monotonic()
+        result = run_listen("listen", *args)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("inspera-hooks: error: "), result.stderr
+    assert expected in lines[0]
+    assert "Ready:" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
 def test_a_port_in_use_is_a_clear_error(cli: Cli) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -16,6 +16,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inspera_cli.errors import InsperaError
 from inspera_cli.listener import JSON_FIELDS, Listener, ListenerConfig
 from inspera_cli.signing import sign
 from tests.test_listen import SECRET, App, event_body, openssl_sign, signed_headers
@@ -110,6 +111,26 @@ def test_python_api_start_url_callback_wait_stats_shutdown(received: list[dict[s
     assert (health["kind"], health["status"], health["method"]) == ("health", 200, "GET")
     stats = lst.stats()
     assert (stats.requests, stats.events, stats.accepted, stats.recorded) == (2, 1, 1, 0)
+
+
+def test_a_failed_start_leaves_nothing_open_and_shutdown_is_safe(tmp_path: Path) -> None:
+    never = Listener(ListenerConfig(port=0))
+    never.shutdown()  # never started: nothing to do, no waiting
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = set(threading.enumerate())
+    lst = Listener(ListenerConfig(port=port, record=tmp_path / "missing" / "events.jsonl"))
+    with pytest.raises(InsperaError, match="cannot open the record file .*No such file or directory"):
+        lst.start()
+    started = time.monotonic()
+    lst.shutdown()
+    lst.shutdown()
+    assert time.monotonic() - started < 1
+    assert lst.url == ""
+    assert set(threading.enumerate()) <= before  # no accept, report or writer thread left behind
+    with pytest.raises(ConnectionRefusedError):  # the listening socket was closed
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def test_shutdown_is_prompt_with_idle_keep_alive_connections(listener: Listener) -> None:
