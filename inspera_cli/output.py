@@ -80,9 +80,10 @@ def styled_line(text: str, style: str | None = None, *, stderr: bool = False) ->
 def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
     """One stdout line from (text, style) pieces: coloured on a terminal, plain text when piped.
 
-    Each piece goes through Rich's ``Style.render`` for the console's colour system (none with
-    NO_COLOR / --no-color) rather than a full ``Console.print``, which costs about 100 µs a line:
-    `listen` prints one line per request under load.
+    Each piece goes through Rich's ``Style.render`` for the console's colour system rather than a
+    full ``Console.print``, which costs about 100 µs a line: `listen` prints one line per request
+    under load. With NO_COLOR / --no-color the colours are dropped as ``console()`` drops them
+    (bold and dim stay).
     """
     out = console(stderr=False)
     if is_terminal() and out.color_system is not None:
@@ -92,10 +93,13 @@ def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
         system = {"256": ColorSystem.EIGHT_BIT, "truecolor": ColorSystem.TRUECOLOR}.get(
             out.color_system, ColorSystem.STANDARD
         )
-        line = "".join(
-            Style.parse(style).render(piece, color_system=system) if style else piece
-            for piece, style in segments
-        )
+        no_color = out.no_color
+
+        def render(piece: str, style: str) -> str:
+            parsed = Style.parse(style)
+            return (parsed.without_color if no_color else parsed).render(piece, color_system=system)
+
+        line = "".join(render(piece, style) if style else piece for piece, style in segments)
     else:
         line = "".join(piece for piece, _ in segments)
     out.file.write(line + "\n")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -333,6 +335,63 @@ def test_human_lines_and_the_events_filter(tmp_path: Path) -> None:
     assert "Stopped after" in lp.err_text and "1 accepted" in lp.err_text
     recorded = [json.loads(line)["event"] for line in record.read_text().splitlines()]
     assert recorded == [EVENT, "user_deleted"]  # filtered but valid: recorded; 401 and unsigned: not
+
+
+def listen_on_a_pty(global_args: list[str], env: dict[str, str]) -> str:
+    """Run `listen` with its stdout on a pseudo-terminal; send a valid, a wrongly signed and a
+    second valid event; return what the terminal got."""
+    leader, follower = pty.openpty()
+    base = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inspera_cli", *global_args, "listen", "--port", "0",
+         "--secret-env", "LISTEN_SECRET", "--exit-after", "2", "--timeout", "20"],
+        stdout=follower, stderr=subprocess.PIPE, text=True,
+        env={**base, "TERM": "xterm-256color", "COLUMNS": "200", "LISTEN_SECRET": SECRET, **env},
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        assert proc.stderr is not None
+        ready = next(line for line in proc.stderr if line.startswith("Ready:"))
+        url = ready.split()[1]
+        good, bad, later = event_body(), event_body(), event_body()
+        assert post(url, good, signed_headers(good)).status_code == 200
+        assert post(url, bad, signed_headers(bad, "another-secret")).status_code == 401
+        assert post(url, later, signed_headers(later)).status_code == 200
+        assert proc.wait(20) == 0
+        while select.select([leader], [], [], 1)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        os.close(leader)
+    return seen.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize(
+    ("global_args", "env", "coloured"),
+    [([], {}, True), ([], {"NO_COLOR": "1"}, False), (["--no-color"], {}, False)],
+    ids=["colours", "NO_COLOR", "--no-color"],
+)
+def test_request_lines_on_a_terminal_honour_no_color(
+    global_args: list[str], env: dict[str, str], coloured: bool
+) -> None:
+    out = listen_on_a_pty(global_args, env)
+    assert re.search(r"valid\S* .*-> 200", out) and "invalid" in out, out
+    if coloured:
+        assert "\x1b[32mvalid" in out and "\x1b[1;31minvalid" in out, repr(out)
+    else:
+        assert "\x1b[3" not in out, repr(out)  # no foreground colour at all
+        assert "valid" in out and "invalid" in out
 
 
 def test_a_reader_that_goes_away_does_not_stop_the_listener(tmp_path: Path) -> None:
