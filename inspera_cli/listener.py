@@ -853,8 +853,17 @@ class Listener:
         return answer
 
     def _too_large(self, req: _Request) -> _Answer:
+        """413, the body unread. Its signature is labelled as one that failed the check would be:
+        with a secret, ``missing`` without the header and ``invalid`` with one (it could not be
+        checked, so it is not valid); ``unchecked`` when signatures are not checked at all."""
         item = self._base_item(req, "event", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         item["note"] = f"body larger than --max-body ({self.config.max_body} bytes): not read"
+        if self._verify:
+            if "x-inspera-signature" not in req.lower:
+                item["signature"] = "missing"
+            else:
+                item["signature"] = "invalid"
+                item["note"] += ", so its signature could not be checked"
         return _Answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, (item["note"] + "\n").encode(), item=item)
 
     def _process(
@@ -886,12 +895,16 @@ class Listener:
                 parsed.event, parsed.fields, parsed.context_object_id,
             )
         verification = event == VERIFICATION
-        key = hashlib.blake2b(body, digest_size=16).digest()
-        with self._lock:
-            delivery = self._seen.get(key, 0) + 1
-            self._seen[key] = delivery
-            if len(self._seen) > _SEEN_LIMIT:
-                del self._seen[next(iter(self._seen))]
+        delivery = 1
+        if signature in ("valid", "unchecked"):
+            # Only what Inspera may have sent counts: a forged or wrongly signed copy of a body is
+            # not its retry, and must not make the next genuine delivery look like a later one.
+            key = hashlib.blake2b(body, digest_size=16).digest()
+            with self._lock:
+                delivery = self._seen.get(key, 0) + 1
+                self._seen[key] = delivery
+                if len(self._seen) > _SEEN_LIMIT:
+                    del self._seen[next(iter(self._seen))]
         shown = verification or self._events is None or event in self._events
         forward: dict[str, Any] | None = None
         answer = _Answer(HTTPStatus.OK, b"OK\n")

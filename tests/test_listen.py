@@ -394,6 +394,24 @@ def test_request_lines_on_a_terminal_honour_no_color(
         assert "valid" in out and "invalid" in out
 
 
+def test_a_wrongly_signed_copy_is_not_shown_as_a_retry() -> None:
+    with ListenProcess("--secret-env", "LISTEN_SECRET") as lp:
+        body = event_body()
+        object_id = json.loads(body)["contextObjectId"]
+        assert post(lp.url, body, signed_headers(body)).status_code == 200
+        assert post(lp.url, body, signed_headers(body, "another-secret")).status_code == 401
+        assert post(lp.url, body, {"Content-Type": "application/json"}).status_code == 401
+        assert post(lp.url, body, signed_headers(body)).status_code == 200
+        assert lp.wait_for(lambda: len(lp.stdout) >= 4)
+        assert lp.stop() == 0
+    lines = [line for line in lp.stdout if str(object_id) in line]
+    assert re.search(r" valid +#1 +-> 200", lines[0]), lines
+    assert re.search(r" invalid +- +-> 401", lines[1]), lines
+    assert re.search(r" missing +- +-> 401", lines[2]), lines
+    assert re.search(r" valid +retry #2 +-> 200", lines[3]), lines
+    assert "1 retries" in lp.err_text and "2 rejected (401)" in lp.err_text
+
+
 def test_a_reader_that_goes_away_does_not_stop_the_listener(tmp_path: Path) -> None:
     record = tmp_path / "events.jsonl"
     with ListenProcess("--json", "--record", str(record), read_stdout=False) as lp:  # `listen | head -1`

@@ -223,6 +223,56 @@ def test_max_body_is_the_limit_exactly(received: list[dict[str, Any]]) -> None:
     assert received[-1]["status"] == 413 and received[-1]["kind"] == "event"
 
 
+@pytest.mark.parametrize(
+    ("config", "headers", "signature"),
+    [
+        ({}, {}, "missing"),
+        ({}, {"X-Inspera-Signature": "0" * 40}, "invalid"),
+        ({"secret": None}, {"X-Inspera-Signature": "0" * 40}, "unchecked"),
+        ({"skip_verify": True}, {}, "unchecked"),
+    ],
+    ids=["secret, no header", "secret, a header", "no secret", "--skip-verify"],
+)
+def test_a_413_reports_the_signature_it_could_not_check(
+    received: list[dict[str, Any]], config: dict[str, Any], headers: dict[str, str], signature: str
+) -> None:
+    lst = start(received, max_body=64, **config)
+    try:
+        body = event_body() + b" " * 100
+        for chunked in (False, True):  # refused from Content-Length, and part-way through chunks
+            data: Any = iter([body[:50], body[50:]]) if chunked else body
+            assert requests.post(lst.url, data=data, headers=headers, timeout=5).status_code == 413
+    finally:
+        lst.shutdown()
+    assert [(item["status"], item["signature"], item["delivery"]) for item in received] == [
+        (413, signature, 1), (413, signature, 1)
+    ]
+    assert lst.stats().too_large == 2 and lst.stats().retries == 0
+
+
+def test_only_validly_signed_requests_count_as_deliveries(received: list[dict[str, Any]]) -> None:
+    lst = start(received)
+    try:
+        first, later = event_body(), event_body()
+        sends = [
+            (first, {"X-Inspera-Signature": sign(first, "another-secret")}, 401),  # forged, before
+            (first, {"X-Inspera-Signature": sign(first, SECRET)}, 200),  # the genuine one: #1
+            (first, {}, 401),  # a copy without a signature
+            (first, {"X-Inspera-Signature": "0" * 40}, 401),  # a copy with a wrong one
+            (first, {"X-Inspera-Signature": sign(first, SECRET)}, 200),  # Inspera's retry: #2
+            (later, {"X-Inspera-Signature": sign(later, SECRET)}, 200),
+        ]
+        for body, headers, status in sends:
+            assert requests.post(lst.url, data=body, headers=headers, timeout=5).status_code == status
+        assert lst.wait_accepted(3, timeout=5)
+    finally:
+        lst.shutdown()
+    assert [(item["signature"], item["delivery"]) for item in received] == [
+        ("invalid", 1), ("valid", 1), ("missing", 1), ("invalid", 1), ("valid", 2), ("valid", 1)
+    ]
+    assert lst.stats().retries == 1
+
+
 def test_truncated_bodies_and_silent_clients_are_hung_up_on(received: list[dict[str, Any]]) -> None:
     lst = start(received, socket_timeout=0.3)
     try:

@@ -229,12 +229,15 @@ def request_line(item: dict[str, Any]) -> list[tuple[str, str | None]]:
         name = (item["event"].ljust(28), "bold")
     object_id = item["contextObjectId"]
     delivery = item["delivery"]
+    # Rejected requests (and unread bodies) are not counted as deliveries: no number to show.
+    counted = item["signature"] in ("valid", "unchecked") and status != 413
     pieces = [
         when,
         name,
         (f"{'-' if object_id is None else object_id:>10}  ", None),
         (item["signature"].ljust(10), _SIGNATURE_STYLES.get(item["signature"])),
-        ((f"retry #{delivery}" if delivery > 1 else "#1").ljust(10), "yellow" if delivery > 1 else "dim"),
+        ((f"retry #{delivery}" if delivery > 1 else "#1" if counted else "-").ljust(10),
+         "yellow" if delivery > 1 else "dim"),
         answer,
     ]
     forward = item["forward"]
