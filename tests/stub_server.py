@@ -4,10 +4,12 @@ never gives (odd shapes, 429s, HTML error pages, dropped connections)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -55,6 +57,18 @@ class StubInspera:
 
     def on(self, method: str, path: str, *replies: Any) -> None:
         self.routes[(method, path)] = list(replies)
+
+    def subprocess_env(self, home: Path) -> dict[str, str]:
+        """The environment for the CLI in a subprocess: this server, config and cache under home."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INSPERA_")}
+        env.update(
+            INSPERA_URL=self.url,
+            INSPERA_CLIENT_ID="c",
+            INSPERA_API_KEY="k",
+            XDG_CONFIG_HOME=str(home / "cfg"),
+            XDG_CACHE_HOME=str(home / "cache"),
+        )
+        return env
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for s in self.seen if s.method == method and s.path == path)

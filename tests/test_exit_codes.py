@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,23 +10,11 @@ import time
 from tests.stub_server import Reply
 
 
-def _env(stub, tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INSPERA_")}
-    env.update(
-        INSPERA_URL=stub.url,
-        INSPERA_CLIENT_ID="c",
-        INSPERA_API_KEY="k",
-        XDG_CONFIG_HOME=str(tmp_path / "cfg"),
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-    )
-    return env
-
-
 def test_ctrl_c_exits_130_without_traceback(stub, tmp_path):
     stub.on("GET", "/api/v1/subscription", Reply(body=[], delay=5))
     proc = subprocess.Popen(
         ["inspera-hooks", "list"],
-        env=_env(stub, tmp_path),
+        env=stub.subprocess_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -26,6 +26,7 @@ import requests
 from inspera_cli.listener import JSON_FIELDS
 from inspera_cli.payload import verification_body
 from tests.conftest import Cli
+from tests.processes import LineProcess
 
 OPENSSL = "/usr/bin/openssl"
 SECRET = "listen-test-secret-5e1f"
@@ -54,32 +55,17 @@ def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
     return {"X-Inspera-Signature": openssl_sign(body, secret), "Content-Type": "application/json"}
 
 
-class ListenProcess:
+class ListenProcess(LineProcess):
     """`inspera-hooks listen --port 0 ARGS` in a subprocess; stdout and stderr collected as lines."""
 
     def __init__(
         self, *args: str, env: dict[str, str] | None = None, port: int = 0, read_stdout: bool = True
     ) -> None:
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "inspera_cli", "listen", "--port", str(port), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "LISTEN_SECRET": SECRET, **(env or {})},
-            text=True,
-            encoding="utf-8",
+            {**os.environ, "LISTEN_SECRET": SECRET, **(env or {})},
+            read_stdout=read_stdout,
         )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._changed = threading.Condition()
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True)
-        ]
-        if read_stdout:
-            self._readers.append(
-                threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout), daemon=True)
-            )
-        for reader in self._readers:
-            reader.start()
         ready = self.wait_for(lambda: any(line.startswith("Ready:") for line in self.stderr), 20)
         if not ready:
             self.kill()
@@ -87,19 +73,8 @@ class ListenProcess:
         line = next(line for line in self.stderr if line.startswith("Ready:"))
         self.url = line.split()[1]
 
-    def _read(self, stream: Any, lines: list[str]) -> None:
-        for line in stream:
-            with self._changed:
-                lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
-        with self._changed:
-            return self._changed.wait_for(
-                lambda: predicate() or self.proc.poll() is not None and predicate(), timeout
-            )
+        return self.wait(predicate, timeout)
 
     def json_line(self, object_id: int | None = None, *, raw: str | None = None) -> dict[str, Any]:
         """The --json line of the request with this contextObjectId (or this raw body)."""
@@ -118,37 +93,16 @@ class ListenProcess:
         assert found is not None
         return found
 
-    @property
-    def err_text(self) -> str:
-        return "\n".join(self.stderr)
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return code
+        return self.finish(sig, timeout)
 
     def wait_exit(self, timeout: float = 15.0) -> int:
-        code = self.proc.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return code
+        return self.finish(None, timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
-
-    def __enter__(self) -> ListenProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def post(url: str, body: bytes, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:

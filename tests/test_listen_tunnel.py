@@ -9,19 +9,18 @@ import os
 import signal
 import socket
 import socketserver
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from inspera_cli.sandbox import Sandbox, SandboxConfig
 from inspera_cli.tunnel import INSTALL_URLS, command
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
+from tests.processes import LineProcess
 from tests.test_completion import complete
 
 STANDINS = Path(__file__).parent / "standins"
@@ -47,7 +46,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Listen:
+class Listen(LineProcess):
     """`inspera-hooks listen --port PORT ARGS` in a subprocess; stdout and stderr read as lines."""
 
     def __init__(
@@ -61,69 +60,13 @@ class Listen:
         debug: bool = False,
     ) -> None:
         knobs = [str(start_timeout), str(retry_for), *(["--debug"] if debug else [])]
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-c", LAUNCH, *knobs, "listen", "--port", str(port), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PATH": search_path, **(env or {})},
-            text=True,
-            encoding="utf-8",
+            {**os.environ, "PATH": search_path, **(env or {})},
         )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._changed = threading.Condition()
-        self._readers = [
-            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-            for stream, lines in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self, stream: Any, lines: list[str]) -> None:
-        for line in stream:
-            with self._changed:
-                lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-        """Wait until the predicate holds or the output ended; whether it holds."""
-        with self._changed:
-            self._changed.wait_for(
-                lambda: predicate() or not any(r.is_alive() for r in self._readers), timeout
-            )
-            return predicate()
 
     def wait_for(self, text: str) -> bool:
         return self.wait(lambda: text in self.err_text)
-
-    @property
-    def err_text(self) -> str:
-        return "\n".join(self.stderr)
-
-    def finish(self, sig: int | None = None, timeout: float = 15.0) -> int:
-        if sig is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return code
-
-    def __enter__(self) -> Listen:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:  # a failed test: let listen stop its tunnel program first
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait(10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 @contextlib.contextmanager

@@ -19,23 +19,12 @@ import pytest
 import requests
 
 from inspera_cli.sandbox import Sandbox, SandboxConfig
+from tests import test_sandbox
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
 from tests.test_sandbox import Receiver, openssl_hmac_sha1
 
 EVENT = "confirm_final_grades"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Callable[..., Receiver]]:
-    made: list[Receiver] = []
-
-    def make(status: int = 200, delay: float = 0.0) -> Receiver:
-        made.append(Receiver(status, delay))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
+receiver = test_sandbox.receiver  # the same fixture: stdlib receivers on port 0
 
 
 def free_port() -> int:

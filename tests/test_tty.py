@@ -41,19 +41,6 @@ def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[str, st
     return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
 
 
-def _env(stub, tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INSPERA_")}
-    env.update(
-        INSPERA_URL=stub.url,
-        INSPERA_CLIENT_ID="c",
-        INSPERA_API_KEY="k",
-        XDG_CONFIG_HOME=str(tmp_path / "cfg"),
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-        NO_COLOR="1",
-    )
-    return env
-
-
 def test_secret_stdin_on_a_terminal_is_a_hidden_prompt(stub, tmp_path):
     stub.on(
         "POST",
@@ -62,7 +49,7 @@ def test_secret_stdin_on_a_terminal_is_a_hidden_prompt(stub, tmp_path):
     )
     code, out = run_in_pty(
         ["create", "--event", "complete_grading", "--endpoint", "https://h/", "--secret-stdin"],
-        _env(stub, tmp_path),
+        stub.subprocess_env(tmp_path),
         [("Webhook secret", "typed-secret-4242", True)],
     )
     assert code == 0, out
@@ -72,6 +59,8 @@ def test_secret_stdin_on_a_terminal_is_a_hidden_prompt(stub, tmp_path):
 
 
 def test_declining_delete_deletes_nothing_and_exits_1(stub, tmp_path):
-    code, out = run_in_pty(["delete", "5"], _env(stub, tmp_path), [("Delete subscription(s) 5?", "n", False)])
+    code, out = run_in_pty(
+        ["delete", "5"], stub.subprocess_env(tmp_path), [("Delete subscription(s) 5?", "n", False)]
+    )
     assert code == 1 and "Nothing deleted." in out and "interrupted" not in out
     assert stub.count("DELETE", "/api/v1/subscription/5") == 0

@@ -1,0 +1,70 @@
+"""A CLI subprocess whose output is read as lines in the background, for tests that watch it."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class LineProcess:
+    """Runs ``argv``; ``stdout`` and ``stderr`` fill up with lines as the program prints them."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], *, read_stdout: bool = True) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, encoding="utf-8"
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._changed = threading.Condition()
+        streams = [(self.proc.stderr, self.stderr)]
+        if read_stdout:
+            streams.append((self.proc.stdout, self.stdout))
+        self._readers = [threading.Thread(target=self._read, args=s, daemon=True) for s in streams]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Wait until the predicate holds or the output ended; whether it holds."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: predicate() or not any(r.is_alive() for r in self._readers), timeout
+            )
+            return predicate()
+
+    @property
+    def err_text(self) -> str:
+        return "\n".join(self.stderr)
+
+    def finish(self, sig: int | None = None, timeout: float = 15.0) -> int:
+        """Send ``sig`` (if given and still running), wait for the exit; the exit code."""
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:  # a failed test: let the program clean up (tunnels) first
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
