@@ -262,8 +262,10 @@ def test_only_validly_signed_requests_count_as_deliveries(received: list[dict[st
             (first, {"X-Inspera-Signature": sign(first, SECRET)}, 200),  # Inspera's retry: #2
             (later, {"X-Inspera-Signature": sign(later, SECRET)}, 200),
         ]
-        for body, headers, status in sends:
-            assert requests.post(lst.url, data=body, headers=headers, timeout=5).status_code == status
+        # One keep-alive connection: its requests are reported in the order they were sent.
+        with requests.Session() as session:
+            for body, headers, status in sends:
+                assert session.post(lst.url, data=body, headers=headers, timeout=5).status_code == status
         assert lst.wait_accepted(3, timeout=5)
     finally:
         lst.shutdown()
