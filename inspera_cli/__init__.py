@@ -26,8 +26,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Event",
     "InsperaClient",
@@ -40,6 +38,7 @@ __all__ = [
     "verify_signature",
 ]
 
+from inspera_cli._version import __version__
 from inspera_cli.errors import InsperaError, SignatureError
 from inspera_cli.models import Subscription
 from inspera_cli.payload import Event, parse_event

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from inspera_cli import __version__, output
+from inspera_cli import output
+from inspera_cli._version import __version__
 from inspera_cli.commands import (
     apply,
     completion,

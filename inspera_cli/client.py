@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from inspera_cli import __version__
+from inspera_cli._version import __version__
 from inspera_cli.auth import Token, TokenCache, token_from_response
 from inspera_cli.config import Settings, resolve_settings
 from inspera_cli.errors import APIError, CredentialsError, NetworkError, NotFoundError, SubscriptionNotListed

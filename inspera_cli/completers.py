@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from inspera_cli import __version__
+from inspera_cli._version import __version__
 from inspera_cli.config import Settings, cache_dir, resolve_settings, write_private
 from inspera_cli.errors import APIError
 from inspera_cli.models import parse_event_types, parse_subscriptions

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inspera_cli import __version__
+from inspera_cli._version import __version__
 from inspera_cli.errors import ConfigError
 from inspera_cli.payload import VERIFICATION, parse_event
 from inspera_cli.signing import SIGNATURE_HEADER, sign

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from inspera_cli import __version__
+from inspera_cli._version import __version__
 from inspera_cli.errors import InsperaError, SignatureError
 from inspera_cli.payload import VERIFICATION, parse_event
 from inspera_cli.signing import SIGNATURE_HEADER, verify_signature

@@ -1,18 +1,43 @@
-"""A CLI subprocess whose output is read as lines in the background, for tests that watch it."""
+"""Starting the CLI as a child process, the same way from every test.
+
+- ``CLI`` runs the package with the interpreter that runs the tests, so an un-activated venv
+  (``venv/bin/pytest``) tests its own install, never an ``inspera-hooks`` found on PATH.
+- ``popen``/``run`` start children with SIGINT at its default: under ``nohup`` or as a background
+  job, a shell starts the test run with SIGINT ignored and children would inherit that, so a
+  Ctrl-C test would signal a program that cannot hear it.
+- ``LineProcess`` reads a child's output as lines in the background, for tests that watch it.
+"""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
+
+CLI = [sys.executable, "-m", "inspera_cli"]
+
+
+def default_signals() -> None:
+    """preexec_fn: what an interactive shell gives a program it starts in the foreground."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    return subprocess.Popen(argv, preexec_fn=default_signals, **kwargs)
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    return subprocess.run(argv, preexec_fn=default_signals, **kwargs)
 
 
 class LineProcess:
     """Runs ``argv``; ``stdout`` and ``stderr`` fill up with lines as the program prints them."""
 
     def __init__(self, argv: list[str], env: dict[str, str], *, read_stdout: bool = True) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, encoding="utf-8"
         )
         self.stdout: list[str] = []

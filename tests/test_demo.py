@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
+from pathlib import Path
+
+from tests.processes import CLI, run
 
 
 def test_demo_in_process_shows_the_verified_event(cli):
@@ -23,8 +25,9 @@ def test_demo_entry_point_exits_0_without_any_settings(tmp_path):
     env["HOME"] = str(tmp_path)
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    for argv in (["inspera-hooks", "demo"], [sys.executable, "-m", "inspera_cli", "demo"]):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    # The console script installed next to this interpreter, and `python -m`.
+    for argv in ([str(Path(sys.executable).parent / "inspera-hooks"), "demo"], [*CLI, "demo"]):
+        done = run(argv, env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         assert "delivered and verified" in done.stdout
     # The demo's token stays in its temporary folder.

@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 
+from tests.processes import CLI, popen
 from tests.stub_server import Reply
 
 
 def test_ctrl_c_exits_130_without_traceback(stub, tmp_path):
     stub.on("GET", "/api/v1/subscription", Reply(body=[], delay=5))
-    proc = subprocess.Popen(
-        ["inspera-hooks", "list"],
+    proc = popen(
+        [*CLI, "list"],
         env=stub.subprocess_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -8,7 +8,6 @@ import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import requests
 from inspera_cli.sandbox import Sandbox, SandboxConfig
 from tests import test_sandbox
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
+from tests.processes import CLI, popen
 from tests.test_sandbox import Receiver, openssl_hmac_sha1
 
 EVENT = "confirm_final_grades"
@@ -40,8 +40,8 @@ class Serve:
     """`inspera-hooks sandbox serve` in a subprocess; waits for its Ready line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inspera_cli", "sandbox", "serve", "--port", "0", *args],
+        self.proc = popen(
+            [*CLI, "sandbox", "serve", "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "COLUMNS": "200"},
         )
