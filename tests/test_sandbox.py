@@ -25,19 +25,42 @@ EVENT = "confirm_final_grades"
 
 class Receiver:
     """A stdlib webhook receiver on 127.0.0.1, port 0: answers ``status`` after ``delay`` seconds
-    and records every request (path, headers, raw body)."""
+    and records every request (path, headers, raw body) and when it came (``arrivals``, monotonic).
 
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+    ``keep_alive``: HTTP/1.1, connections stay open (else HTTP/1.0, one request a connection);
+    ``connections`` counts the TCP connections accepted, ``open_connections`` those still open.
+    """
+
+    def __init__(self, status: int = 200, delay: float = 0.0, keep_alive: bool = False) -> None:
         self.status = status
         self.delay = delay
         self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.arrivals: list[float] = []
+        self.connections = 0
+        self.open_connections = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver.connections += 1
+                    receiver.open_connections += 1
+
+            def finish(self) -> None:
+                with receiver._lock:
+                    receiver.open_connections -= 1
+                super().finish()
+
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.received.append((self.path, dict(self.headers), body))
+                with receiver._lock:
+                    receiver.arrivals.append(time.monotonic())
+                    receiver.received.append((self.path, dict(self.headers), body))
                 if receiver._stop.wait(receiver.delay):
                     return
                 self.send_response(receiver.status)
@@ -72,8 +95,8 @@ class Receiver:
 def receiver() -> Iterator[Callable[..., Receiver]]:
     made: list[Receiver] = []
 
-    def make(status: int = 200, delay: float = 0.0) -> Receiver:
-        made.append(Receiver(status, delay))
+    def make(status: int = 200, delay: float = 0.0, keep_alive: bool = False) -> Receiver:
+        made.append(Receiver(status, delay, keep_alive))
         return made[-1]
 
     yield make
@@ -306,6 +329,18 @@ BAD_REQUESTS = [
     ("POST", "/_sandbox/fire", {"json": {"contextObjectId": 1}}, 400, "field event"),
     ("POST", "/_sandbox/fire", {"json": {"event": EVENT, "contextObjectId": "x"}}, 400, "integer"),
     ("POST", "/_sandbox/fire", {"data": b"[1, 2"}, 400, "malformed JSON"),
+    *[
+        ("POST", "/_sandbox/fire", {"json": {"event": EVENT, "count": count}}, 400,
+         "field count must be a whole number from 1 to 1000000")
+        for count in (0, -1, 1_000_001, 1.5, "5", True)
+    ],
+    *[
+        ("POST", "/_sandbox/fire", {"json": {"event": EVENT, "rate": rate}}, 400,
+         "field rate must be a number of events per second greater than 0")
+        for rate in (0, -2.5, "fast", True, [1])
+    ],
+    ("POST", "/_sandbox/fire", {"data": b'{"event": "confirm_final_grades", "rate": Infinity}'}, 400,
+     "field rate must be a number"),
 ]
 
 

@@ -1,24 +1,67 @@
-"""Signed POSTs to subscribers, as Inspera sends them: endpoint validation and event deliveries.
+"""Deliveries as Inspera makes them: signed POSTs with retries, and the log of every attempt.
 
-Deliveries run on a small pool of worker threads with a schedule for retries, so a slow or dead
-receiver delays only its own attempts, never the API or other subscribers.
+One asyncio loop on a thread of its own sends everything. Each endpoint origin (scheme, host, port)
+gets a lane: up to MAX_CONNECTIONS keep-alive connections, each driven by a sender that takes the
+lane's next due work (a retry, or the next event of a burst). So a slow or dead receiver holds only
+its own lane's connections, never the API or other subscribers. A lane takes at most WINDOW
+deliveries at a time (in flight or waiting for a retry) and reads a burst lazily, so neither a burst
+of a million nor a dead receiver makes memory grow; an idle lane closes its connections after
+IDLE_SECONDS and is forgotten.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import heapq
 import itertools
+import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from inspera_cli.sandbox.store import iso_now
-from inspera_cli.signing import SIGNATURE_HEADER, sign
+from inspera_cli.sandbox import wire
+from inspera_cli.sandbox.burst import Burst, Recipient
 
-Resolve = Mapping[str, tuple[str, int]]
+MAX_CONNECTIONS = 16  # per endpoint origin
+WINDOW = 1000  # per endpoint origin: deliveries taken from bursts and not yet finished
+IDLE_SECONDS = 1.0  # below the keep-alive timeouts of common servers (gunicorn's is 2 s)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One finished delivery attempt."""
+
+    delivery_id: int
+    subscription_id: int
+    event: str
+    endpoint: str
+    attempt: int
+    status: int | None
+    error: str | None
+    time: float  # time.time() when it finished
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    def to_json(self) -> dict[str, Any]:
+        """The item of ``GET /_sandbox/deliveries``."""
+        moment = datetime.fromtimestamp(self.time, UTC)
+        return {
+            "deliveryId": self.delivery_id,
+            "subscriptionId": self.subscription_id,
+            "endpoint": self.endpoint,
+            "attempt": self.attempt,
+            "status": self.status,
+            "error": self.error,
+            # Inspera's timestamps carry milliseconds: 2021-01-29T13:09:32.287Z
+            "time": moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        }
 
 
 @dataclass(frozen=True)
@@ -31,122 +74,156 @@ class PostResult:
         return self.status == 200
 
 
-def route(url: str, resolve: Resolve) -> tuple[str, dict[str, str]]:
-    """The URL to connect to and extra headers, after ``--resolve HOST=ADDR:PORT``.
-
-    A resolved host is reached over plain HTTP on the local port, path and query kept; the Host
-    header stays the public name, as it would arrive through a tunnel.
-    """
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if host not in resolve:
-        return url, {}
-    address, port = resolve[host]
-    netloc = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-    local = urlunsplit(("http", netloc, parts.path or "/", parts.query, ""))
-    return local, {"Host": parts.netloc}
-
-
-def _cause(exc: BaseException) -> str:
-    """One short reason for a failed request, from the exception chain requests builds."""
-    import socket
-
-    import requests
-
-    if isinstance(exc, requests.exceptions.SSLError):
-        return f"TLS error ({_innermost(exc)})"
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(current, socket.gaierror):
-            return "host name not found (DNS)"
-        for arg in current.args:
-            if isinstance(arg, BaseException) and id(arg) not in seen:
-                current = arg
-                break
-        else:
-            current = current.__cause__ or current.__context__
-    text = str(_innermost(exc))
-    if "Name or service not known" in text or "NameResolutionError" in text:
-        return "host name not found (DNS)"
-    return f"connection failed ({text})"
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
-
-
-def post_signed(url: str, body: bytes, secret: str, timeout: float, resolve: Resolve) -> PostResult:
-    """POST the body signed with the secret; never raises for network trouble."""
-    import requests
-
-    target, headers = route(url, resolve)
-    headers.update({
-        "Content-Type": "application/json",
-        SIGNATURE_HEADER: sign(body, secret),
-        "User-Agent": "inspera-hooks-sandbox",
-    })
-    try:
-        with requests.Session() as session:
-            # Inspera does not follow redirects: anything but 200 is a failure.
-            with session.post(
-                target, data=body, headers=headers, timeout=(timeout, timeout),
-                allow_redirects=False, stream=True,
-            ) as response:
-                status = response.status_code
-    except requests.exceptions.Timeout:
-        return PostResult(None, f"timed out after {float(timeout)} s")
-    except requests.exceptions.RequestException as exc:
-        return PostResult(None, _cause(exc))
-    if status != 200:
-        return PostResult(status, f"answered {status}")
-    return PostResult(status, None)
-
-
-@dataclass
-class _Job:
-    delivery_id: int
-    subscription_id: int
-    event: str
-    endpoint: str
-    secret: str
-    body: bytes
-    attempt: int = 1
-
-
 class DeliveryLog:
-    """Every finished attempt, in order; ``wait`` lets tests block until attempts are done."""
+    """The newest ``keep`` attempts, the count of all of them, and the deliveries still pending.
 
-    def __init__(self) -> None:
-        self._items: list[dict[str, Any]] = []
+    ``wait`` and ``wait_idle`` let tests and callers block until attempts are done. Waiters are
+    woken only when what they wait for may have come, not on every attempt: a woken thread takes
+    the GIL from the delivery loop.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self._items: deque[Attempt] = deque(maxlen=keep)
+        self._attempts = 0
+        self._pending = 0
+        self._next_id = 1
         self._changed = threading.Condition()
+        self._wake_at: list[int] = []  # attempt counts that waiters wait for (a heap)
+        self._idle_waiters = 0
 
-    def add(self, item: dict[str, Any]) -> None:
+    def reserve(self, count: int) -> int:
+        """Number ``count`` new deliveries; the first id (the others follow it)."""
         with self._changed:
-            self._items.append(item)
-            self._changed.notify_all()
+            first = self._next_id
+            self._next_id += count
+            self._pending += count
+            return first
 
-    def items(self) -> list[dict[str, Any]]:
+    def add(self, attempt: Attempt, *, final: bool) -> None:
         with self._changed:
-            return [dict(item) for item in self._items]
+            self._items.append(attempt)
+            self._attempts += 1
+            if final:
+                self._pending -= 1
+            wake_at = self._wake_at
+            if (wake_at and wake_at[0] <= self._attempts) or (self._idle_waiters and self._pending <= 0):
+                while wake_at and wake_at[0] <= self._attempts:
+                    heapq.heappop(wake_at)
+                self._changed.notify_all()
 
-    def wait(self, count: int, timeout: float) -> list[dict[str, Any]]:
+    def items(self) -> list[Attempt]:
         with self._changed:
-            if not self._changed.wait_for(lambda: len(self._items) >= count, timeout):
+            return list(self._items)
+
+    @property
+    def attempts(self) -> int:
+        """Attempts finished since the start, including those no longer kept."""
+        with self._changed:
+            return self._attempts
+
+    def wait(self, count: int, timeout: float) -> list[Attempt]:
+        with self._changed:
+            heapq.heappush(self._wake_at, count)
+            if not self._changed.wait_for(lambda: self._attempts >= count, timeout):
                 raise TimeoutError(
-                    f"{len(self._items)} delivery attempts finished within {timeout:g} s, "
-                    f"expected {count}"
+                    f"{self._attempts} delivery attempts finished within {timeout:g} s, expected {count}"
                 )
-            return [dict(item) for item in self._items]
+            return list(self._items)
+
+    def wait_idle(self, timeout: float) -> None:
+        with self._changed:
+            self._idle_waiters += 1
+            try:
+                if not self._changed.wait_for(lambda: self._pending <= 0, timeout):
+                    raise TimeoutError(f"{self._pending} deliveries still pending after {timeout:g} s")
+            finally:
+                self._idle_waiters -= 1
 
 
-class DeliveryQueue:
-    """Worker threads that deliver queued events with ``retries`` retries ``retry_delay`` apart."""
+class _Job:
+    """One delivery of one event to one subscription, across its attempts."""
+
+    __slots__ = ("attempt", "delivery_id", "request", "stream")
+
+    def __init__(self, stream: _Stream, delivery_id: int, request: bytes) -> None:
+        self.stream = stream
+        self.delivery_id = delivery_id
+        self.request = request
+        self.attempt = 1
+
+
+class _Stream:
+    """A burst's deliveries to one recipient, made one at a time as the lane takes them."""
+
+    __slots__ = ("burst", "next_index", "position", "recipient", "target")
+
+    def __init__(self, burst: Burst, position: int, recipient: Recipient, target: wire.Target) -> None:
+        self.burst = burst
+        self.position = position
+        self.recipient = recipient
+        self.target = target
+        self.next_index = 0
+
+    @property
+    def due(self) -> float:
+        return self.burst.started + self.burst.offset(self.next_index)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.next_index >= self.burst.count
+
+    def take(self) -> _Job:
+        index = self.next_index
+        self.next_index += 1
+        request = self.target.request(self.burst.body(index), self.recipient.secret)
+        return _Job(self, self.burst.delivery_id(index, self.position), request)
+
+
+class _Lane:
+    """The work and the connections of one endpoint origin."""
+
+    def __init__(self, origin: wire.Origin) -> None:
+        self.origin = origin
+        self.streams: deque[_Stream] = deque()
+        self.retries: list[tuple[float, int, _Job]] = []  # a heap by due time
+        self.taken = 0  # deliveries in flight or waiting for a retry
+        self.senders = 0
+        self.opening = False  # a new connection has not carried its first request yet
+        self.idle: deque[asyncio.Future[bool]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+
+    def next_due(self) -> float:
+        """When the next piece of work may start (inf: none)."""
+        due = self.retries[0][0] if self.retries else math.inf
+        if self.taken < WINDOW:
+            for stream in self.streams:
+                due = min(due, stream.due)
+                if stream.burst.rate is None:
+                    break  # due at once; later streams cannot be earlier
+        return due
+
+    def take(self, now: float) -> _Job | None:
+        if self.retries and self.retries[0][0] <= now:
+            return heapq.heappop(self.retries)[2]
+        if self.taken >= WINDOW:
+            return None
+        for stream in self.streams:
+            if stream.due <= now:
+                job = stream.take()
+                if stream.exhausted:
+                    self.streams.remove(stream)
+                self.taken += 1
+                return job
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return not (self.senders or self.streams or self.retries or self.taken)
+
+
+class DeliveryLoop:
+    """Sends bursts and endpoint validations; ``start()`` runs its event loop on a thread."""
 
     def __init__(
         self,
@@ -154,10 +231,9 @@ class DeliveryQueue:
         timeout: float,
         retries: int,
         retry_delay: float,
-        resolve: Resolve,
+        resolve: wire.Resolve,
         log: DeliveryLog,
-        on_attempt: Callable[[dict[str, Any]], None] | None = None,
-        workers: int = 16,
+        on_attempt: Callable[[Attempt], None] | None = None,
     ) -> None:
         self.timeout = timeout
         self.retries = retries
@@ -165,71 +241,219 @@ class DeliveryQueue:
         self.resolve = resolve
         self.log = log
         self.on_attempt = on_attempt
-        self._due: list[tuple[float, int, _Job]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="sandbox-delivery", daemon=True)
+        self._lanes: dict[wire.Origin, _Lane] = {}
         self._order = itertools.count()
-        self._ids = itertools.count(1)
-        self._cond = threading.Condition()
+        self._tls: Any = None
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._work, name=f"sandbox-delivery-{n}", daemon=True)
-            for n in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
 
-    def enqueue(
-        self, subscription_id: int, event: str, endpoint: str, secret: str, body: bytes
-    ) -> int:
-        """Queue one event for one subscription; the id names all its attempts."""
-        with self._cond:
-            delivery_id = next(self._ids)
-            job = _Job(delivery_id, subscription_id, event, endpoint, secret, body)
-            self._schedule(job, time.monotonic())
-        return delivery_id
+    # -- any thread --------------------------------------------------------------------------------
 
-    def _schedule(self, job: _Job, when: float) -> None:
-        heapq.heappush(self._due, (when, next(self._order), job))
-        self._cond.notify()
+    def start(self) -> None:
+        self._thread.start()
 
-    def _next_job(self) -> _Job | None:
-        with self._cond:
-            while not self._stopped:
-                now = time.monotonic()
-                if self._due and self._due[0][0] <= now:
-                    return heapq.heappop(self._due)[2]
-                self._cond.wait(self._due[0][0] - now if self._due else None)
-            return None
+    def send(self, burst: Burst) -> None:
+        """Queue a burst (its ids come from ``log.reserve``)."""
+        self._loop.call_soon_threadsafe(self._add, burst)
 
-    def _work(self) -> None:
-        while (job := self._next_job()) is not None:
-            result = post_signed(job.endpoint, job.body, job.secret, self.timeout, self.resolve)
-            item = {
-                "deliveryId": job.delivery_id,
-                "subscriptionId": job.subscription_id,
-                "endpoint": job.endpoint,
-                "attempt": job.attempt,
-                "status": result.status,
-                "error": result.error,
-                "time": iso_now(),
-            }
-            with self._cond:
-                if self._stopped:
-                    return
-                # Schedule the retry before the attempt is visible, so whoever waits for this
-                # attempt sees a consistent queue.
-                if not result.ok and job.attempt <= self.retries:
-                    job.attempt += 1
-                    self._schedule(job, time.monotonic() + self.retry_delay)
-            self.log.add(item)
-            if self.on_attempt is not None:
-                self.on_attempt({**item, "event": job.event})
+    def validate(self, url: str, body: bytes, secret: str, timeout: float) -> PostResult:
+        """One signed POST on a connection of its own, never retried; blocks until it is answered."""
+        shutting_down = PostResult(None, "the sandbox is shutting down")
+        if self._stopped:
+            return shutting_down
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._validate(url, body, secret, timeout), self._loop)
+            # The POST has its own deadline; this one only guards against a loop stopped meanwhile.
+            return future.result(timeout + 5)
+        except (concurrent.futures.CancelledError, TimeoutError, RuntimeError):
+            return shutting_down
 
     def stop(self, wait: float = 1.0) -> None:
-        """Stop the workers; attempts in flight are abandoned (daemon threads) after ``wait``."""
-        with self._cond:
-            self._stopped = True
-            self._due.clear()
-            self._cond.notify_all()
-        deadline = time.monotonic() + wait
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        """Stop sending; pending deliveries are dropped, attempts in flight cut off."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._begin_shutdown)
+            self._thread.join(wait)
+        else:
+            self._loop.close()
+
+    # -- the loop's thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    def _begin_shutdown(self) -> None:
+        self._loop.create_task(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for lane in self._lanes.values():
+            if lane.timer is not None:
+                lane.timer.cancel()
+        self._lanes.clear()
+        await asyncio.sleep(0)  # let the aborted transports finish closing
+        self._loop.stop()
+
+    def _add(self, burst: Burst) -> None:
+        for position, recipient in enumerate(burst.recipients):
+            target = wire.target_for(recipient.endpoint, self.resolve)
+            lane = self._lanes.get(target.origin)
+            if lane is None:
+                lane = self._lanes[target.origin] = _Lane(target.origin)
+            lane.streams.append(_Stream(burst, position, recipient, target))
+            self._kick(lane)
+
+    def _kick(self, lane: _Lane) -> None:
+        """Get the lane's due work moving, or wake it when the next piece falls due."""
+        due = lane.next_due()
+        if due <= self._loop.time():
+            self._wake(lane)
+        elif due < lane.timer_at:
+            if lane.timer is not None:
+                lane.timer.cancel()
+            lane.timer_at = due
+            lane.timer = self._loop.call_at(due, self._on_timer, lane)
+
+    def _on_timer(self, lane: _Lane) -> None:
+        lane.timer, lane.timer_at = None, math.inf
+        self._kick(lane)
+
+    def _wake(self, lane: _Lane) -> None:
+        """An idle sender takes the work, else a new one (a new connection) if the lane has room.
+
+        New connections open one at a time, each once the previous one has carried a request: a
+        burst must not flood a receiver's accept queue (a stdlib server's holds 5; past it SYNs are
+        dropped and retried a second later).
+        """
+        if self._stopped:
+            return
+        while lane.idle:
+            waiter = lane.idle.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        if lane.senders < MAX_CONNECTIONS and not lane.opening:
+            lane.senders += 1
+            lane.opening = True
+            self._loop.create_task(self._sender(lane))
+
+    async def _sender(self, lane: _Lane) -> None:
+        connection: wire.Connection | None = None
+        opening = True
+        try:
+            while True:
+                job = lane.take(self._loop.time())
+                if job is None:
+                    if opening:
+                        opening = lane.opening = False
+                    self._kick(lane)
+                    if not await self._await_work(lane):
+                        return
+                    continue
+                if lane.next_due() <= self._loop.time():
+                    self._wake(lane)  # more is due: let another connection take it
+                connection, result = await self._post(lane.origin, connection, job.request, self.timeout)
+                if opening:
+                    opening = lane.opening = False
+                self._finish(lane, job, result)
+        finally:
+            if opening:
+                lane.opening = False
+            if connection is not None:
+                connection.close()
+            lane.senders -= 1
+            if lane.finished and self._lanes.get(lane.origin) is lane:
+                del self._lanes[lane.origin]
+
+    async def _await_work(self, lane: _Lane) -> bool:
+        """Whether work came within IDLE_SECONDS (False: close the connection)."""
+        waiter: asyncio.Future[bool] = self._loop.create_future()
+        lane.idle.append(waiter)
+        expiry = self._loop.call_later(IDLE_SECONDS, _settle, waiter, False)
+        try:
+            return await waiter
+        finally:
+            expiry.cancel()
+            if waiter in lane.idle:
+                lane.idle.remove(waiter)
+
+    def _finish(self, lane: _Lane, job: _Job, result: PostResult) -> None:
+        stream = job.stream
+        final = result.ok or job.attempt > self.retries
+        attempt = Attempt(
+            job.delivery_id, stream.recipient.subscription_id, stream.burst.event,
+            stream.recipient.endpoint, job.attempt, result.status, result.error, time.time(),
+        )
+        if final:
+            lane.taken -= 1
+        else:
+            job.attempt += 1
+            heapq.heappush(lane.retries, (self._loop.time() + self.retry_delay, next(self._order), job))
+            self._kick(lane)
+        self.log.add(attempt, final=final)
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
+
+    async def _validate(self, url: str, body: bytes, secret: str, timeout: float) -> PostResult:
+        try:
+            target = wire.target_for(url, self.resolve)
+        except ValueError as exc:  # a host name IDNA refuses: it cannot be reached either
+            return PostResult(None, f"invalid host name ({exc})")
+        connection, result = await self._post(target.origin, None, target.request(body, secret), timeout)
+        if connection is not None:
+            connection.close()
+        return result
+
+    async def _post(
+        self, origin: wire.Origin, connection: wire.Connection | None, request: bytes, timeout: float
+    ) -> tuple[wire.Connection | None, PostResult]:
+        """POST on the given connection (or a new one); the connection left to reuse, and the result."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if connection is None or not connection.open:
+                        if connection is not None:
+                            connection.close()
+                        connection = await wire.connect(origin, self._tls_for(origin))
+                    try:
+                        answer = await connection.exchange(request)
+                        break
+                    except wire.Closed as exc:
+                        # A kept-alive connection the receiver closed as we reused it: the request
+                        # never reached it, so send it again on a new connection.
+                        if exc.answered or not connection.answered:
+                            raise
+                        connection.close()
+                        connection = None
+        except (OSError, TimeoutError, ValueError, wire.Closed, wire.AnswerError) as exc:
+            if connection is not None:
+                connection.close()
+            return None, PostResult(None, wire.describe(exc, timeout))
+        if not answer.reusable:
+            connection.close()
+            connection = None
+        status = answer.status
+        return connection, PostResult(status, None if status == 200 else f"answered {status}")
+
+    def _tls_for(self, origin: wire.Origin) -> Any:
+        if origin.scheme != "https":
+            return None
+        if self._tls is None:
+            self._tls = wire.tls_context()
+        return self._tls
+
+
+def _settle(waiter: asyncio.Future[bool], value: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(value)

@@ -16,6 +16,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -25,8 +26,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from inspera_cli.errors import NetworkError
-from inspera_cli.payload import build_body, verification_body
-from inspera_cli.sandbox.delivery import DeliveryLog, DeliveryQueue, post_signed
+from inspera_cli.payload import verification_body
+from inspera_cli.sandbox.burst import MAX_DELIVERIES, Burst, Recipient, burst_problem
+from inspera_cli.sandbox.delivery import Attempt, DeliveryLog, DeliveryLoop
+from inspera_cli.sandbox.log_writer import LogWriter, printable
 from inspera_cli.sandbox.store import SubscriptionStore
 
 DEFAULT_EVENTS: tuple[tuple[str, str], ...] = (
@@ -41,6 +44,7 @@ DEFAULT_EVENTS: tuple[tuple[str, str], ...] = (
 )
 
 MAX_BODY = 1024 * 1024
+REQUEST_HISTORY = 10_000  # (method, path) pairs kept for Sandbox.requests
 _SUBSCRIPTION_ID = re.compile(r"/api/v1/subscription/([^/]+)")
 _MAX_ID = 2**63 - 1  # SQLite's INTEGER
 
@@ -60,9 +64,12 @@ class SandboxConfig:
     retries: int = 3
     retry_delay: float = 1.0
     resolve: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Delivery attempts kept in memory for /_sandbox/deliveries (the newest).
+    keep: int = 10_000
     # Event names, or (name, description) pairs, that the tenant supports.
     events: Sequence[str | tuple[str, str | None]] = DEFAULT_EVENTS
-    # Called with one line per API request and per delivery attempt (``sandbox serve`` prints them).
+    # Called with one line per API request and per delivery attempt (``sandbox serve`` prints them),
+    # from a thread of its own; lines are dropped and counted when it falls far behind.
     log: Callable[[str], None] | None = None
 
 
@@ -112,10 +119,12 @@ class Sandbox:
             self.events[name] = description
         self._tokens: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._requests: list[tuple[str, str]] = []
-        self._log = DeliveryLog()
+        self._fire_lock = threading.Lock()  # ids and bursts enter the delivery loop in one order
+        self._requests: deque[tuple[str, str]] = deque(maxlen=REQUEST_HISTORY)
+        self._log = DeliveryLog(self.config.keep)
+        self._log_writer: LogWriter | None = None
         self._store: SubscriptionStore | None = None
-        self._queue: DeliveryQueue | None = None
+        self._delivery: DeliveryLoop | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -140,7 +149,9 @@ class Sandbox:
             raise
         server.sandbox = self
         self._server = server
-        self._queue = DeliveryQueue(
+        if config.log is not None:
+            self._log_writer = LogWriter(config.log)
+        self._delivery = DeliveryLoop(
             timeout=config.delivery_timeout,
             retries=config.retries,
             retry_delay=config.retry_delay,
@@ -148,6 +159,7 @@ class Sandbox:
             log=self._log,
             on_attempt=self._log_attempt,
         )
+        self._delivery.start()
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox-http",
             daemon=True,
@@ -163,11 +175,13 @@ class Sandbox:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(2)
-        if self._queue is not None:
-            self._queue.stop()
+        if self._delivery is not None:
+            self._delivery.stop()
         if self._store is not None:
             self._store.close()
-        self._server = self._thread = self._queue = self._store = None
+        if self._log_writer is not None:
+            self._log_writer.close()
+        self._server = self._thread = self._delivery = self._store = self._log_writer = None
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -195,27 +209,61 @@ class Sandbox:
 
     # -- the Python side of the /_sandbox routes -------------------------------------------------
 
-    def fire(self, event: str, context_object_id: int | None = None) -> list[int]:
-        """Queue the event for every subscription to it; the delivery ids, one per subscription."""
+    def fire(
+        self,
+        event: str,
+        context_object_id: int | None = None,
+        *,
+        count: int = 1,
+        rate: float | None = None,
+    ) -> range:
+        """Queue the event for every subscription to it, ``count`` times (``rate`` a second, or as
+        fast as the receivers answer); the delivery ids, consecutive: event ``i`` (contextObjectId
+        ``context_object_id + i``) to the ``j``-th of ``n`` subscriptions is ``ids[i * n + j]``.
+
+        ValueError for an unknown event or a burst beyond the limits (``burst.MAX_DELIVERIES``).
+        """
         if event not in self.events:
             raise ValueError(f"unknown event {event!r}; supported: {', '.join(self.events)}")
-        store, queue = self._running()
+        if problem := burst_problem(count, rate):
+            raise ValueError(problem)
+        store, delivery = self._running()
+        recipients = tuple(Recipient(s.subscription_id, s.endpoint, s.secret) for s in store.all(event))
+        if count * len(recipients) > MAX_DELIVERIES:
+            raise ValueError(
+                f"{count} events for {len(recipients)} subscriptions make {count * len(recipients)} "
+                f"deliveries; at most {MAX_DELIVERIES} a fire"
+            )
+        if not recipients:
+            return range(0)
         if context_object_id is None:
             context_object_id = random.randint(10_000_000, 99_999_999)
-        # One body per event, sent identically on every retry, as Inspera does.
-        body = build_body(event, context_object_id)
-        return [
-            queue.enqueue(sub.subscription_id, event, sub.endpoint, sub.secret, body)
-            for sub in store.all(event)
-        ]
+        with self._fire_lock:
+            burst = Burst(
+                event, context_object_id, count, rate, recipients,
+                first_delivery_id=self._log.reserve(count * len(recipients)),
+                started=time.monotonic(), started_wall=time.time(),
+            )
+            delivery.send(burst)
+        return burst.delivery_ids
 
     def deliveries(self) -> list[dict[str, Any]]:
-        """Every finished delivery attempt, oldest first."""
-        return self._log.items()
+        """The newest finished delivery attempts (``keep`` of them), oldest first."""
+        return [attempt.to_json() for attempt in self._log.items()]
 
     def wait_deliveries(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Block until at least ``n`` attempts have finished; TimeoutError if they do not."""
-        return self._log.wait(n, timeout)
+        """Block until at least ``n`` attempts have finished since the start; then the kept ones, as
+        ``deliveries()``. TimeoutError if they do not finish in time."""
+        return [attempt.to_json() for attempt in self._log.wait(n, timeout)]
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until every delivery fired so far has finished (succeeded or run out of retries)."""
+        self._log.wait_idle(timeout)
+
+    @property
+    def attempts(self) -> int:
+        """Delivery attempts finished since the start, including those no longer kept."""
+        return self._log.attempts
 
     def subscriptions(self) -> list[dict[str, Any]]:
         store, _ = self._running()
@@ -234,20 +282,20 @@ class Sandbox:
         with self._lock:
             return list(self._requests)
 
-    def _running(self) -> tuple[SubscriptionStore, DeliveryQueue]:
-        if self._store is None or self._queue is None:
+    def _running(self) -> tuple[SubscriptionStore, DeliveryLoop]:
+        if self._store is None or self._delivery is None:
             raise RuntimeError("the sandbox is not started")
-        return self._store, self._queue
+        return self._store, self._delivery
 
     def _emit(self, line: str) -> None:
-        if self.config.log is not None:
-            self.config.log(line)
+        if self._log_writer is not None:
+            self._log_writer.put(printable(line))
 
-    def _log_attempt(self, item: dict[str, Any]) -> None:
-        outcome = "200 OK" if item["error"] is None else f"failed: {item['error']}"
+    def _log_attempt(self, attempt: Attempt) -> None:
+        outcome = "200 OK" if attempt.error is None else f"failed: {attempt.error}"
         self._emit(
-            f"delivery {item['deliveryId']} attempt {item['attempt']} {item['event']} "
-            f"-> {item['endpoint']}: {outcome}"
+            f"delivery {attempt.delivery_id} attempt {attempt.attempt} {attempt.event} "
+            f"-> {attempt.endpoint}: {outcome}"
         )
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -268,7 +316,10 @@ class Sandbox:
             extra = {"Allow": exc.allow} if exc.allow else {}
         except Exception as exc:  # an answer, never a dropped connection
             status, payload, extra = 500, {"error": f"sandbox bug: {type(exc).__name__}: {exc}"}, {}
-        self._emit(f"{method} {path} {status}")
+        line = f"{method} {path} {status}"
+        if status >= 400 and isinstance(payload, dict) and payload.get("error"):
+            line += f" ({_reason(payload)})"
+        self._emit(line)
         return status, payload, extra
 
     def _route(
@@ -372,17 +423,15 @@ class Sandbox:
             raise _bad_request(f"unknown event {event!r}; supported: {', '.join(self.events)}")
         if not _is_http_url(endpoint):
             raise _bad_request(f"endpoint is not an http(s) URL: {endpoint!r}")
+        store, delivery = self._running()
         # Validation is one signed POST, never retried.
-        result = post_signed(
-            endpoint, verification_body(), secret, self.config.validation_timeout, self._resolve
-        )
+        result = delivery.validate(endpoint, verification_body(), secret, self.config.validation_timeout)
         if not result.ok:
             if result.status is not None:
                 reason = f"{endpoint} answered {result.status}; it must answer 200 OK"
             else:
                 reason = f"{endpoint}: {result.error}"
             raise _bad_request(f"endpoint validation failed: {reason}")
-        store, _ = self._running()
         return 200, store.add(event, endpoint, secret).to_json()
 
     def _delete(self, raw_id: str) -> tuple[int, None]:
@@ -402,11 +451,22 @@ class Sandbox:
         object_id = data.get("contextObjectId")
         if object_id is not None and (isinstance(object_id, bool) or not isinstance(object_id, int)):
             raise _bad_request("field contextObjectId must be an integer")
+        count = 1 if data.get("count") is None else data["count"]
+        rate = data.get("rate")
+        if problem := burst_problem(count, rate, names=("field count", "field rate")):
+            raise _bad_request(problem)
         try:
-            ids = self.fire(event, object_id)
+            ids = self.fire(event, object_id, count=count, rate=rate)
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
-        return 200, {"deliveryIds": ids}
+        return 200, {"deliveryIds": list(ids)}
+
+
+def _reason(payload: dict[str, Any]) -> str:
+    """An error answer in one line for the log: the error, and its description when there is one."""
+    error, description = payload.get("error"), payload.get("description")
+    text = f"{error}: {description}" if description else str(error)
+    return " ".join(text.split())
 
 
 def _bad_request_oauth(description: str) -> _ApiError:
