@@ -72,6 +72,12 @@ def info(message: str, *, markup: bool = False) -> None:
     console().print(message if markup else _escape(message))
 
 
+def log_line(message: str) -> None:
+    """One plain line on stderr, without Rich's layout (3 µs instead of 85): `sandbox serve` logs a
+    line per delivery attempt, thousands a second under a burst."""
+    sys.stderr.write(message + "\n")
+
+
 def styled_line(text: str, style: str | None = None, *, stderr: bool = False) -> None:
     """One line of plain text (stdout by default), in a Rich ``style`` on a terminal, e.g. a plan line."""
     console(stderr=stderr).print(_escape(text), style=style, emoji=False)

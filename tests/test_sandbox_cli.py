@@ -206,8 +206,12 @@ def test_fire_at_something_that_is_not_a_sandbox(cli: Cli, receiver: Callable[..
 
 
 def test_fire_when_no_sandbox_runs(cli: Cli) -> None:
-    result = cli("--url", f"http://127.0.0.1:{free_port()}", "sandbox", "fire", EVENT, expect=1)
-    assert "is `inspera-hooks sandbox serve` running?" in result.stderr
+    """The client's own wording for a network error, one line."""
+    port = free_port()
+    result = cli("--url", f"http://127.0.0.1:{port}", "sandbox", "fire", EVENT, expect=1)
+    assert result.stderr == (
+        f"inspera-hooks: error: connection refused by 127.0.0.1:{port}: is the URL right and the server up?\n"
+    )
 
 
 # -- the client against the sandbox: validation failures and token refresh ---------------------------

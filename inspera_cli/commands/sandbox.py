@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import typer
 from inspera_cli import output
 from inspera_cli.commands.common import JsonOption, state
 from inspera_cli.completers import complete_event
-from inspera_cli.errors import APIError, CredentialsError, NetworkError
+from inspera_cli.errors import APIError, CredentialsError, UsageError
 
 sandbox_app = typer.Typer(
     help="A local Inspera tenant (the webhook API, validation, signed deliveries) for tests and CI.\n\n"
@@ -83,6 +84,13 @@ def serve(
             help="Send requests for HOST (e.g. a tunnel's) to this local port over plain HTTP. Repeatable.",
         ),
     ] = None,
+    keep: Annotated[
+        int,
+        typer.Option(
+            "--keep", metavar="N", min=0,
+            help="Delivery attempts kept in memory for `sandbox deliveries` (the newest N).",
+        ),
+    ] = 10_000,
 ) -> None:
     """Run a local Inspera tenant: the webhook API, endpoint validation and signed deliveries.
 
@@ -106,7 +114,8 @@ def serve(
             retries=retries,
             retry_delay=retry_delay,
             resolve=routes,
-            log=lambda line: output.info(f"{time.strftime('%H:%M:%S')} {line}"),
+            keep=keep,
+            log=lambda line: output.log_line(f"{time.strftime('%H:%M:%S')} {line}"),
         )
     )
     sandbox.start()
@@ -141,6 +150,8 @@ def _sandbox_request(ctx: typer.Context, method: str, path: str, body: Any = Non
     """Call a /_sandbox route of the tenant URL (--url, INSPERA_URL or the profile)."""
     import requests
 
+    # The client's session (User-Agent, keep-alive) and its wording for network errors.
+    from inspera_cli.client import _network_error, make_session
     from inspera_cli.config import resolve_settings
 
     app_state = state(ctx)
@@ -150,16 +161,11 @@ def _sandbox_request(ctx: typer.Context, method: str, path: str, body: Any = Non
             "no sandbox URL: pass --url or set INSPERA_URL (`inspera-hooks sandbox serve` prints it)"
         )
     url = f"{settings.url}{path}"
-    try:
-        response = requests.request(method, url, json=body, timeout=settings.timeout)
-    except requests.exceptions.Timeout:
-        raise NetworkError(
-            f"the sandbox at {settings.url} did not answer within {settings.timeout} s"
-        ) from None
-    except requests.exceptions.RequestException:
-        raise NetworkError(
-            f"cannot reach a sandbox at {settings.url}: is `inspera-hooks sandbox serve` running?"
-        ) from None
+    with make_session() as session:
+        try:
+            response = session.request(method, url, json=body, timeout=settings.timeout)
+        except requests.RequestException as exc:
+            raise _network_error(exc, url, settings.timeout) from exc
     try:
         data = response.json()
     except ValueError:
@@ -183,19 +189,45 @@ def fire(
     ],
     object_id: Annotated[
         int | None,
-        typer.Option("--object-id", metavar="N", help="contextObjectId (default: a random test id)."),
+        typer.Option(
+            "--object-id", metavar="N",
+            help="contextObjectId (default: a random test id); a burst counts up from it.",
+        ),
+    ] = None,
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count", metavar="N", help="Fire the event N times: a burst, e.g. to load-test a receiver."
+        ),
+    ] = 1,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate", metavar="PER_SECOND",
+            help="Space the burst's events at this many a second (default: as fast as receivers answer).",
+        ),
     ] = None,
     json: JsonOption = False,
 ) -> None:
     """Make the sandbox deliver an event to every subscription to it; print the delivery ids.
 
     Deliveries are signed and retried in the background; see `inspera-hooks sandbox deliveries`.
+    --count N fires a burst of N events (contextObjectIds counting up from --object-id) at each
+    subscription, as fast as the receivers answer or --rate a second.
 
     Example: inspera-hooks sandbox fire confirm_final_grades --object-id 35199862
     """
+    from inspera_cli.sandbox.burst import burst_problem
+
+    if problem := burst_problem(count, rate, names=("--count", "--rate")):
+        raise UsageError(problem)
     payload: dict[str, Any] = {"event": event}
     if object_id is not None:
         payload["contextObjectId"] = object_id
+    if count != 1:
+        payload["count"] = count
+    if rate is not None:
+        payload["rate"] = rate
     data = _sandbox_request(ctx, "POST", "/_sandbox/fire", payload)
     ids = data.get("deliveryIds")
     if not isinstance(ids, list):
@@ -209,11 +241,11 @@ def fire(
             f"(create one with `inspera-hooks create --event {event} --endpoint URL`)"
         )
         return
-    for delivery_id in ids:
-        print(delivery_id)
+    sys.stdout.write("".join(f"{delivery_id}\n" for delivery_id in ids))
     plural = "delivery" if len(ids) == 1 else "deliveries"
+    events = f"{count} {event} events" if count > 1 else event
     output.info(
-        f"Fired {event}: {len(ids)} {plural} queued; follow them with `inspera-hooks sandbox deliveries`."
+        f"Fired {events}: {len(ids)} {plural} queued; follow them with `inspera-hooks sandbox deliveries`."
     )
 
 
