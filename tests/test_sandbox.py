@@ -28,10 +28,13 @@ class Receiver:
     and records every request (path, headers, raw body) and when it came (``arrivals``, monotonic).
 
     ``keep_alive``: HTTP/1.1, connections stay open (else HTTP/1.0, one request a connection);
-    ``connections`` counts the TCP connections accepted, ``open_connections`` those still open.
+    ``connections`` counts the TCP connections accepted, ``open_connections`` those still open;
+    ``tls``: serve HTTPS with this server context.
     """
 
-    def __init__(self, status: int = 200, delay: float = 0.0, keep_alive: bool = False) -> None:
+    def __init__(
+        self, status: int = 200, delay: float = 0.0, keep_alive: bool = False, tls: Any = None
+    ) -> None:
         self.status = status
         self.delay = delay
         self.received: list[tuple[str, dict[str, str], bytes]] = []
@@ -77,8 +80,10 @@ class Receiver:
                 pass  # the sandbox hung up on a slow answer: expected here
 
         self.server = Server(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/hook"
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -95,8 +100,8 @@ class Receiver:
 def receiver() -> Iterator[Callable[..., Receiver]]:
     made: list[Receiver] = []
 
-    def make(status: int = 200, delay: float = 0.0, keep_alive: bool = False) -> Receiver:
-        made.append(Receiver(status, delay, keep_alive))
+    def make(status: int = 200, delay: float = 0.0, keep_alive: bool = False, tls: Any = None) -> Receiver:
+        made.append(Receiver(status, delay, keep_alive, tls))
         return made[-1]
 
     yield make

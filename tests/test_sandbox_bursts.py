@@ -14,9 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -99,6 +97,18 @@ def test_a_burst_goes_to_every_subscription_with_consecutive_ids(
         assert all(h["X-Inspera-Signature"] == hmac_sha1(body, secret) for _, h, body in got)
     # The same event reaches every subscription as the same bytes.
     assert {body for _, _, body in events(first)} == {body for _, _, body in events(second)}
+
+
+def test_subscriptions_on_one_endpoint_take_turns(api: Api, receiver: Callable[..., Receiver]) -> None:
+    r = receiver(keep_alive=True)
+    api.create(r.url, secret="a")
+    api.create(r.url.replace("/hook", "/other"), secret="b")
+    api.sb.fire(EVENT, count=100)
+    api.sb.wait_idle(timeout=20)
+    paths = [path for path, _, _ in events(r)]
+    assert Counter(paths) == {"/hook": 100, "/other": 100}
+    # Not all of one subscription's deliveries before the other's first.
+    assert set(paths[:20]) == {"/hook", "/other"}
 
 
 def test_rate_spaces_the_events(cli: Cli, sandbox_env: Sandbox, receiver: Callable[..., Receiver]) -> None:
@@ -302,7 +312,10 @@ def test_a_broken_answer_is_a_failed_attempt_with_the_reason(
 
 
 def test_https_endpoints_are_verified_against_requests_ca_bundle(
-    make_sandbox: Callable[..., Sandbox], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_sandbox: Callable[..., Sandbox],
+    receiver: Callable[..., Receiver],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
@@ -310,43 +323,22 @@ def test_https_endpoints_are_verified_against_requests_ca_bundle(
     ca.issue_cert("127.0.0.1").configure_cert(context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    received: list[bytes] = []
+    r = receiver(keep_alive=True, tls=context)
+    assert r.url.startswith("https://")
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    refused = Api(make_sandbox()).create(r.url)
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith(
+        f"endpoint validation failed: {r.url}: TLS error (certificate verify failed: "
+    )
 
-        def do_POST(self) -> None:  # noqa: N802
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    endpoint = f"https://127.0.0.1:{server.server_address[1]}/hook"
-    try:
-        untrusting = Api(make_sandbox())
-        refused = untrusting.create(endpoint)
-        assert refused.status_code == 400
-        assert refused.json()["error"].startswith(
-            f"endpoint validation failed: {endpoint}: TLS error (certificate verify failed: "
-        )
-
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
-        trusting = Api(make_sandbox())
-        assert trusting.create(endpoint).status_code == 200
-        trusting.sb.fire(EVENT, count=5)
-        trusting.sb.wait_idle(timeout=10)
-        assert [(a["status"], a["error"]) for a in trusting.sb.deliveries()] == [(200, None)] * 5
-        assert len(received) == 6
-    finally:
-        server.shutdown()
-        server.server_close()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    trusting = Api(make_sandbox())
+    assert trusting.create(r.url).status_code == 200
+    trusting.sb.fire(EVENT, count=5)
+    trusting.sb.wait_idle(timeout=10)
+    assert [(a["status"], a["error"]) for a in trusting.sb.deliveries()] == [(200, None)] * 5
+    assert len(events(r)) == 5
 
 
 # -- bounded memory ------------------------------------------------------------------------------------
@@ -417,6 +409,28 @@ def test_serve_logs_a_refused_request_with_its_reason(receiver: Callable[..., Re
     ) in log
     assert "POST /_sandbox/fire 400 (field count must be a whole number from 1 to 1000000)\n" in log
     assert "wrong-key-77" not in log and "sec-r3t" not in log
+
+
+def test_a_log_that_cannot_keep_up_drops_lines_and_says_how_many() -> None:
+    from inspera_cli.sandbox.log_writer import LogWriter
+
+    release = threading.Event()
+    written: list[str] = []
+
+    def slow_write(line: str) -> None:
+        release.wait(10)  # a terminal nobody scrolls
+        written.append(line)
+
+    writer = LogWriter(slow_write, backlog=3)
+    started = time.monotonic()
+    for n in range(20):
+        writer.put(f"line {n}")  # never blocks the caller
+    assert time.monotonic() - started < 1
+    release.set()
+    writer.close()
+    assert written[-1].endswith("log lines dropped: the log could not keep up)")
+    dropped = int(written[-1].strip("(").split()[0])
+    assert len(written) - 1 + dropped == 20
 
 
 def test_log_lines_escape_control_characters(make_sandbox: Callable[..., Sandbox]) -> None:

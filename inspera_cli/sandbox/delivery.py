@@ -211,8 +211,10 @@ class _Lane:
         for stream in self.streams:
             if stream.due <= now:
                 job = stream.take()
-                if stream.exhausted:
-                    self.streams.remove(stream)
+                # Round robin: every subscription and burst on this endpoint moves on together.
+                self.streams.remove(stream)
+                if not stream.exhausted:
+                    self.streams.append(stream)
                 self.taken += 1
                 return job
         return None
