@@ -72,7 +72,9 @@ def serve(
             help="Seconds an endpoint has to answer the validation POST on create.",
         ),
     ] = 10.0,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries of a failed delivery.")] = 3,
+    retries: Annotated[
+        int, typer.Option("--retries", metavar="N", min=0, help="Retries of a failed delivery.")
+    ] = 3,
     retry_delay: Annotated[
         float, typer.Option("--retry-delay", metavar="S", min=0, help="Seconds between delivery attempts.")
     ] = 1.0,
@@ -185,7 +187,10 @@ def _sandbox_request(ctx: typer.Context, method: str, path: str, body: Any = Non
 def fire(
     ctx: typer.Context,
     event: Annotated[
-        str, typer.Argument(help="Event name, e.g. confirm_final_grades.", autocompletion=complete_event)
+        str,
+        typer.Argument(
+            metavar="EVENT", help="Event name, e.g. confirm_final_grades.", autocompletion=complete_event
+        ),
     ],
     object_id: Annotated[
         int | None,
@@ -215,7 +220,10 @@ def fire(
     --count N fires a burst of N events (contextObjectIds counting up from --object-id) at each
     subscription, as fast as the receivers answer or --rate a second.
 
-    Example: inspera-hooks sandbox fire confirm_final_grades --object-id 35199862
+    \b
+    Example:
+      inspera-hooks sandbox fire confirm_final_grades --object-id 35199862
+      inspera-hooks sandbox fire confirm_final_grades --count 10000 --rate 500
     """
     from inspera_cli.sandbox.burst import burst_problem
 
