@@ -6,19 +6,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from inspera_cli.sandbox.delivery import Attempt
     from inspera_cli.sandbox.server import DEFAULT_EVENTS, Sandbox, SandboxConfig
 
-__all__ = ["DEFAULT_EVENTS", "Attempt", "Sandbox", "SandboxConfig"]
+__all__ = ["DEFAULT_EVENTS", "Sandbox", "SandboxConfig"]
 
 
 def __getattr__(name: str) -> Any:
     # The server brings http.server, sqlite3 and asyncio: load it on first use, so that the CLI can
     # read the burst limits (inspera_cli.sandbox.burst) without paying for them.
-    if name == "Attempt":
-        from inspera_cli.sandbox import delivery
-
-        return delivery.Attempt
     if name in __all__:
         from inspera_cli.sandbox import server
 
