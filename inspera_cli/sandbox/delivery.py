@@ -16,6 +16,7 @@ import concurrent.futures
 import heapq
 import itertools
 import math
+import ssl
 import threading
 import time
 from collections import deque
@@ -125,6 +126,8 @@ class DeliveryLog:
         with self._changed:
             heapq.heappush(self._wake_at, count)
             if not self._changed.wait_for(lambda: self._attempts >= count, timeout):
+                self._wake_at.remove(count)
+                heapq.heapify(self._wake_at)
                 raise TimeoutError(
                     f"{self._attempts} delivery attempts finished within {timeout:g} s, expected {count}"
                 )
@@ -247,7 +250,7 @@ class DeliveryLoop:
         self._thread = threading.Thread(target=self._run, name="sandbox-delivery", daemon=True)
         self._lanes: dict[wire.Origin, _Lane] = {}
         self._order = itertools.count()
-        self._tls: Any = None
+        self._tls: ssl.SSLContext | None = None
         self._stopped = False
 
     # -- any thread --------------------------------------------------------------------------------
@@ -448,7 +451,7 @@ class DeliveryLoop:
         status = answer.status
         return connection, PostResult(status, None if status == 200 else f"answered {status}")
 
-    def _tls_for(self, origin: wire.Origin) -> Any:
+    def _tls_for(self, origin: wire.Origin) -> ssl.SSLContext | None:
         if origin.scheme != "https":
             return None
         if self._tls is None:
