@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from inspera_cli import output
+from inspera_cli import interrupts, output
 from inspera_cli._version import __version__
 from inspera_cli.commands import (
     apply,
@@ -35,6 +35,11 @@ class InsperaGroup(TyperGroup):
     """Maps domain exceptions to one-line errors and exit codes; ``--debug`` re-raises."""
 
     def invoke(self, ctx: Any) -> Any:
+        # One Ctrl-C/SIGTERM policy for every command (interrupts.py).
+        with interrupts.handled(output.info):
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except _PASS_THROUGH:
