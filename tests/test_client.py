@@ -200,6 +200,7 @@ def test_create_with_empty_answer_finds_the_new_one_by_listing(cli, stub):
     stub.on(
         "GET",
         SUBS,
+        Reply(body={"subscriptions": []}),  # the check for an existing pair, before the create
         Reply(
             body={
                 "subscriptions": [
@@ -432,9 +433,13 @@ def test_create_goes_on_after_a_refused_event(cli, stub):
         "--json",
         expect=1,
     )
-    (item,) = r.json
-    assert item["subscriptionId"] == 8 and item["created"] is True
-    assert "validation failed" in r.stderr and "1 of 2 subscriptions failed" in r.stderr
+    refused, item = r.json
+    assert (refused["event"], refused["subscriptionId"]) == ("confirm_final_grades", None)
+    assert refused["created"] is False
+    assert "validation failed: answered 500" in refused["error"]
+    assert item["subscriptionId"] == 8 and item["created"] is True and item["error"] is None
+    assert "validation failed" in r.stderr
+    assert "1 of 2 subscriptions failed; the other one is in place" in r.stderr
     assert stub.count("POST", SUBS) == 2
 
 
@@ -457,10 +462,12 @@ def test_create_accepted_but_not_listed_keeps_the_generated_secret(cli, stub, mo
     monkeypatch.setattr("inspera_cli.client.LIST_LAG_DELAYS", (0.0,))
     stub.on("POST", SUBS, Reply(201, b""))
     r = cli("create", "--event", "complete_grading", "--endpoint", "https://h/", "--json", expect=1)
-    assert r.json == []
+    (item,) = r.json
     sent = json.loads([s for s in stub.seen if s.method == "POST" and s.path == SUBS][0].body)
-    assert f"The generated secret for complete_grading → https://h/ was: {sent['secret']}" in r.stderr
-    assert "does not list it" in r.stderr and stub.count("GET", SUBS) == 2
+    assert (item["created"], item["secret"]) == (False, sent["secret"])
+    assert "does not list it" in item["error"]
+    assert f"Webhook secret: {sent['secret']}\n" in r.stderr  # it may exist: the secret is shown
+    assert r.stderr.count("does not list it") == 1 and stub.count("GET", SUBS) == 3
 
 
 def test_delete_by_pair_not_found_prints_an_empty_json_list(cli, stub):

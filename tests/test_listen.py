@@ -603,7 +603,9 @@ def test_subscribe_creates_verifies_and_deletes_on_sigterm(sandbox_env: Any, cli
     assert f"Deleted subscription {live[0]['subscriptionId']}" in lp.err_text
     assert cli("list", "--json").json == []
     everything = lp.err_text + "\n".join(lp.stdout)
-    assert not re.search(r"[0-9a-f]{64}", everything)  # the fresh secret is never shown
+    # The fresh secret is shown once, on a line of its own (an app behind --forward-to needs it).
+    (secret,) = re.findall(r"[0-9a-f]{64}", everything)
+    assert f"Webhook secret: {secret}" in lp.stderr
 
 
 # -- refused command lines -------------------------------------------------------------------------

@@ -1,15 +1,25 @@
-"""Prompts on a real terminal (a pty): hidden secrets, declined confirmations."""
+"""A real terminal (a pty): hidden prompts, declined confirmations, secrets a person can copy."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import pty
+import re
 import select
+import struct
 import sys
 import termios
 import time
+from typing import Any
 
+import pytest
+
+from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID
+from tests.processes import default_signals
 from tests.stub_server import Reply
+from tests.test_listen import EVENT, App, closed_port, openssl_sign
 
 
 def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[str, str, bool]]) -> tuple[int, str]:
@@ -64,3 +74,89 @@ def test_declining_delete_deletes_nothing_and_exits_1(stub, tmp_path):
     )
     assert code == 1 and "Nothing deleted." in out and "interrupted" not in out
     assert stub.count("DELETE", "/api/v1/subscription/5") == 0
+
+
+# -- generated secrets, copied from a terminal ---------------------------------------------------
+
+
+class Terminal:
+    """The CLI on a pty of ``columns`` columns, as a person runs it; ``screen`` is what it printed."""
+
+    def __init__(self, args: list[str], env: dict[str, str], columns: int) -> None:
+        pid, self.leader = pty.fork()
+        if pid == 0:  # the child: becomes the CLI
+            default_signals()
+            os.execve(sys.executable, [sys.executable, "-m", "inspera_cli", *args], env)
+        fcntl.ioctl(self.leader, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        self.pid = pid
+        self.seen = b""
+
+    @property
+    def screen(self) -> str:
+        return self.seen.decode(errors="replace")
+
+    def read_until(self, text: str, timeout: float = 20) -> bool:
+        """Read output until ``text`` shows (True) or the program closed the terminal."""
+        deadline = time.monotonic() + timeout
+        while text not in self.screen and time.monotonic() < deadline:
+            if select.select([self.leader], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.leader, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self.seen += chunk
+        return text in self.screen
+
+    def ctrl_c(self) -> None:
+        os.write(self.leader, b"\x03")  # the terminal sends SIGINT to the program
+
+    def exit_code(self) -> int:
+        self.read_until("\0")  # to the end of the output
+        os.close(self.leader)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    def copy_secret(self) -> str:
+        """The secret as a person copies it: the rest of its line, which must hold all of it."""
+        (secret,) = re.findall(r"^Webhook secret: (\S*)\r\n", self.screen, re.MULTILINE)
+        assert re.fullmatch(r"[0-9a-f]{64}", secret), self.screen
+        assert self.screen.count(secret) == 1, self.screen  # once: not in a table too
+        return secret
+
+
+def sandbox_env(sandbox: Any) -> dict[str, str]:
+    return {**os.environ, "INSPERA_URL": sandbox.url, "INSPERA_CLIENT_ID": SANDBOX_CLIENT_ID,
+            "INSPERA_API_KEY": SANDBOX_API_KEY}
+
+
+@pytest.mark.parametrize("columns", [60, 120])
+def test_the_secret_create_generates_is_one_line_that_verifies_a_delivery(sandbox: Any, columns: int) -> None:
+    with App() as app:
+        term = Terminal(["create", "--event", EVENT, "--endpoint", f"{app.url}/hooks"], sandbox_env(sandbox),
+                        columns)
+        assert term.exit_code() == 0, term.screen
+        secret = term.copy_secret()
+        sandbox.fire(EVENT, 6001)
+        sandbox.wait_deliveries(1)
+    (_, headers, body) = app.received[-1]  # [0] is the endpoint validation
+    assert json.loads(body)["contextObjectId"] == 6001
+    assert headers["X-Inspera-Signature"] == openssl_sign(body, secret)
+
+
+def test_the_secret_listen_generates_lets_the_app_behind_it_verify(sandbox: Any) -> None:
+    port = closed_port()
+    with App() as app:
+        term = Terminal(["listen", "--port", str(port), "--subscribe", EVENT, "--public-url",
+                         f"http://127.0.0.1:{port}/", "--forward-to", app.url], sandbox_env(sandbox), 80)
+        assert term.read_until("Subscribed:"), term.screen
+        secret = term.copy_secret()
+        sandbox.fire(EVENT, 6002)
+        assert term.read_until("app 200"), term.screen
+        term.ctrl_c()
+        assert term.exit_code() == 0, term.screen
+    (_, headers, body) = app.received[-1]
+    assert json.loads(body)["contextObjectId"] == 6002
+    assert headers["X-Inspera-Signature"] == openssl_sign(body, secret)
+    assert "Deleted subscription" in term.screen and sandbox.subscriptions() == []

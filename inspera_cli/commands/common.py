@@ -61,6 +61,11 @@ SecretStdinOption = Annotated[
 ]
 
 
+def split_names(values: list[str] | None) -> list[str]:
+    """Names from repeated options that may also be comma-separated: `--events a,b --events c`."""
+    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+
+
 def resolve_secret(
     secret_env: str | None = None,
     secret: str | None = None,

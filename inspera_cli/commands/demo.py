@@ -40,7 +40,7 @@ def demo(
     """
     from inspera_cli.auth import TokenCache
     from inspera_cli.client import InsperaClient
-    from inspera_cli.commands.listen import request_line
+    from inspera_cli.commands.rendering import request_line
     from inspera_cli.config import Settings
     from inspera_cli.listener import Listener, ListenerConfig
     from inspera_cli.sandbox import Sandbox, SandboxConfig

@@ -2,54 +2,39 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inspera_cli import output
+from inspera_cli import interrupts, output
 from inspera_cli.commands.common import (
     SecretEnvOption,
     SecretOption,
     resolve_secret,
+    split_names,
     state,
 )
+from inspera_cli.commands.rendering import request_line, show_secret
 from inspera_cli.completers import complete_event_list
-from inspera_cli.errors import APIError, InsperaError, UsageError
+from inspera_cli.errors import InsperaError, UsageError
+from inspera_cli.session import Reporter
 
 if TYPE_CHECKING:
-    from inspera_cli.client import InsperaClient, Subscription
     from inspera_cli.listener import Listener, ListenerConfig, ListenerStats
-    from inspera_cli.tunnel import Tunnel
+    from inspera_cli.models import Subscription
 
 AUDIENCE_NOTE = (
     "Inspera sends an event only to users who are contributors on the test, have write access to "
     "the content, or are User Administrators -- and never for actions that same user triggered."
 )
-_SIGNATURE_STYLES = {
-    "valid": "green",
-    "unchecked": "yellow",
-    "invalid": "bold red",
-    "missing": "bold red",
-}
-# With --tunnel, how long a create refused because validation failed is tried again: quick tunnels
-# print their URL seconds before they carry traffic. A refused create created nothing, so this is
-# the one POST that is retried.
-TUNNEL_VALIDATION_RETRY = 20.0
-RETRY_PAUSE = 1.0
-# Refusals that are not a failed endpoint validation, so waiting for the tunnel cannot help.
-_NOT_VALIDATION = frozenset({401, 403, 404, 405, 409, 429})
 # Hosts a tunnel to 127.0.0.1 reaches.
 _TUNNEL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0"})
 
@@ -57,15 +42,6 @@ _TUNNEL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0"})
 class TunnelProgram(StrEnum):
     cloudflared = "cloudflared"
     ngrok = "ngrok"
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that cleanup runs as it does for Ctrl-C."""
-
-
-def _split(values: list[str] | None) -> list[str]:
-    """Names from repeated options that may also be comma-separated: `--events a,b --events c`."""
-    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
 
 
 def _check_url(url: str, option: str) -> str:
@@ -94,167 +70,6 @@ def parse_forward(values: list[str] | None) -> dict[str | None, str]:
             raise UsageError(f"--forward-to: {what} is given twice")
         routes[key] = _check_url(url, "--forward-to")
     return routes
-
-
-def subscribe(
-    client: InsperaClient,
-    events: list[str],
-    endpoint: str,
-    secret: str,
-    created: list[Subscription],
-    *,
-    retry_for: float = 0.0,
-) -> None:
-    """Create one subscription per event for ``endpoint``, appending each to ``created`` as soon
-    as it exists, so that cleanup deletes whatever was made even if a later create fails.
-
-    With ``retry_for`` (a tunnel that may not carry traffic yet), a create refused because the
-    endpoint's validation failed is tried again until that many seconds have passed."""
-    deadline = time.monotonic() + retry_for
-    waiting = False
-    for event in events:
-        while True:
-            try:
-                subscription = _create(client, event, endpoint, secret)
-                break
-            except APIError as exc:
-                if not retry_for or not _validation_refused(exc):
-                    raise
-                if time.monotonic() + RETRY_PAUSE > deadline:
-                    raise APIError(f"{exc} (still refused after {retry_for:g} s)", exc.status) from None
-                if not waiting:
-                    waiting = True
-                    output.info(
-                        f"{exc}\nWaiting for the tunnel to carry traffic… "
-                        f"(trying again for up to {retry_for:g} s)"
-                    )
-            time.sleep(RETRY_PAUSE)
-        created.append(subscription)
-        output.info(f"Subscribed: {event} -> {endpoint} (id {subscription.subscription_id})")
-
-
-def _create(client: InsperaClient, event: str, endpoint: str, secret: str) -> Subscription:
-    try:
-        with output.spinner(f"Creating the {event} subscription (Inspera validates {endpoint})"):
-            return client.create(event, endpoint, secret)
-    except (KeyboardInterrupt, Terminated):
-        output.warn(
-            f"interrupted while creating the {event} subscription: if Inspera made it, "
-            f"delete it (inspera-hooks list --event {event})"
-        )
-        raise
-
-
-def _validation_refused(exc: APIError) -> bool:
-    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in _NOT_VALIDATION
-
-
-def unsubscribe(client: InsperaClient, created: list[Subscription]) -> None:
-    """Delete what ``subscribe`` made; a failure is reported with the command to finish the job."""
-    while created:
-        subscription = created.pop()
-        sid = subscription.subscription_id
-        try:
-            client.delete(sid, missing_ok=True)
-        except InsperaError as exc:
-            output.warn(f"could not delete subscription {sid}: {exc} -- run: inspera-hooks delete {sid}")
-        else:
-            output.info(f"Deleted subscription {sid} ({subscription.event})")
-
-
-@contextmanager
-def _stop_signals() -> Iterator[None]:
-    """SIGTERM raises Terminated (Ctrl-C raises KeyboardInterrupt); restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _shielded() -> Iterator[None]:
-    """While cleaning up, a second Ctrl-C or SIGTERM does not cut the cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def note(signum: int, frame: object) -> None:
-        output.info("Stopping: deleting subscriptions and closing connections...")
-
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@functools.lru_cache(maxsize=4)
-def _local_second(utc_second: str) -> str:
-    try:
-        return datetime.fromisoformat(utc_second + "+00:00").astimezone().strftime("%H:%M:%S")
-    except ValueError:
-        return utc_second
-
-
-def _local_time(received_at: str) -> str:
-    return _local_second(received_at[:19])
-
-
-def _status_style(status: int | None) -> str:
-    return "green" if status is not None and 200 <= status < 300 else "bold red"
-
-
-def request_line(item: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """The human view of one request: (text, style) pieces of one line."""
-    when = (_local_time(item["receivedAt"]) + "  ", "dim")
-    status = item["status"]
-    answer = (f"-> {status}", _status_style(status))
-    if item["kind"] != "event":
-        return [when, (f"{item['method']} {item['path']}".ljust(40), "dim"), answer,
-                (f"  {item['note']}", "dim")]
-    if item["verification"]:
-        name = ("verification".ljust(28), "cyan")
-    elif item["event"] is None:
-        name = ("(not an event)".ljust(28), "magenta")
-    else:
-        name = (item["event"].ljust(28), "bold")
-    object_id = item["contextObjectId"]
-    delivery = item["delivery"]
-    # Rejected requests (and unread bodies) are not counted as deliveries: no number to show.
-    counted = item["signature"] in ("valid", "unchecked") and status != 413
-    pieces = [
-        when,
-        name,
-        (f"{'-' if object_id is None else object_id:>10}  ", None),
-        (item["signature"].ljust(10), _SIGNATURE_STYLES.get(item["signature"])),
-        ((f"retry #{delivery}" if delivery > 1 else "#1" if counted else "-").ljust(10),
-         "yellow" if delivery > 1 else "dim"),
-        answer,
-    ]
-    forward = item["forward"]
-    if forward is not None:
-        if forward["status"] is None:
-            pieces.append((f"  app failed: {forward['error']} ({forward['latencyMs']:.0f} ms)", "bold red"))
-        else:
-            pieces.append((f"  app {forward['status']} in {forward['latencyMs']:.0f} ms",
-                           _status_style(forward["status"])))
-    if item["verification"] and item["note"] is None:
-        pieces.append(("  endpoint validation", "dim"))
-    if item["note"]:
-        pieces.append((f"  {item['note']}", "yellow" if status < 300 else "red"))
-    if item["event"] is None and item["raw"]:
-        raw = item["raw"]
-        pieces.append((f"  raw: {raw[:80]!r}{'...' if len(raw) > 80 else ''}", "dim"))
-    return pieces
 
 
 def _printer(json_mode: bool) -> Callable[[dict[str, Any]], None]:
@@ -317,44 +132,31 @@ def serve(
     tunnel: str | None = None,
     exit_after: int | None = None,
     timeout: float | None = None,
+    generated_secret: bool = False,
 ) -> None:
     """Run the listener until --exit-after / --timeout / Ctrl-C / SIGTERM; subscriptions made
     for ``public_url`` are deleted, and the ``tunnel`` program (whose URL plus the path is then
-    the public URL) is stopped, on every way out."""
-    from urllib.parse import urlsplit
-
+    the public URL) is stopped, on every way out (``session.Session``)."""
     from inspera_cli.listener import Listener
 
     listener: Listener = Listener(config, on_request=_printer(json_mode))
-    created: list[Subscription] = []
-    running: Tunnel | None = None
     started = time.monotonic()
     reached = True
-    with _stop_signals():
-        try:
-            listener.start()
-            output.info(f"Ready: {listener.url}")
-            output.info(AUDIENCE_NOTE)
-            if tunnel:
-                running = _start_tunnel(tunnel, listener.port)
-                public_url = running.public_url + urlsplit(listener.url).path
-                output.info(f"Public URL: {public_url}")
-            if subscribe_events and public_url:
-                subscribe(state(ctx).client(), subscribe_events, public_url, config.secret or "",
-                          created, retry_for=TUNNEL_VALIDATION_RETRY if tunnel else 0.0)
+    try:
+        listener.start()
+        output.info(f"Ready: {listener.url}")
+        output.info(AUDIENCE_NOTE)
+        with _session(ctx, listener, subscribe_events or [], public_url, tunnel, config.secret,
+                      secret_generated=generated_secret):
             reached = _wait(listener, exit_after, timeout)
-        except (KeyboardInterrupt, Terminated):
-            pass
-        finally:
-            with _shielded():
-                if created:
-                    unsubscribe(state(ctx).client(), created)
-                if running is not None:
-                    running.stop()
-                listener.shutdown()
-                if listener.url:
-                    record = Path(config.record) if config.record is not None else None
-                    output.info(_summary(listener.stats(), time.monotonic() - started, record))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C and SIGTERM are how a listener is meant to stop
+    finally:
+        with interrupts.cleanup("closing connections and the record file"):
+            listener.shutdown()
+            if listener.url:
+                record = Path(config.record) if config.record is not None else None
+                output.info(_summary(listener.stats(), time.monotonic() - started, record))
     if not reached:
         raise InsperaError(
             f"only {listener.stats().accepted} of {exit_after} events were accepted "
@@ -362,12 +164,80 @@ def serve(
         )
 
 
-def _start_tunnel(program: str, port: int) -> Tunnel:
-    from inspera_cli import tunnel
+class _SessionLines(Reporter):
+    """How `listen` shows its tunnel and temporary subscriptions (stderr); a generated secret is
+    shown with the first subscription that holds it."""
 
-    with output.spinner(f"Starting {program} for port {port}"):
-        # Read at call time, so that tests can shorten it.
-        return tunnel.Tunnel.start(program, port, timeout=tunnel.START_TIMEOUT)
+    def __init__(self, generated_secret: str | None) -> None:
+        self._generated = generated_secret
+
+    def busy(self, message: str) -> AbstractContextManager[object]:
+        return output.spinner(message)
+
+    def tunnel_started(self, public_url: str) -> None:
+        output.info(f"Public URL: {public_url}")
+
+    def waiting_for_tunnel(self, refusal: str, retry_for: float) -> None:
+        output.info(f"{refusal}\nWaiting for the tunnel to carry traffic… "
+                    f"(trying again for up to {retry_for:g} s)")
+
+    def already_subscribed(self, subscription: Subscription) -> None:
+        sid = subscription.subscription_id
+        output.warn(f"{subscription.event} -> {subscription.endpoint} is already subscribed (id {sid}): "
+                    f"each event is delivered to both; inspera-hooks delete {sid} removes the old one")
+
+    def subscribed(self, subscription: Subscription) -> None:
+        if self._generated:
+            show_secret(self._generated)
+            output.info("Generated for these subscriptions: the listener verifies with it, and so must "
+                        "an app behind --forward-to. It is shown only this once.")
+            self._generated = None
+        output.info(f"Subscribed: {subscription.event} -> {subscription.endpoint} "
+                    f"(id {subscription.subscription_id})")
+
+    def deleted(self, subscription: Subscription) -> None:
+        output.info(f"Deleted subscription {subscription.subscription_id} ({subscription.event})")
+
+    def delete_failed(self, subscription: Subscription, error: InsperaError) -> None:
+        sid = subscription.subscription_id
+        output.warn(f"could not delete subscription {sid}: {error} -- run: inspera-hooks delete {sid}")
+
+    def lookup_failed(self, event: str, error: InsperaError) -> None:
+        output.warn(f"could not check whether the {event} subscription was made: {error} -- run: "
+                    f"inspera-hooks list --event {event}")
+
+
+def _session(
+    ctx: typer.Context,
+    listener: Listener,
+    events: list[str],
+    public_url: str | None,
+    tunnel: str | None,
+    secret: str | None,
+    *,
+    secret_generated: bool,
+) -> AbstractContextManager[object]:
+    """The tunnel and temporary subscriptions, if asked for (a generated secret is shown)."""
+    from contextlib import nullcontext
+    from urllib.parse import urlsplit
+
+    from inspera_cli.session import Session
+
+    if not (events or tunnel):
+        return nullcontext()
+    return Session(
+        state(ctx).client() if events else None,
+        events,
+        secret or "",
+        local_port=listener.port,
+        path=urlsplit(listener.url).path,
+        public_url=public_url,
+        tunnel=tunnel,
+        report=_SessionLines(secret if secret_generated else None),
+        close_receiver=listener.shutdown,
+        how_to_pass="the public URL leads to another receiver (check it), or give listen that "
+        "receiver's secret with --secret-env VAR",
+    )
 
 
 def _wait(listener: Listener, exit_after: int | None, timeout: float | None) -> bool:
@@ -480,7 +350,7 @@ def listen(
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    subscribe_events = _split(subscribe_to)
+    subscribe_events = split_names(subscribe_to)
     if tunnel and public_url:
         raise UsageError("--tunnel and --public-url are exclusive: --tunnel makes the public URL")
     if tunnel and tls_cert:
@@ -496,7 +366,7 @@ def listen(
         raise UsageError("--public-url is only used with --subscribe EVENT")
     if public_url:
         _check_url(public_url, "--public-url")
-    event_filter = _split(events)
+    event_filter = split_names(events)
     config = ListenerConfig(
         host=host,
         port=port,
@@ -510,10 +380,12 @@ def listen(
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
+    generated = False
     if subscribe_events and config.secret is None:
         import secrets
 
-        config.secret = secrets.token_hex(32)  # fresh, used for the subscriptions and never shown
+        config.secret = secrets.token_hex(32)
+        generated = True
     if config.secret is None and not skip_verify:
         output.warn("no secret given: signatures are not checked (pass --secret-env VAR)")
     serve(
@@ -525,6 +397,7 @@ def listen(
         tunnel=tunnel.value if tunnel else None,
         exit_after=exit_after,
         timeout=timeout,
+        generated_secret=generated,
     )
 
 

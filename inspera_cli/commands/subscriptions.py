@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import secrets
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from inspera_cli import output
-from inspera_cli.commands.common import JsonOption, SecretEnvOption, SecretStdinOption, resolve_secret, state
-from inspera_cli.completers import complete_event, complete_subscription_id
-from inspera_cli.endpoints import endpoint_problem
-from inspera_cli.errors import (
-    APIError,
-    ExitCode,
-    InsperaError,
-    NotFoundError,
-    SubscriptionNotListed,
-    UsageError,
+from inspera_cli.commands.common import (
+    JsonOption,
+    SecretEnvOption,
+    SecretStdinOption,
+    resolve_secret,
+    split_names,
+    state,
 )
-
-if TYPE_CHECKING:
-    from inspera_cli.client import Subscription
+from inspera_cli.commands.rendering import show_secret
+from inspera_cli.completers import complete_event, complete_subscription_id
+from inspera_cli.creating import CreateOutcome, CreateState, Duplicates, create_subscriptions
+from inspera_cli.endpoints import endpoint_problem
+from inspera_cli.errors import APIError, ExitCode, NotFoundError, UsageError
 
 SUBSCRIPTION_COLUMNS = [
     ("subscriptionId", "ID"),
@@ -75,15 +74,23 @@ def create(
         list[str],
         typer.Option(
             "--event",
-            help="Event to subscribe to; repeat for several (one subscription each).",
+            metavar="EVENT",
+            help="Event to subscribe to; repeat or separate with commas for several (one subscription each).",
             autocompletion=complete_event,
         ),
     ],
-    endpoint: Annotated[str, typer.Option("--endpoint", help="HTTPS URL Inspera will POST events to.")],
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", metavar="URL", help="HTTPS URL Inspera will POST events to.")
+    ],
     secret_env: SecretEnvOption = None,
     secret_stdin: SecretStdinOption = False,
     if_not_exists: Annotated[
-        bool, typer.Option("--if-not-exists", help="Leave an existing (event, endpoint) pair alone.")
+        bool, typer.Option("--if-not-exists", help="Leave an existing (event, endpoint) pair alone (exit 0).")
+    ] = False,
+    allow_duplicate: Annotated[
+        bool,
+        typer.Option("--allow-duplicate", help="Subscribe an existing (event, endpoint) pair again "
+                     "(each event is then delivered twice)."),
     ] = False,
     allow_http: Annotated[
         bool, typer.Option("--allow-http", help="Allow a plain http:// endpoint that is not loopback.")
@@ -93,16 +100,24 @@ def create(
 ) -> None:
     """Subscribe an endpoint to one or more events (Inspera validates the endpoint first).
 
-    With no secret given, one is generated and shown once: store it where your receiver reads it.
+    With no secret given, one is generated and shown once, on its own line ("Webhook secret: ..."
+    on stderr): store it where your receiver reads it. An (event, endpoint) pair that is already
+    subscribed is refused unless --if-not-exists or --allow-duplicate. Ctrl-C while Inspera
+    validates waits for its answer (Ctrl-C again stops waiting), then shows what was made.
 
     Example: inspera-hooks create --event confirm_final_grades --endpoint https://hooks.example.edu/in
     --secret-env HOOK_SECRET
 
-    Exit codes: 0 created (or existing with --if-not-exists), 1 refused (e.g. validation failed),
-    2 bad arguments (unknown event, http endpoint, unset --secret-env), 3 credentials.
+    Exit codes: 0 created (or existing with --if-not-exists), 1 refused (validation failed, the
+    pair exists), 2 bad arguments (unknown event, http endpoint, unset --secret-env), 3 credentials,
+    130 interrupted.
     """
     check_endpoint(endpoint, allow_http=allow_http)
-    events_wanted = list(dict.fromkeys(event))
+    if if_not_exists and allow_duplicate:
+        raise UsageError("--if-not-exists and --allow-duplicate are exclusive")
+    events_wanted = list(dict.fromkeys(split_names(event)))
+    if not events_wanted:
+        raise UsageError("--event: give an event name")
     given = resolve_secret(secret_env, None, secret_stdin)
     secret = given or secrets.token_hex(32)
     client = state(ctx).client()
@@ -114,61 +129,87 @@ def create(
                 f"unknown event {', '.join(unknown)}; valid events: {', '.join(known) or '(none)'} "
                 "(--force to send it anyway)"
             )
-    existing: dict[str, Subscription] = {}
-    if if_not_exists:
-        existing = {s.event: s for s in client.subscriptions() if s.endpoint == endpoint}
-    items: list[dict[str, Any]] = []
-    refused: list[APIError] = []
-    stopped: InsperaError | None = None
-    for name in events_wanted:
-        if name in existing:
-            items.append({**existing[name].to_json(), "created": False})
-            output.info(f"{name} → {endpoint} already exists (id {existing[name].subscription_id})")
-            continue
-        try:
-            with output.spinner(f"Inspera is validating {endpoint} for {name}…"):
-                sub = client.create(name, endpoint, secret)
-        except SubscriptionNotListed as exc:
-            refused.append(exc)
-            if not given:
-                output.info(f"The generated secret for {name} → {endpoint} was: {secret}")
-            continue
-        except APIError as exc:
-            # Inspera refused this one (e.g. validation failed); the other events may still pass.
-            refused.append(exc)
-            output.error(str(exc))
-            continue
-        except InsperaError as exc:
-            stopped = exc  # credentials, network: the rest would fail the same way
-            break
-        item = {**sub.to_json(), "created": True}
-        if not given:
-            item["secret"] = secret
-        items.append(item)
-    _render_created(items, json=json, generated=not given)
-    if stopped is not None:
-        raise stopped
-    if refused:
-        if len(events_wanted) == 1:
-            raise refused[0]
-        raise APIError(
-            f"{len(refused)} of {len(events_wanted)} subscriptions failed; the others are in place"
+    duplicates = Duplicates.REFUSE
+    if if_not_exists or allow_duplicate:
+        duplicates = Duplicates.SKIP if if_not_exists else Duplicates.ALLOW
+    how_to_pass = _HOW_TO_PASS if given else f"{_HOW_TO_PASS}; a generated one is new to every receiver"
+    outcomes: list[CreateOutcome] = []
+    try:
+        create_subscriptions(
+            client,
+            events_wanted,
+            endpoint,
+            secret,
+            on_outcome=outcomes.append,
+            duplicates=duplicates,
+            busy=lambda name: output.spinner(f"Inspera is validating {endpoint} for {name}…"),
+            how_to_pass=how_to_pass,
         )
+    except BaseException:
+        # Interrupted, or stopped by a network or credentials error: what exists is shown still.
+        _render_created(outcomes, json=json, generated=None if given else secret)
+        for outcome in outcomes:
+            if outcome.state is CreateState.UNKNOWN:
+                output.warn(f"{outcome.event} → {outcome.endpoint}: {outcome.error}; check "
+                            f"inspera-hooks list --event {outcome.event}")
+        raise
+    _render_created(outcomes, json=json, generated=None if given else secret)
+    _raise_failures(outcomes, len(events_wanted))
 
 
-def _render_created(items: list[dict[str, Any]], *, json: bool, generated: bool) -> None:
-    if not items and not json:
-        return
-    columns = [*SUBSCRIPTION_COLUMNS[:3], ("created", "Created")]
-    if generated and any("secret" in i for i in items):
-        columns.append(("secret", "Secret"))
-    output.render(items, columns, json_mode=json)
-    if generated and any("secret" in i for i in items):
+_HOW_TO_PASS = "create with the receiver's secret (--secret-env VAR or --secret-stdin)"
+
+
+def _render_created(outcomes: list[CreateOutcome], *, json: bool, generated: str | None) -> None:
+    """The subscriptions in place as a table (--json: every outcome), and a generated secret on a
+    line of its own when a subscription may hold it."""
+    for outcome in outcomes:
+        if outcome.state is CreateState.EXISTING and outcome.subscription is not None:
+            output.info(f"{outcome.event} → {outcome.endpoint} already exists "
+                        f"(id {outcome.subscription.subscription_id})")
+    holding = [o for o in outcomes if o.state in (CreateState.CREATED, CreateState.UNKNOWN)]
+    if json:
+        items = [o.to_json() for o in outcomes]
+        if generated:
+            for item, outcome in zip(items, outcomes, strict=True):
+                if outcome in holding:
+                    item["secret"] = generated
+        output.print_json(items)
+    else:
+        rows = [o.to_json() for o in outcomes if o.in_place]
+        if rows:
+            output.render(rows, [*SUBSCRIPTION_COLUMNS[:3], ("created", "Created")], json_mode=False)
+    if generated and holding:
+        show_secret(generated)
         output.info(
             "[bold yellow]The generated secret is shown only this once: store it for your receiver "
             "(e.g. inspera-hooks listen --secret-env VAR).[/]",
             markup=True,
         )
+
+
+def _raise_failures(outcomes: list[CreateOutcome], wanted: int) -> None:
+    """One error for what was not made: the reason itself for one event, else a line per event
+    and a count that says what is in place."""
+    failed = [o for o in outcomes if not o.in_place]
+    if not failed:
+        return
+    if wanted == 1:
+        raise APIError(_failure_text(failed[0]), failed[0].status)
+    for outcome in failed:
+        output.styled_line(f"✗ {outcome.event}: {_failure_text(outcome)}", "red", stderr=True)
+    in_place = len(outcomes) - len(failed)
+    if in_place == 0:
+        raise APIError(f"none of the {wanted} subscriptions was created")
+    others = "the other one is" if in_place == 1 else f"the other {in_place} are"
+    raise APIError(f"{len(failed)} of {wanted} subscriptions failed; {others} in place")
+
+
+def _failure_text(outcome: CreateOutcome) -> str:
+    if outcome.state is CreateState.DUPLICATE:
+        return (f"{outcome.error}: --if-not-exists leaves it alone, --allow-duplicate makes another "
+                "(each event is then delivered to both)")
+    return outcome.error or "not created"
 
 
 def delete(
