@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import copy
 import os
+import queue
 import re
 import threading
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inspera_cli.creating import explain_refusal
 from inspera_cli.endpoints import endpoint_problem
-from inspera_cli.errors import ConfigError, InsperaError
+from inspera_cli.errors import APIError, ConfigError, InsperaError
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient, Subscription
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 ENTRY_TABLE = "subscription"
 FIELDS = ("event", "endpoint", "secret_env")
 DEFAULT_CONCURRENCY = 4
+NOT_STARTED = "not started: interrupted (apply again to finish)"
 _ENTRY_HEADER = re.compile(r"^\s*\[\[\s*(?:subscription|\"subscription\"|'subscription')\s*\]\]")
 _TABLE_HEADER = re.compile(r"^\s*\[")
 _SYNTAX_LINE = re.compile(r"\s*\(at (?:line (\d+), column \d+|end of document)\)\s*$")
@@ -296,6 +298,7 @@ class Outcome:
     subscription: Subscription | None = None
     error: str | None = None
     existed: bool = True  # for a delete: False when it was already gone
+    started: bool = True  # False when it was skipped or never begun (interrupted)
 
     @property
     def ok(self) -> bool:
@@ -308,8 +311,12 @@ class ApplyResult:
     deleted: list[Outcome] = field(default_factory=list)
 
     @property
+    def outcomes(self) -> list[Outcome]:
+        return [*self.created, *self.deleted]
+
+    @property
     def failures(self) -> list[Outcome]:
-        return [o for o in (*self.created, *self.deleted) if not o.ok]
+        return [o for o in self.outcomes if not o.ok]
 
 
 class _WorkerClients:
@@ -343,7 +350,9 @@ class _WorkerClients:
             worker.close()
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, secret_env: str | None = None) -> str:
+    if isinstance(exc, APIError) and secret_env:
+        return explain_refusal(exc, f"set {secret_env} to the secret the receiver verifies with")
     if isinstance(exc, InsperaError):
         return str(exc)
     return f"unexpected {type(exc).__name__}: {exc}"
@@ -355,13 +364,16 @@ def apply_plan(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     on_done: Callable[[Outcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ApplyResult:
     """Carry out a plan: the creates first, concurrently, then the deletes.
 
     A failed create does not stop the others; it is reported in its :class:`Outcome`. When any
     create failed, the deletes are skipped (reported as failed): the subscriptions being replaced
     stay until their replacements exist, and re-running the plan finishes the job.
-    ``on_done`` is called in the calling thread as each change completes (progress bars).
+    ``on_done`` is called in the calling thread as each change completes (progress bars). Once
+    ``stop`` is set (Ctrl-C, held while changes are in flight), no further change starts: each
+    is reported as not started, and re-running the plan finishes the job.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -369,55 +381,75 @@ def apply_plan(
     if not plan.changes:
         return result
     workers = _WorkerClients(client)
+    halt = stop or threading.Event()
 
     def create(d: DesiredSubscription) -> Outcome:
+        if halt.is_set():
+            return Outcome("create", d.event, d.endpoint, error=NOT_STARTED, started=False)
         try:
             sub = workers.get().create(d.event, d.endpoint, d.secret)
         except Exception as exc:
-            return Outcome("create", d.event, d.endpoint, error=_reason(exc))
+            return Outcome("create", d.event, d.endpoint, error=_reason(exc, d.secret_env))
         return Outcome("create", d.event, d.endpoint, subscription=sub)
 
     def delete(sub: Subscription) -> Outcome:
+        if halt.is_set():
+            return Outcome("delete", sub.event, sub.endpoint, sub, error=NOT_STARTED, started=False)
         try:
             existed = workers.get().delete(sub.subscription_id, missing_ok=True)
         except Exception as exc:
             return Outcome("delete", sub.event, sub.endpoint, subscription=sub, error=_reason(exc))
         return Outcome("delete", sub.event, sub.endpoint, subscription=sub, existed=existed)
 
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="apply")
-    try:
-        result.created = _run(pool, create, plan.create, on_done)
-        if any(not o.ok for o in result.created):
-            skipped = "skipped: a create failed, so nothing is deleted (fix it and apply again)"
-            result.deleted = [
-                Outcome("delete", s.event, s.endpoint, subscription=s, error=skipped) for s in plan.delete
-            ]
-            for outcome in result.deleted:
-                if on_done:
-                    on_done(outcome)
-        else:
-            result.deleted = _run(pool, delete, plan.delete, on_done)
-    except BaseException:
-        # Interrupted (Ctrl-C): queued changes never start; those in flight finish on their own.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+    result.created = _run(create, plan.create, concurrency, on_done)
+    if any(not o.ok for o in result.created):
+        skipped = "skipped: a create failed, so nothing is deleted (fix it and apply again)"
+        result.deleted = [
+            Outcome("delete", s.event, s.endpoint, subscription=s, error=skipped, started=False)
+            for s in plan.delete
+        ]
+        for outcome in result.deleted:
+            if on_done:
+                on_done(outcome)
+    else:
+        result.deleted = _run(delete, plan.delete, concurrency, on_done)
     workers.close()
     return result
 
 
 def _run(
-    pool: ThreadPoolExecutor,
     task: Callable[[Any], Outcome],
     items: Sequence[Any],
+    concurrency: int,
     on_done: Callable[[Outcome], None] | None,
 ) -> list[Outcome]:
-    """Run ``task`` on every item; outcomes come back in the items' order."""
-    futures = {pool.submit(task, item): i for i, item in enumerate(items)}
+    """Run ``task`` on every item, at most ``concurrency`` at a time; outcomes come back in the
+    items' order. The workers are daemon threads: when an interrupt stops the wait, the program
+    does not wait for them at exit either, and the items not yet taken never start."""
+    pending: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+    for index, item in enumerate(items):
+        pending.put((index, item))
+    finished: queue.SimpleQueue[tuple[int, Outcome]] = queue.SimpleQueue()
+    abandoned = threading.Event()
+
+    def work() -> None:
+        while not abandoned.is_set():
+            try:
+                index, item = pending.get_nowait()
+            except queue.Empty:
+                return
+            finished.put((index, task(item)))
+
+    for _ in range(min(concurrency, len(items))):
+        threading.Thread(target=work, name="apply", daemon=True).start()
     outcomes: list[Outcome | None] = [None] * len(items)
-    for future in as_completed(futures):
-        outcome = future.result()
-        outcomes[futures[future]] = outcome
-        if on_done:
-            on_done(outcome)
+    try:
+        for _ in items:
+            index, outcome = finished.get()
+            outcomes[index] = outcome
+            if on_done:
+                on_done(outcome)
+    except BaseException:
+        abandoned.set()  # interrupted: queued changes never start; those in flight end on their own
+        raise
     return [o for o in outcomes if o is not None]

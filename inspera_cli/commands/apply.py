@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from inspera_cli import output
+from inspera_cli import interrupts, output
 from inspera_cli.commands.common import JsonOption, state
 from inspera_cli.errors import ExitCode, InsperaError
 
 if TYPE_CHECKING:
     from inspera_cli.apply import ApplyResult, Outcome, Plan
+    from inspera_cli.client import InsperaClient
+
+
+# The outcome of a change abandoned by a second Ctrl-C.
+UNFINISHED = "outcome unknown: stopped waiting for it (apply again: it finds what was made)"
 
 
 class ApplyFailed(InsperaError):
@@ -45,15 +51,17 @@ def apply(
     Each [[subscription]] entry has event, endpoint and secret_env (the name of the environment
     variable holding the secret: secrets never live in the file). A subscription is identified by
     its (event, endpoint) pair, so a second apply of the same file changes nothing. The file is
-    checked before any API call; every problem is reported with its line.
+    checked before any API call; every problem is reported with its line. Ctrl-C lets the
+    changes in flight finish (Ctrl-C again stops waiting), starts no other, and lists what was
+    made; running apply again finishes the job.
 
     Example: inspera-hooks apply -f inspera-hooks.toml --prune --dry-run
 
     Exit codes: 0 done (or nothing to do), 1 invalid file or a failed change (the others are made:
     run it again to finish), 2 with --detailed-exitcode when changes were made or planned,
-    3 credentials.
+    3 credentials, 130 interrupted.
     """
-    from inspera_cli.apply import apply_plan, check_events, load_subscriptions_file, make_plan
+    from inspera_cli.apply import check_events, load_subscriptions_file, make_plan
 
     spec = load_subscriptions_file(file)
     client = state(ctx).client()
@@ -64,13 +72,12 @@ def apply(
         _show_plan(plan)
     result: ApplyResult | None = None
     if not dry_run and plan.changes:
-        with output.progress(plan.changes, "Applying") as bar:
-            result = apply_plan(client, plan, concurrency=concurrency, on_done=lambda _: bar.advance())
+        result = _carry_out(client, plan, concurrency=concurrency, json=json)
     failures = result.failures if result else []
     for failure in failures:
         _show_failure(failure)
     if json:
-        output.print_json(_plan_json(plan, result, applied=not dry_run))
+        output.print_json(_plan_json(plan, result.outcomes if result else [], applied=not dry_run))
     else:
         _show_summary(plan, result, dry_run=dry_run)
     if failures:
@@ -80,6 +87,31 @@ def apply(
         )
     if detailed_exitcode and plan.changes:
         raise typer.Exit(ExitCode.CHANGES)
+
+
+def _carry_out(client: InsperaClient, plan: Plan, *, concurrency: int, json: bool) -> ApplyResult:
+    """Apply the plan. Ctrl-C or SIGTERM lets the changes in flight finish (a second one stops
+    waiting) and starts no other; then what was done is listed, and the interrupt goes on."""
+    from inspera_cli.apply import apply_plan
+
+    done: list[Outcome] = []
+    try:
+        with (
+            output.progress(plan.changes, "Applying") as bar,
+            interrupts.write("the changes in flight (Inspera validates each endpoint)") as stop,
+        ):
+
+            def finished(outcome: Outcome) -> None:
+                done.append(outcome)
+                bar.advance()
+
+            return apply_plan(client, plan, concurrency=concurrency, on_done=finished, stop=stop)
+    except KeyboardInterrupt:
+        if json:
+            output.print_json(_plan_json(plan, done, applied=False, unfinished=UNFINISHED))
+        else:
+            _show_interrupted(plan, done)
+        raise
 
 
 def _show_plan(plan: Plan) -> None:
@@ -122,12 +154,37 @@ def _show_summary(plan: Plan, result: ApplyResult | None, *, dry_run: bool) -> N
         output.info(f"Applied: {created} created, {deleted} deleted, {len(plan.unchanged)} unchanged.")
 
 
-def _plan_json(plan: Plan, result: ApplyResult | None, *, applied: bool) -> dict[str, Any]:
-    created = result.created if result else []
-    deleted = result.deleted if result else []
+def _show_interrupted(plan: Plan, done: list[Outcome]) -> None:
+    """What an interrupted apply made, and what it did not."""
+    made = [o for o in done if o.ok]
+    for outcome in made:
+        sign, verb = ("+", "created") if outcome.action == "create" else ("-", "deleted")
+        sid = outcome.subscription.subscription_id if outcome.subscription else "?"
+        output.styled_line(f"{sign} {verb}  {outcome.event}  {outcome.endpoint}  (id {sid})", "green")
+    for outcome in done:
+        if not outcome.ok and outcome.started:
+            _show_failure(outcome)
+    unfinished = plan.changes - len(done)
+    not_started = sum(not o.started for o in done)
+    parts = [f"{len(made)} of {plan.changes} change(s) made"]
+    if not_started:
+        parts.append(f"{not_started} not started")
+    if unfinished:
+        parts.append(f"{unfinished} in flight with an unknown outcome")
+    output.info(f"Interrupted: {', '.join(parts)}. Run apply again to finish: it makes only what is "
+                "still missing.")
+
+
+def _plan_json(
+    plan: Plan, outcomes: Sequence[Outcome], *, applied: bool, unfinished: str | None = None
+) -> dict[str, Any]:
+    """The plan with each item's outcome; ``unfinished`` is the error of an item without one."""
+    creates = {(o.event, o.endpoint): o for o in outcomes if o.action == "create"}
+    deletes = {o.subscription.subscription_id: o for o in outcomes
+               if o.action == "delete" and o.subscription is not None}
     create_items = []
-    for i, d in enumerate(plan.create):
-        outcome = created[i] if i < len(created) else None
+    for d in plan.create:
+        outcome = creates.get(d.key)
         sub = outcome.subscription if outcome else None
         create_items.append(
             {
@@ -137,17 +194,17 @@ def _plan_json(plan: Plan, result: ApplyResult | None, *, applied: bool) -> dict
                 "line": d.line,
                 "subscriptionId": sub.subscription_id if sub else None,
                 "created": bool(outcome and outcome.ok),
-                "error": outcome.error if outcome else None,
+                "error": outcome.error if outcome else unfinished,
             }
         )
     delete_items = []
-    for i, s in enumerate(plan.delete):
-        outcome = deleted[i] if i < len(deleted) else None
+    for s in plan.delete:
+        outcome = deletes.get(s.subscription_id)
         delete_items.append(
             {
                 **s.to_json(),
                 "deleted": bool(outcome and outcome.ok),
-                "error": outcome.error if outcome else None,
+                "error": outcome.error if outcome else unfinished,
             }
         )
     return {
