@@ -17,6 +17,7 @@ program that embeds the library keeps Python's own Ctrl-C.
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -46,10 +47,15 @@ class _Guard:
 
 
 class _Policy:
-    def __init__(self, announce: Callable[[str], None]) -> None:
-        self.announce = announce
+    def __init__(self, notices: queue.SimpleQueue[str | None]) -> None:
+        # A handler may run in the middle of the main thread's own write to stderr, or of another
+        # handler: it never writes itself (a reentrant write raises), it queues the notice.
+        self.notices = notices
         self.guards: list[_Guard] = []
         self.stopping = False
+
+    def announce(self, notice: str) -> None:
+        self.notices.put(notice)  # SimpleQueue.put is safe in a signal handler
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         guard = self.guards[-1] if self.guards else None
@@ -77,7 +83,8 @@ def _in_main_thread() -> bool:
 
 @contextmanager
 def handled(announce: Callable[[str], None]) -> Iterator[None]:
-    """Install the policy for one run; ``announce`` shows a one-line notice (on stderr).
+    """Install the policy for one run; ``announce`` shows a one-line notice (on stderr), from a
+    thread of its own.
 
     A signal that the parent process set to be ignored (``nohup``, a background job) stays ignored.
     """
@@ -85,7 +92,11 @@ def handled(announce: Callable[[str], None]) -> Iterator[None]:
     if not _in_main_thread():
         yield
         return
-    policy = _Policy(announce)
+    notices: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    announcer = threading.Thread(target=_announce_each, args=(notices, announce), name="interrupts",
+                                 daemon=True)
+    announcer.start()
+    policy = _Policy(notices)
     previous = {}
     for sig in SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:
@@ -97,6 +108,13 @@ def handled(announce: Callable[[str], None]) -> Iterator[None]:
         _policy = outer
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        notices.put(None)
+        announcer.join(1.0)
+
+
+def _announce_each(notices: queue.SimpleQueue[str | None], announce: Callable[[str], None]) -> None:
+    while (notice := notices.get()) is not None:
+        announce(notice)
 
 
 @contextmanager
