@@ -17,15 +17,21 @@ program that embeds the library keeps Python's own Ctrl-C.
 
 from __future__ import annotations
 
-import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socket
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNAL_NUMBERS = frozenset(int(sig) for sig in SIGNALS)
+# Sent to the main thread to interrupt a blocked call (see _Watcher); absent on Windows.
+_POKE = getattr(signal, "SIGURG", None)
 
 
 class Terminated(KeyboardInterrupt):
@@ -46,16 +52,88 @@ class _Guard:
     signalled: threading.Event = field(default_factory=threading.Event)
 
 
+class _Watcher:
+    """A thread that shows the handler's notices and makes sure the main thread hears each signal.
+
+    The kernel may deliver a process's signal to any of its threads (two signals back to back, the
+    second often lands elsewhere); CPython then runs the Python handler in the main thread at its
+    next bytecode, which a main thread blocked in a socket read (a create waiting for Inspera) only
+    reaches when the read ends. Every signal also writes its number to the wakeup socket
+    (``signal.set_wakeup_fd``); on SIGINT or SIGTERM the watcher pokes the main thread with SIGURG
+    (ignored by its handler, default-ignored anyway, as Go's runtime uses it), which interrupts the
+    blocked call so that the pending handler runs.
+
+    A handler may also run in the middle of the main thread's own write to stderr, or of another
+    handler: it never writes to stderr itself (a reentrant write raises), it sends the notice here.
+    """
+
+    def __init__(self, announce: Callable[[str], None]) -> None:
+        import socket
+
+        self._announce = announce
+        self._wake, wake_w = socket.socketpair()
+        notes_r, self._notes = socket.socketpair()
+        self._ends = [self._wake, wake_w, notes_r, self._notes]
+        for end in self._ends:
+            end.setblocking(False)
+        self._poke = _POKE if hasattr(signal, "pthread_kill") else None
+        self._previous_fd: int | None = None
+        self._previous_poke: Any = None
+        if self._poke is not None:
+            self._previous_poke = signal.signal(self._poke, _ignore)
+            self._previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._run, args=(notes_r,), name="interrupts", daemon=True)
+        self._thread.start()
+
+    def note(self, notice: str) -> None:
+        """From a signal handler: a plain send on a socket, no Python-level lock to re-enter."""
+        with suppress(OSError):
+            self._notes.send(notice.encode("utf-8", "replace") + b"\n")
+
+    def close(self) -> None:
+        import socket
+
+        if self._poke is not None and self._previous_fd is not None:
+            signal.set_wakeup_fd(self._previous_fd)
+            signal.signal(self._poke, self._previous_poke)
+        self._notes.shutdown(socket.SHUT_WR)  # the thread shows what is left, then ends
+        self._thread.join(1.0)
+        for end in self._ends:
+            end.close()
+
+    def _run(self, notes: socket.socket) -> None:
+        import select
+
+        main = threading.main_thread().ident
+        pending = b""
+        while True:
+            ready, _, _ = select.select([self._wake, notes], [], [])
+            if self._wake in ready:
+                with suppress(OSError):
+                    woken = self._wake.recv(512)
+                    if self._poke is not None and main and any(n in _SIGNAL_NUMBERS for n in woken):
+                        signal.pthread_kill(main, self._poke)
+            if notes in ready:
+                try:
+                    chunk = notes.recv(4096)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._announce(line.decode("utf-8", "replace"))
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The poke's handler: its only effect is that a blocked call returns and pending handlers run."""
+
+
 class _Policy:
-    def __init__(self, notices: queue.SimpleQueue[str | None]) -> None:
-        # A handler may run in the middle of the main thread's own write to stderr, or of another
-        # handler: it never writes itself (a reentrant write raises), it queues the notice.
-        self.notices = notices
+    def __init__(self, watcher: _Watcher) -> None:
+        self.announce = watcher.note
         self.guards: list[_Guard] = []
         self.stopping = False
-
-    def announce(self, notice: str) -> None:
-        self.notices.put(notice)  # SimpleQueue.put is safe in a signal handler
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         guard = self.guards[-1] if self.guards else None
@@ -92,11 +170,8 @@ def handled(announce: Callable[[str], None]) -> Iterator[None]:
     if not _in_main_thread():
         yield
         return
-    notices: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-    announcer = threading.Thread(target=_announce_each, args=(notices, announce), name="interrupts",
-                                 daemon=True)
-    announcer.start()
-    policy = _Policy(notices)
+    watcher = _Watcher(announce)
+    policy = _Policy(watcher)
     previous = {}
     for sig in SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:
@@ -108,13 +183,7 @@ def handled(announce: Callable[[str], None]) -> Iterator[None]:
         _policy = outer
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        notices.put(None)
-        announcer.join(1.0)
-
-
-def _announce_each(notices: queue.SimpleQueue[str | None], announce: Callable[[str], None]) -> None:
-    while (notice := notices.get()) is not None:
-        announce(notice)
+        watcher.close()
 
 
 @contextmanager

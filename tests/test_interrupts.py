@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -169,6 +171,25 @@ def test_the_policy_holds_once_stops_waiting_on_the_second_and_never_cuts_cleanu
         assert noted("Stopping: tidying up first.")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_signal_that_lands_on_another_thread_still_interrupts_the_blocked_main_thread(
+    python_signals: None,
+) -> None:
+    """The kernel may deliver a process's signal to any thread (two back to back, the second often
+    goes elsewhere); the main thread, blocked in a socket read as in a create, must hear it."""
+    bystander = threading.Thread(target=time.sleep, args=(3,), daemon=True)
+    bystander.start()
+    assert bystander.ident is not None
+    reader, writer = socket.socketpair()
+    reader.settimeout(10)
+    kill = threading.Timer(0.2, signal.pthread_kill, args=(bystander.ident, signal.SIGTERM))
+    with reader, writer, interrupts.handled(print):
+        started = time.monotonic()
+        kill.start()
+        with pytest.raises(interrupts.Terminated):
+            reader.recv(1)
+    assert time.monotonic() - started < 5
 
 
 def test_a_signal_ignored_by_the_parent_stays_ignored(python_signals: None) -> None:
