@@ -111,7 +111,7 @@ def create_subscriptions(
     """One subscription per event; each outcome goes to ``on_outcome`` as it is known.
 
     A refused create does not stop the others; a network or credentials error does (after its
-    outcome was reported). ``busy(event)`` wraps each create (a spinner).
+    outcome was reported). ``busy(event)`` wraps each request (a spinner).
     """
     existing = existing_pairs(client, endpoint) if duplicates is not Duplicates.ALLOW else {}
     for event in events:
@@ -124,8 +124,7 @@ def create_subscriptions(
                 error=None if skip else f"a subscription to {event} at {endpoint} already exists (id {ids})",
             ))
             continue
-        with busy(event):
-            create_one(client, event, endpoint, secret, on_outcome, how_to_pass=how_to_pass)
+        create_one(client, event, endpoint, secret, on_outcome, busy=busy, how_to_pass=how_to_pass)
 
 
 def create_one(
@@ -135,15 +134,17 @@ def create_one(
     secret: str,
     on_outcome: OnOutcome,
     *,
+    busy: Busy = lambda event: nullcontext(),
     how_to_pass: str = "",
 ) -> CreateOutcome:
-    """One create, held against a first interrupt; its outcome goes to ``on_outcome`` and is
-    returned. A held interrupt is raised after ``on_outcome`` ran; when a second one stops the
-    wait, the outcome is UNKNOWN."""
+    """One create, held against a first interrupt; its outcome goes to ``on_outcome`` (once
+    ``busy`` has ended) and is returned. A held interrupt is raised after ``on_outcome`` ran; when
+    a second one stops the wait, the outcome is UNKNOWN."""
     what = f"Inspera's answer to the {event} subscription (it validates {endpoint} first)"
     with interrupts.write(what):
         try:
-            created = client.create(event, endpoint, secret)
+            with busy(event):
+                created = client.create(event, endpoint, secret)
         except KeyboardInterrupt:
             on_outcome(CreateOutcome(CreateState.UNKNOWN, event, endpoint, error=STOPPED_WAITING))
             raise

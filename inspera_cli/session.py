@@ -162,9 +162,11 @@ class Session:
         deadline = time.monotonic() + retry_for
         waiting = False
         while True:
-            with self._report.busy(f"Creating the {event} subscription (Inspera validates {endpoint})"):
-                outcome = create_one(client, event, endpoint, self._secret, self._record,
-                                     how_to_pass=self._how_to_pass)
+            outcome = create_one(
+                client, event, endpoint, self._secret, self._record, how_to_pass=self._how_to_pass,
+                busy=lambda name: self._report.busy(f"Creating the {name} subscription "
+                                                    f"(Inspera validates {endpoint})"),
+            )
             if outcome.state is CreateState.CREATED:
                 return
             if outcome.state is CreateState.UNKNOWN:

@@ -119,10 +119,14 @@ class Terminal:
         return os.waitstatus_to_exitcode(status)
 
     def copy_secret(self) -> str:
-        """The secret as a person copies it: the rest of its line, which must hold all of it."""
-        (secret,) = re.findall(r"^Webhook secret: (\S*)\r\n", self.screen, re.MULTILINE)
+        """The secret as a person copies it: the rest of its line as the terminal shows it (control
+        sequences, such as a spinner's line erase, are not seen), which must hold all of it."""
+        shown = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).rsplit("\r", 1)[-1]
+                 for line in self.screen.split("\r\n")]
+        (secret,) = [line.removeprefix("Webhook secret: ") for line in shown
+                     if line.startswith("Webhook secret: ")]
         assert re.fullmatch(r"[0-9a-f]{64}", secret), self.screen
-        assert self.screen.count(secret) == 1, self.screen  # once: not in a table too
+        assert self.screen.count(secret) == 1, self.screen  # whole in the bytes, and not in a table
         return secret
 
 
