@@ -122,7 +122,8 @@ class _Watcher:
                     return
                 *lines, pending = (pending + chunk).split(b"\n")
                 for line in lines:
-                    self._announce(line.decode("utf-8", "replace"))
+                    with suppress(OSError, ValueError):  # stderr closed: nobody to tell
+                        self._announce(line.decode("utf-8", "replace"))
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
