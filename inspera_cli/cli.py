@@ -7,7 +7,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from inspera_cli import interrupts, output
 from inspera_cli._version import __version__
@@ -24,6 +24,7 @@ from inspera_cli.commands import (
 )
 from inspera_cli.commands.common import AppState
 from inspera_cli.errors import ExitCode, InsperaError
+from inspera_cli.redaction import redact
 
 # Typer has shipped Click both as a dependency and vendored: take its exception classes from
 # wherever this Typer gets them rather than importing `click`.
@@ -32,7 +33,11 @@ _PASS_THROUGH: tuple[type[BaseException], ...] = (typer.Exit, _click_exceptions.
 
 
 class InsperaGroup(TyperGroup):
-    """Maps domain exceptions to one-line errors and exit codes; ``--debug`` re-raises."""
+    """Maps domain exceptions to one-line errors and exit codes; ``--debug`` shows the traceback
+    (redacted) instead. Global options are accepted after the command too."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _hoist_global_options(self, ctx, args))
 
     def invoke(self, ctx: Any) -> Any:
         # One Ctrl-C/SIGTERM policy for every command (interrupts.py).
@@ -53,18 +58,70 @@ class InsperaGroup(TyperGroup):
             ctx.exit(ExitCode.INTERRUPTED)
         except InsperaError as exc:
             if _debug(ctx):
-                raise
+                output.traceback(exc)
             output.error(str(exc))
             ctx.exit(exc.exit_code)
         except Exception as exc:
             if _debug(ctx):
-                raise
+                output.traceback(exc)
             output.error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
             ctx.exit(ExitCode.FAILURE)
 
 
 def _debug(ctx: Any) -> bool:
     return isinstance(ctx.obj, AppState) and ctx.obj.debug
+
+
+class _Options:
+    """The option names of some commands, and which of them take a value."""
+
+    def __init__(self, *commands: Any) -> None:
+        options = [p for c in commands for p in c.params if isinstance(p, TyperOption)]
+        self.names = {n for p in options for n in (*p.opts, *p.secondary_opts)}
+        self.with_value = {n for p in options if not (p.is_flag or p.count) for n in p.opts}
+
+    def name_of(self, token: str) -> tuple[str, bool]:
+        """The option a token names, and whether the token holds its value (`--url=X`, `-pX`)."""
+        if token.startswith("--"):
+            name, equals, _ = token.partition("=")
+            return name, bool(equals)
+        if token.startswith("-") and len(token) > 2 and token[:2] in self.with_value:
+            return token[:2], True
+        return token, False
+
+
+def _hoist_global_options(group: Any, ctx: Any, args: list[str]) -> list[str]:
+    """Move global options given after the command (`events --debug`, `list -p prod`) before it.
+
+    An option the command itself defines with the same name (`listen --timeout`) stays the
+    command's; values of the command's own options are never taken for options; nothing after
+    `--` moves.
+    """
+    global_options = _Options(group)
+    start = 0
+    while start < len(args) and args[start].startswith("-") and args[start] != "--":
+        name, inline = global_options.name_of(args[start])
+        start += 1 if inline or name not in global_options.with_value else 2
+    chain: list[Any] = []
+    end, current = start, group
+    while end < len(args) and isinstance(current, TyperGroup) and not args[end].startswith("-"):
+        current = current.get_command(ctx, args[end])
+        if current is None:
+            return args
+        chain.append(current)
+        end += 1
+    own = _Options(*chain)
+    moved: list[str] = []
+    kept: list[str] = []
+    i = end
+    while i < len(args) and args[i] != "--":
+        name, inline = global_options.name_of(args[i])
+        is_global = name in global_options.names and name not in own.names
+        options, target = (global_options, moved) if is_global else (own, kept)
+        width = 1 if inline or name not in options.with_value else 2
+        target += args[i : i + width]
+        i += width
+    return [*args[:start], *moved, *args[start:end], *kept, *args[i:]]
 
 
 app = typer.Typer(
@@ -120,7 +177,7 @@ class _DebugHandler(logging.Handler):
     """Writes to whatever sys.stderr is at the time (tests swap it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        sys.stderr.write(self.format(record) + "\n")
+        sys.stderr.write(redact(self.format(record)) + "\n")
 
 
 def _configure_debug_log(debug: bool) -> None:

@@ -10,16 +10,17 @@ and ``requests`` import are for real commands), and every failure yields no cand
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from inspera_cli._version import __version__
-from inspera_cli.config import Settings, cache_dir, resolve_settings, write_private
+from inspera_cli.config import Settings, cache_dir, resolve_settings
 from inspera_cli.errors import APIError
+from inspera_cli.files import locked, read_small_text, write_private
 from inspera_cli.models import parse_event_types, parse_subscriptions
+from inspera_cli.network import Answer, fetch
 
 CACHE_TTL = 60.0
 DEADLINE = 2.0
@@ -74,25 +75,29 @@ def _cached(ctx: Any, kind: str) -> list[Candidate]:
             return []
         key = f"{settings.url} {settings.client_id or ''} {kind}"
         path = cache_path()
-        cache = _load(path)
-        entry = cache.get(key)
+        entry = _load(path).get(key)
         now = time.time()
-        if isinstance(entry, dict) and 0 <= now - float(entry.get("time", 0)) < CACHE_TTL:
+        if isinstance(entry, dict) and _fresh(entry, now):
             return [(str(v), str(h)) for v, h in entry.get("items", [])]
         items = _fetch(settings, kind, deadline=time.monotonic() + DEADLINE)
-        cache = {k: v for k, v in cache.items() if isinstance(v, dict) and now - v.get("time", 0) < CACHE_TTL}
-        cache[key] = {"time": now, "items": items}
-        write_private(path, json.dumps(cache).encode("utf-8"))
+        with locked(path, timeout=DEADLINE):
+            cache = {k: v for k, v in _load(path).items() if _fresh(v, now)}
+            cache[key] = {"time": now, "items": items}
+            write_private(path, json.dumps(cache).encode("utf-8"))
         return items
     except Exception:
         # Completion is best effort: no network, a bad profile or an odd answer means no candidates.
         return []
 
 
+def _fresh(entry: Any, now: float) -> bool:
+    return isinstance(entry, dict) and 0 <= now - float(entry.get("time", 0)) < CACHE_TTL
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_small_text(path))
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -104,80 +109,27 @@ def _fetch(settings: Settings, kind: str, *, deadline: float) -> list[Candidate]
 
 
 def _api_get(settings: Settings, path: str, deadline: float) -> Any:
-    """GET an API path with a cached or fresh token; one token refresh on 401."""
-    import urllib.error
-
-    from inspera_cli.auth import TokenCache
+    """GET an API path with the client's token rules (auth.Tokens, one refresh on 401)."""
+    from inspera_cli.auth import Tokens, with_bearer
 
     assert settings.url is not None
     url = f"{settings.url}/api{path}"
-    cache = TokenCache()
-    token = settings.token
-    if token is None and settings.client_id:
-        cached = cache.get(settings.url, settings.client_id)
-        token = cached.access_token if cached else None
-    for refreshed in (False, True):
-        if token is None or refreshed:
-            if settings.token:
-                raise PermissionError("INSPERA_TOKEN rejected")
-            token = _exchange(settings, cache, deadline)
-        try:
-            return _request("GET", url, {"Authorization": f"Bearer {token}"}, deadline)
-        except urllib.error.HTTPError as exc:
-            if exc.code != 401:
-                raise
-    raise PermissionError("token rejected")
 
+    def send(method: str, target: str, headers: Mapping[str, str]) -> Answer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("completion deadline passed")
+        return fetch(method, target, headers, deadline=remaining, max_body=MAX_BODY)
 
-def _exchange(settings: Settings, cache: Any, deadline: float) -> str:
-    """The token exchange; the token is cached like the client's so the next command reuses it."""
-    from urllib.parse import urlencode
-
-    from inspera_cli.auth import Token
-
-    assert settings.url is not None and settings.client_id and settings.api_key
-    query = urlencode({"grant_type": "authorization_code", "client_id": settings.client_id})
-    body = _request(
-        "POST",
-        f"{settings.url}/api/authenticate/token/?{query}",
-        {"code": settings.api_key, "Content-Type": "application/x-www-form-urlencoded"},
-        deadline,
+    answer = with_bearer(
+        Tokens(settings),
+        lambda target, headers: send("POST", target, headers),
+        lambda token: send("GET", url, {"Authorization": f"Bearer {token}", "Accept": "application/json"}),
+        lambda a: a.status,
     )
-    token = Token(str(body["access_token"]), time.time() + float(body.get("expires_in") or 3600))
-    cache.put(settings.url, settings.client_id, token)
-    return token.access_token
-
-
-def _request(method: str, url: str, headers: dict[str, str], deadline: float) -> Any:
-    import urllib.request
-
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("completion deadline passed")
-    request = urllib.request.Request(
-        url,
-        data=b"" if method == "POST" else None,
-        method=method,
-        headers={"User-Agent": f"inspera-hooks/{__version__}", "Accept": "application/json", **headers},
-    )
-    context = _tls_context() if url.startswith("https:") else None
-    with urllib.request.urlopen(request, timeout=remaining, context=context) as response:
-        return json.loads(response.read(MAX_BODY) or b"null")
-
-
-def _tls_context() -> Any:
-    """Verify TLS against the same CA bundle requests would use (REQUESTS_CA_BUNDLE, else certifi)."""
-    import ssl
-
-    cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if not cafile:
-        try:
-            import certifi
-
-            cafile = certifi.where()
-        except ImportError:
-            cafile = None
-    return ssl.create_default_context(cafile=cafile)
+    if answer.status != 200:
+        raise PermissionError(f"the API answered {answer.status}")
+    return json.loads(answer.body or b"null")
 
 
 def _event_items(data: Any) -> list[Candidate]:

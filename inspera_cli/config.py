@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from inspera_cli.errors import ConfigError, CredentialsError, UsageError
+from inspera_cli.files import describe_os_error, loads_toml, locked, read_small_text, write_private
+from inspera_cli.network import check_http_url
+from inspera_cli.redaction import register_secret
 
 APP_NAME = "inspera-hooks"
 DEFAULT_PROFILE = "default"
@@ -40,55 +42,64 @@ def cache_dir() -> Path:
     return Path(user_cache_dir(APP_NAME))
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file atomically with mode 0600 (temp file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def read_config(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The profiles in config.toml ({} when there is none); ConfigError names a broken file."""
     path = path or config_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small_text(path)
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {path}: {describe_os_error(exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}; fix or delete the file") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}; fix or delete the file") from exc
+        data = loads_toml(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}; fix or delete the file") from None
     return {name: table for name, table in data.items() if isinstance(table, dict)}
 
 
-def write_config(data: dict[str, dict[str, Any]], path: Path | None = None) -> Path:
+def update_config(
+    change: Callable[[dict[str, dict[str, Any]]], None], path: Path | None = None
+) -> Path:
+    """Read, ``change`` (in place) and write config.toml under an exclusive lock, so that
+    concurrent runs lose no profile; ConfigError when it cannot be saved."""
     import tomli_w
 
     path = path or config_path()
-    write_private(path, tomli_w.dumps(data).encode("utf-8"))
+    try:
+        with locked(path):
+            profiles = read_config(path)
+            change(profiles)
+            write_private(path, tomli_w.dumps(profiles).encode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot save {path}: {describe_os_error(exc)}") from None
     return path
 
 
-def normalize_url(url: str) -> str:
-    """`https://x.inspera.no/` and `https://x.inspera.no/api` both mean the tenant `https://x.inspera.no`."""
+def normalize_url(url: str, what: str = "tenant URL") -> str:
+    """`https://x.inspera.no/` and `https://x.inspera.no/api` both mean the tenant `https://x.inspera.no`.
+
+    UsageError for anything but an http(s) URL with a host, and for userinfo (`user:pass@`).
+    """
     url = url.strip().rstrip("/")
     if url.endswith("/api"):
         url = url[: -len("/api")]
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"tenant URL {url!r} is not an http(s) URL, e.g. https://example.inspera.no")
+    check_http_url(url, what, allow_userinfo=False)
     return url
+
+
+def check_credential(value: str, where: str) -> str:
+    """An API key or token as given, or CredentialsError naming ``where`` it came from (never the
+    value) when it has surrounding whitespace or characters an HTTP header cannot carry."""
+    register_secret(value)
+    if value != value.strip() or any(ord(c) < 32 or ord(c) == 127 or ord(c) > 255 for c in value):
+        raise CredentialsError(
+            f"{where} has surrounding whitespace or control characters (a pasted newline?): "
+            "set it again without them"
+        )
+    return value
 
 
 def parse_timeout(value: Any, origin: str) -> float:
@@ -105,7 +116,11 @@ def parse_timeout(value: Any, origin: str) -> float:
 
 @dataclass
 class Settings:
-    """Resolved connection settings, and where each one came from (for `config show`, `doctor`)."""
+    """Resolved connection settings, and where each one came from (for `config show`, `doctor`).
+
+    ``overridden_by`` names the environment variables that override a value of a profile chosen
+    explicitly (--profile / INSPERA_PROFILE): the command warns about them.
+    """
 
     profile: str = DEFAULT_PROFILE
     url: str | None = None
@@ -114,6 +129,18 @@ class Settings:
     token: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     sources: dict[str, str] = field(default_factory=dict)
+    overridden_by: list[str] = field(default_factory=list)
+    profile_chosen_with: str | None = None
+
+    def override_warning(self) -> str | None:
+        if not self.overridden_by:
+            return None
+        names = ", ".join(self.overridden_by)
+        verb = "overrides" if len(self.overridden_by) == 1 else "override"
+        return (
+            f"{names} {verb} profile {self.profile!r} (chosen with {self.profile_chosen_with}); "
+            "unset to use the profile's"
+        )
 
 
 def resolve_settings(
@@ -129,11 +156,11 @@ def resolve_settings(
     """Apply flag > environment > profile > default to each setting."""
     env = os.environ
     if profile:
-        name, profile_source = profile, "flag"
+        name, profile_source, chosen_with = profile, "flag", "--profile"
     elif env.get(ENV["profile"]):
-        name, profile_source = env[ENV["profile"]], "environment"
+        name, profile_source, chosen_with = env[ENV["profile"]], "environment", ENV["profile"]
     else:
-        name, profile_source = DEFAULT_PROFILE, "default"
+        name, profile_source, chosen_with = DEFAULT_PROFILE, "default", None
     profiles = read_config(path)
     if name not in profiles and profile_source != "default":
         known = ", ".join(sorted(profiles)) or "none"
@@ -142,30 +169,41 @@ def resolve_settings(
             f"create it with `inspera-hooks --profile {name} login`"
         )
     table = profiles.get(name, {})
-    settings = Settings(profile=name, sources={"profile": profile_source})
+    settings = Settings(profile=name, sources={"profile": profile_source}, profile_chosen_with=chosen_with)
     given = {"url": url, "client_id": client_id, "api_key": api_key, "token": token, "timeout": timeout}
     for key, flag_value in given.items():
         if flag_value is not None:
             value, source = flag_value, "flag"
         elif env.get(ENV[key]):
             value, source = env[ENV[key]], "environment"
+            if chosen_with and key in _WARN_OVERRIDE and table.get(key, value) != value:
+                settings.overridden_by.append(ENV[key])
         elif key in table and key != "token":
             value, source = table[key], f"profile {name}"
         else:
             continue
-        try:
-            if key == "url":
-                value = normalize_url(str(value))
-            elif key == "timeout":
-                value = parse_timeout(value, ENV[key] if source == "environment" else source)
-            else:
-                value = str(value)
-        except UsageError as exc:
-            if source != f"profile {name}":
-                raise
-            # A bad value in the file is a broken config file (exit 1), not a bad command line.
-            raise ConfigError(f"{path or config_path()}: [{name}] {key}: {exc}") from None
-        setattr(settings, key, value)
+        setattr(settings, key, _checked(key, value, source, name, path))
         settings.sources[key] = source
     settings.sources.setdefault("timeout", "default")
     return settings
+
+
+_WARN_OVERRIDE = ("url", "client_id", "api_key")
+
+
+def _checked(key: str, value: Any, source: str, profile: str, path: Path | None) -> Any:
+    """One setting's value, checked; a bad value in the file is a broken config file (exit 1)."""
+    where = ENV[key] if source == "environment" else source
+    try:
+        if key == "url":
+            return normalize_url(str(value), "tenant URL" if source == "flag" else f"tenant URL from {where}")
+        if key == "timeout":
+            return parse_timeout(value, where)
+        if key in ("api_key", "token"):
+            label = where if source == "environment" else f"the {key} from {where}"
+            return check_credential(str(value), label)
+        return str(value)
+    except UsageError as exc:
+        if not source.startswith("profile "):
+            raise
+        raise ConfigError(f"{path or config_path()}: [{profile}] {key}: {exc}") from None

@@ -15,9 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inspera_cli._version import __version__
 from inspera_cli.errors import ConfigError
+from inspera_cli.network import describe_network_error
 from inspera_cli.payload import VERIFICATION, parse_event
+from inspera_cli.redaction import redact
 from inspera_cli.signing import SIGNATURE_HEADER, sign
 
 if TYPE_CHECKING:
@@ -57,11 +58,10 @@ class DeliveryResult:
 
 
 def new_session() -> requests.Session:
-    import requests
+    """A session for webhook POSTs: ``transport.make_session`` (the one factory), no JSON Accept."""
+    from inspera_cli.transport import make_session
 
-    session = requests.Session()
-    session.headers["User-Agent"] = f"inspera-hooks/{__version__}"
-    return session
+    return make_session(accept_json=False)
 
 
 def signed_headers(body: bytes, secret: str | None, content_type: str = CONTENT_TYPE) -> dict[str, str]:
@@ -93,11 +93,11 @@ def post(
         )
     except requests.RequestException as exc:
         latency = (time.perf_counter() - started) * 1000
-        return DeliveryResult(
-            attempt, None, round(latency, 1), describe_error(exc, timeout), event=event
-        )
+        error = describe_network_error(exc, timeout, url=url)
+        return DeliveryResult(attempt, None, round(latency, 1), error, event=event)
     latency = (time.perf_counter() - started) * 1000
-    excerpt = " ".join(response.text.split())[:200] if response.status_code != 200 else ""
+    # A receiver that echoes what it got must not show the secret (`redact`).
+    excerpt = redact(" ".join(response.text.split())[:200]) if response.status_code != 200 else ""
     return DeliveryResult(
         attempt,
         response.status_code,
@@ -128,49 +128,6 @@ def send_repeated(
     finally:
         if own_session:
             session.close()
-
-
-def describe_error(exc: BaseException, timeout: float = DELIVERY_TIMEOUT) -> str:
-    """One short line for a failed request, e.g. ``connection refused`` rather than urllib3's essay."""
-    import requests
-
-    if isinstance(exc, requests.ConnectTimeout):
-        return f"could not connect within {timeout:g} s"
-    if isinstance(exc, requests.Timeout):
-        return f"no answer within {timeout:g} s"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return f"TLS error: {_innermost(exc)}"
-    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
-        return f"invalid URL: {exc}"
-    if isinstance(exc, requests.ConnectionError):
-        text = _innermost(exc)
-        if "Remote end closed connection" in text or "Connection aborted" in text:
-            return "the connection was closed without an answer"
-        return text
-    return _innermost(exc)
-
-
-def _innermost(exc: BaseException) -> str:
-    """The most specific message in an exception chain (urllib3 wraps the OSError several times)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    best: str | None = None
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.strerror:
-            best = current.strerror[:1].lower() + current.strerror[1:]
-        for nested in (
-            getattr(current, "reason", None),
-            current.__cause__,
-            current.__context__,
-            *current.args,
-        ):
-            if isinstance(nested, BaseException):
-                stack.append(nested)
-    return best or str(exc)
 
 
 # --- replaying a `listen --record` file -------------------------------------------------------

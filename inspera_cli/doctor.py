@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import secrets
 import socket
 import ssl
@@ -19,7 +18,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from inspera_cli.errors import APIError, CredentialsError, InsperaError, NetworkError, UsageError
+from inspera_cli.errors import APIError, CredentialsError, InsperaError, NetworkError
+from inspera_cli.network import ca_bundle as network_ca_bundle
+from inspera_cli.network import check_http_url
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient
@@ -190,7 +191,7 @@ def _settings_check(client: InsperaClient) -> Check:
 def _reachable_check(client: InsperaClient, ca_bundle: str | None) -> CheckStream:
     import requests
 
-    from inspera_cli.delivery import describe_error
+    from inspera_cli.network import describe_network_error
 
     url = client.settings.url or ""
     timeout = client.settings.timeout
@@ -213,14 +214,14 @@ def _reachable_check(client: InsperaClient, ca_bundle: str | None) -> CheckStrea
             f"{url}/",
             timeout=(min(timeout, 10.0), timeout),
             allow_redirects=False,
-            verify=ca_bundle if ca_bundle else True,
+            verify=network_ca_bundle(ca_bundle) or True,
         )
         response.close()
     except requests.RequestException as exc:
         yield Check(
             TENANT,
             False,
-            f"{url}: {describe_error(exc, timeout)}",
+            f"{url}: {describe_network_error(exc, timeout, url=url)}",
             "check the tenant URL (https://<your tenant>.inspera.no) and your network, proxy or VPN",
         )
         return False
@@ -235,9 +236,8 @@ def _credentials_check(client: InsperaClient) -> CheckStream:
     if settings.token:
         yield Check(CREDENTIALS, True, "using the access token from INSPERA_TOKEN (the events call tests it)")
         return True
-    before = client.token_exchanges
     try:
-        client.access_token()
+        client.check_credentials()  # a real exchange: a cached token proves nothing about the key
     except CredentialsError as exc:
         yield Check(
             CREDENTIALS,
@@ -250,10 +250,7 @@ def _credentials_check(client: InsperaClient) -> CheckStream:
     except InsperaError as exc:
         yield Check(CREDENTIALS, False, str(exc), _fix_for(exc))
         return False
-    if client.token_exchanges > before:
-        yield Check(CREDENTIALS, True, f"the tenant issued an access token to client {settings.client_id}")
-    else:
-        yield Check(CREDENTIALS, True, "the cached access token is still valid")
+    yield Check(CREDENTIALS, True, f"the tenant issued an access token to client {settings.client_id}")
     return True
 
 
@@ -289,15 +286,7 @@ def _fix_for(exc: InsperaError) -> str:
 
 def check_endpoint_url(endpoint: str) -> None:
     """Refuse (UsageError) an endpoint that is not an http(s) URL with a host."""
-    try:
-        parts = urlsplit(endpoint)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise UsageError(f"--endpoint {endpoint!r} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(
-            f"--endpoint {endpoint!r} is not an http(s) URL, e.g. https://hooks.example.edu/inspera"
-        )
+    check_http_url(endpoint, "--endpoint")
 
 
 def endpoint_checks(
@@ -401,18 +390,6 @@ def _dns(host: str, port: int, tenant_on_loopback: bool) -> tuple[Check, bool]:
 # -- TLS certificates ------------------------------------------------------------------------------
 
 
-def default_ca_bundle(ca_bundle: str | None = None) -> str | None:
-    """The CA file requests would trust: the given one, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, certifi's."""
-    chosen = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if chosen:
-        return chosen
-    try:
-        import certifi
-    except ImportError:  # pragma: no cover - requests depends on certifi
-        return None
-    return str(certifi.where())
-
-
 # OpenSSL's X509_V_ERR_* codes that deserve their own explanation.
 _EXPIRED = 10
 _NOT_YET_VALID = 9
@@ -431,7 +408,7 @@ def certificate_check(
     what: str = "the server",
 ) -> Check:
     """Verify the server's certificate as an HTTPS client would; on success say when it expires."""
-    context = ssl.create_default_context(cafile=default_ca_bundle(ca_bundle))
+    context = ssl.create_default_context(cafile=network_ca_bundle(ca_bundle))
     try:
         der = _peer_certificate(host, port, context, timeout)
     except ssl.SSLCertVerificationError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from inspera_cli.redaction import redact
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -16,9 +18,16 @@ class ExitCode(IntEnum):
 
 
 class InsperaError(Exception):
-    """Base of every error this package raises on purpose; its message is one line for the user."""
+    """Base of every error this package raises on purpose; its message is one line for the user.
+
+    Its text is redacted (``redaction.redact``): a secret the server echoed into it shows as ``***``
+    wherever the message goes (the error line, a doctor check, an apply outcome).
+    """
 
     exit_code: ExitCode = ExitCode.FAILURE
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class UsageError(InsperaError):

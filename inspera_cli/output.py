@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from inspera_cli.redaction import redact
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -59,12 +61,21 @@ def print_json_line(data: Any) -> None:
 
 
 def error(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    """One error line on stderr; known secrets and URL userinfo show as ``***``."""
+    sys.stderr.write(f"{PROG}: error: {redact(message)}\n")
     sys.stderr.flush()
 
 
 def warn(message: str) -> None:
-    console().print(f"[yellow]warning:[/] {_escape(message)}")
+    console().print(f"[yellow]warning:[/] {_escape(redact(message))}")
+
+
+def traceback(exc: BaseException) -> None:
+    """The traceback of ``exc`` on stderr (--debug), redacted like every other message."""
+    import traceback as tb
+
+    sys.stderr.write(redact("".join(tb.format_exception(exc))))
+    sys.stderr.flush()
 
 
 def info(message: str, *, markup: bool = False) -> None:

@@ -248,10 +248,17 @@ def test_human_output_is_a_checklist(cli: Cli, sandbox_env: Any, trusted: trustm
     assert "1 of 8 checks failed." in result.stderr
 
 
-def test_the_cached_token_is_reused(cli: Cli, sandbox_env: Any) -> None:
+def test_the_credentials_check_always_exchanges(
+    cli: Cli, sandbox_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cli("doctor", "--json")
     checks = by_name(cli("doctor", "--json").json)
-    assert checks[doctor.CREDENTIALS]["detail"] == "the cached access token is still valid"
+    assert checks[doctor.CREDENTIALS]["detail"] == "the tenant issued an access token to client sandbox"
+    # A wrong key after a good run is not masked by the token cached for the right one.
+    monkeypatch.setenv("INSPERA_API_KEY", "rotated-or-mistyped-key")
+    result = cli("doctor", "--json", expect=1)
+    assert by_name(result.json)[doctor.CREDENTIALS]["ok"] is False
+    assert "All 4 checks passed" not in result.stderr
 
 
 def test_wrong_api_key_fails_credentials_and_skips_events(

@@ -118,6 +118,11 @@ def test_importing_the_package_does_not_import_requests() -> None:
     code = "import sys, inspera_cli; print('requests' in sys.modules)"
     assert run_python(code) == "False"
     code = "import sys, inspera_cli; inspera_cli.InsperaClient; print('requests' in sys.modules)"
+    assert run_python(code) == "False"  # requests comes with the first session
+    code = (
+        "import sys, inspera_cli; inspera_cli.InsperaClient(url='https://t.example'); "
+        "print('requests' in sys.modules)"
+    )
     assert run_python(code) == "True"
 
 

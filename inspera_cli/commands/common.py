@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from inspera_cli.errors import UsageError
+from inspera_cli.redaction import env_secret_problem, is_valid_utf8
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient
@@ -35,6 +36,11 @@ class AppState:
             self._client = InsperaClient(
                 url=self.url, client_id=self.client_id, profile=self.profile, timeout=self.timeout
             )
+            warning = self._client.settings.override_warning()
+            if warning:
+                from inspera_cli import output
+
+                output.warn(warning)
         return self._client
 
 
@@ -75,7 +81,8 @@ def resolve_secret(
 ) -> str | None:
     """The secret from exactly one of --secret-env / --secret / --secret-stdin.
 
-    An unset or empty --secret-env variable is a usage error (exit 2), never silently no secret.
+    An unset or empty --secret-env variable is a usage error (exit 2), never silently no secret;
+    so is a secret that is not valid UTF-8. The secret is registered for redaction.
     """
     given = [
         name
@@ -85,22 +92,31 @@ def resolve_secret(
     if len(given) > 1:
         raise UsageError(f"give only one of {', '.join(given)}")
     if secret_env:
-        value = os.environ.get(secret_env)
-        if not value:
-            raise UsageError(f"--secret-env {secret_env}: the environment variable {secret_env} is not set")
-        return value
+        problem = env_secret_problem(secret_env)
+        if problem:
+            raise UsageError(f"--secret-env {secret_env}: {problem}")
+        return _usable_secret(os.environ[secret_env], f"--secret-env {secret_env}")
     if secret is not None:
         from inspera_cli import output
 
         if not secret:
             raise UsageError("--secret is empty")
         output.warn("--secret leaks into your shell history and process list; prefer --secret-env VAR")
-        return secret
+        return _usable_secret(secret, "--secret")
     if secret_stdin:
-        return ask("Webhook secret", hidden=True, option="--secret-stdin")
+        return _usable_secret(ask("Webhook secret", hidden=True, option="--secret-stdin"), "--secret-stdin")
     if required:
         raise UsageError("a webhook secret is needed: pass --secret-env VAR (or --secret S)")
     return None
+
+
+def _usable_secret(value: str, option: str) -> str:
+    from inspera_cli.redaction import register_secret
+
+    register_secret(value)
+    if not is_valid_utf8(value):
+        raise UsageError(f"{option}: the secret is not valid UTF-8 text")
+    return value
 
 
 def ask(text: str, *, hidden: bool = False, default: str | None = None, option: str | None = None) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,12 +13,13 @@ from inspera_cli.config import (
     DEFAULT_PROFILE,
     ENV,
     PROFILE_KEYS,
+    check_credential,
     config_path,
     normalize_url,
     parse_timeout,
     read_config,
     resolve_settings,
-    write_config,
+    update_config,
 )
 from inspera_cli.errors import UsageError
 
@@ -61,13 +62,18 @@ def login(ctx: typer.Context) -> None:
         or os.environ.get(ENV["client_id"])
         or ask("API client id", default=current.get("client_id"))
     )
-    api_key = os.environ.get(ENV["api_key"]) or ask("API authorization code (hidden)", hidden=True)
+    if os.environ.get(ENV["api_key"]):
+        api_key = check_credential(os.environ[ENV["api_key"]], ENV["api_key"])
+    else:
+        api_key = check_credential(ask("API authorization code (hidden)", hidden=True), "the API key entered")
     with output.spinner("Checking the key with a token exchange…"):
         client = InsperaClient(url, client_id, api_key, timeout=app_state.timeout)
-        client.access_token(refresh=True)
-    profiles = read_config()
-    profiles[name] = {**profiles.get(name, {}), "url": url, "client_id": client_id, "api_key": api_key}
-    path = write_config(profiles)
+        client.check_credentials()
+
+    def save(profiles: dict[str, dict[str, Any]]) -> None:
+        profiles[name] = {**profiles.get(name, {}), "url": url, "client_id": client_id, "api_key": api_key}
+
+    path = update_config(save)
     output.info(f"Logged in to {url} as client {client_id}; profile {name!r} saved in {path}")
 
 
@@ -89,10 +95,13 @@ def logout(ctx: typer.Context) -> None:
     forgot = []
     if url and client_id and TokenCache().forget(normalize_url(url), client_id):
         forgot.append("the cached token")
+
+    def drop_key(profiles: dict[str, dict[str, Any]]) -> None:
+        if profiles.get(name, {}).pop("api_key", None) is not None:
+            forgot.append(f"the API key of profile {name!r}")
+
     if "api_key" in profile:
-        del profile["api_key"]
-        write_config(profiles)
-        forgot.append(f"the API key of profile {name!r}")
+        update_config(drop_key)
     output.info(f"Forgot {' and '.join(forgot)}." if forgot else "Nothing to forget: not logged in.")
 
 
@@ -141,9 +150,11 @@ def set_(
     elif key == "timeout":
         stored = parse_timeout(value, "config set")
     name = _profile_name(ctx)
-    profiles = read_config()
-    profiles.setdefault(name, {})[key] = stored
-    path = write_config(profiles)
+
+    def set_key(profiles: dict[str, dict[str, Any]]) -> None:
+        profiles.setdefault(name, {})[key] = stored
+
+    path = update_config(set_key)
     output.info(f"Set {key} in profile {name!r} ({path})")
 
 

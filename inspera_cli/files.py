@@ -1,0 +1,88 @@
+"""Small files we own: bounded reads, atomic private (0600) writes, and an exclusive lock around
+every read-modify-write, so that concurrent runs lose no profile and no token.
+
+The lock is ``filelock``'s (fcntl ``flock`` on POSIX, ``msvcrt`` on Windows, with a timeout, and
+safe against the lock file being removed while another process waits for it).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from inspera_cli.errors import ConfigError
+
+# A settings or subscriptions file is a few hundred bytes; anything this large is not one.
+MAX_FILE_BYTES = 1024 * 1024
+LOCK_TIMEOUT = 20.0
+
+
+def read_small_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of a small file (a byte-order mark dropped), reading at most ``limit`` bytes.
+
+    Raises OSError as ``open`` does, and ValueError for a file that is too large or not UTF-8.
+    """
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // 1024} KiB, so not a file this program wrote or reads")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text (a binary file?)") from None
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads``; absurdly deep nesting is a ValueError like any other syntax error."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ValueError("invalid TOML: arrays or tables nested too deeply") from None
+
+
+def describe_os_error(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file atomically with mode 0600 (temp file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def locked(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (through ``path.lock``) for a read-modify-write.
+
+    Raises OSError when the lock file cannot be created, ConfigError when another process holds
+    the lock for longer than ``timeout`` seconds.
+    """
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = FileLock(path.with_name(path.name + ".lock"), timeout=timeout, mode=0o600)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(
+            f"{path} is being changed by another inspera-hooks for over {timeout:g} s; try again"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
