@@ -13,7 +13,6 @@ import os
 import queue
 import re
 import threading
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from inspera_cli.creating import explain_refusal
 from inspera_cli.endpoints import endpoint_problem
 from inspera_cli.errors import APIError, ConfigError, InsperaError
+from inspera_cli.files import loads_toml, read_small_text
+from inspera_cli.redaction import env_secret_problem
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient, Subscription
@@ -124,14 +125,14 @@ def load_subscriptions_file(
     """
     env = os.environ if env is None else env
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small_text(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the subscriptions file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise SubscriptionsFileError(path, [Problem(None, "not UTF-8 text")]) from None
+    except ValueError as exc:
+        raise SubscriptionsFileError(path, [Problem(None, str(exc))]) from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = loads_toml(text)
+    except ValueError as exc:
         message = str(exc)
         match = _SYNTAX_LINE.search(message)
         line = None
@@ -192,13 +193,10 @@ def _validate(
         if unreachable:
             problems.append(Problem(finder.entry_key(index, "endpoint"), unreachable))
         secret = env.get(secret_env, "")
-        if not secret:
-            problems.append(
-                Problem(
-                    finder.entry_key(index, "secret_env"),
-                    f"secret_env {secret_env}: the environment variable {secret_env} is not set",
-                )
-            )
+        secret_problem = env_secret_problem(secret_env, env)
+        if secret_problem:
+            line = finder.entry_key(index, "secret_env")
+            problems.append(Problem(line, f"secret_env {secret_env}: {secret_problem}"))
         pair = (event, endpoint)
         if pair in seen:
             first = seen[pair]

@@ -29,8 +29,17 @@ def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
     return subprocess.Popen(argv, preexec_fn=default_signals, **kwargs)
 
 
-def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
-    return subprocess.run(argv, preexec_fn=default_signals, **kwargs)
+def run(
+    argv: list[str], *, also_in_child: Callable[[], None] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` with default signals; ``also_in_child`` runs in the child first (limits)."""
+
+    def prepare() -> None:
+        default_signals()
+        if also_in_child is not None:
+            also_in_child()
+
+    return subprocess.run(argv, preexec_fn=prepare, **kwargs)
 
 
 class LineProcess:

@@ -1,5 +1,6 @@
 """A scripted Inspera-like HTTP server on 127.0.0.1 for client tests that need answers the sandbox
-never gives (odd shapes, 429s, HTML error pages, dropped connections)."""
+never gives (odd shapes, 429s, HTML error pages, dropped connections, redirects to another origin,
+answers trickled a byte at a time, bodies that echo the credentials they were sent)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False  # close the connection without answering (after reading the request)
+    trickle: float = 0.0  # send the whole answer one byte at a time, this many seconds apart
+    echo: bool = False  # answer 400 with the request's `code`, `Authorization` and body in the error
+
+
+def redirect(to: str, status: int = 307) -> Reply:
+    """A redirect to ``to`` (e.g. another StubInspera's URL: another origin)."""
+    return Reply(status, {"error": "moved"}, {"Location": to})
 
 
 @dataclass
@@ -107,6 +115,9 @@ class StubInspera:
                     )
                 )
                 reply = stub._next(self.command, parts.path)
+                if reply.echo:
+                    said = f"code={self.headers.get('code')} auth={self.headers.get('Authorization')}"
+                    reply = Reply(400, {"error": "invalid_request", "description": f"{said} body={body!r}"})
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.drop:
@@ -120,13 +131,20 @@ class StubInspera:
                     data, ctype = reply.body.encode(), "text/html; charset=utf-8"
                 else:
                     data, ctype = reply.body or b"", "application/octet-stream"
-                self.send_response(reply.status)
-                headers = {"Content-Type": ctype, **reply.headers}
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                headers = {"Content-Type": ctype, **reply.headers, "Content-Length": str(len(data))}
+                lines = [f"HTTP/1.1 {reply.status} Stub", *(f"{k}: {v}" for k, v in headers.items())]
+                head = "".join(f"{line}\r\n" for line in lines)
+                answer = head.encode("latin-1") + b"\r\n" + data
+                if not reply.trickle:
+                    self.wfile.write(answer)
+                    return
+                try:
+                    for i in range(len(answer)):
+                        self.wfile.write(answer[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(reply.trickle)
+                except OSError:
+                    self.close_connection = True  # the client gave up
 
             do_GET = do_POST = do_DELETE = _serve
 
