@@ -1,0 +1,91 @@
+"""Concurrent runs lose no write: `config set`, `login` and the token cache, 20 processes at once.
+
+Each write is atomic (temp file + rename); without a lock around the read-modify-write, runs that
+read the same old file overwrite each other's changes (19 of 80 writes kept before the lock).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.processes import CLI, popen
+from tests.stub_server import StubInspera
+
+PROCESSES = 20
+
+
+@pytest.fixture
+def stub_server():
+    server = StubInspera()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def run_all(commands: list[tuple[list[str], str | None]], env: dict[str, str]) -> None:
+    """Start every command at once; each must succeed."""
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    procs = [(popen(argv, env=env, text=True, **pipes), stdin) for argv, stdin in commands]
+    for proc, stdin in procs:
+        out, err = proc.communicate(stdin, timeout=120)
+        assert proc.returncode == 0, err
+
+
+def without_settings(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in ("INSPERA_URL", "INSPERA_CLIENT_ID", "INSPERA_API_KEY")}
+
+
+def config(home: Path) -> dict[str, dict[str, object]]:
+    return tomllib.loads((home / "cfg" / "inspera-hooks" / "config.toml").read_text())
+
+
+def tokens(home: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((home / "cache" / "inspera-hooks" / "tokens.json").read_text())
+    return data
+
+
+@pytest.mark.slow
+def test_parallel_config_set_loses_no_write(stub_server, tmp_path):
+    env = stub_server.subprocess_env(tmp_path)
+    for key, value in (("url", "https://p{n}.example"), ("client_id", "client-{n}")):
+        run_all([([*CLI, "--profile", f"p{n}", "config", "set", key, value.format(n=n)], None)
+                 for n in range(PROCESSES)], env)
+    profiles = config(tmp_path)
+    assert sorted(profiles) == sorted(f"p{n}" for n in range(PROCESSES))
+    for n in range(PROCESSES):
+        assert profiles[f"p{n}"] == {"url": f"https://p{n}.example", "client_id": f"client-{n}"}
+
+
+@pytest.mark.slow
+def test_parallel_logins_lose_no_profile_and_no_token(stub_server, tmp_path):
+    env = without_settings(stub_server.subprocess_env(tmp_path))
+    run_all([([*CLI, "--profile", f"p{n}", "login"], f"{stub_server.url}\nclient-{n}\nkey-{n}-a1b2\n")
+             for n in range(PROCESSES)], env)
+    profiles = config(tmp_path)
+    assert len(profiles) == PROCESSES
+    for n in range(PROCESSES):
+        profile = profiles[f"p{n}"]
+        assert profile["client_id"] == f"client-{n}" and profile["api_key"] == f"key-{n}-a1b2"
+    assert len(tokens(tmp_path)) == PROCESSES  # every login's token was cached
+
+
+@pytest.mark.slow
+def test_parallel_commands_lose_no_cached_token(stub_server, tmp_path):
+    env = stub_server.subprocess_env(tmp_path)
+    procs = [
+        popen([*CLI, "events", "--json"], env={**env, "INSPERA_CLIENT_ID": f"client-{n}"},
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in range(PROCESSES)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    cached = tokens(tmp_path)
+    assert len(cached) == PROCESSES
+    assert {key.split()[1] for key in cached} == {f"client-{n}" for n in range(PROCESSES)}
