@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from inspera_cli.config import Settings, cache_dir
 from inspera_cli.errors import APIError, ConfigError, CredentialsError
 from inspera_cli.files import describe_os_error, locked, read_small_text, write_private
 from inspera_cli.network import Answer, redirect_target
-from inspera_cli.redaction import register_secret
+from inspera_cli.redaction import redacted_logger, register_secret
 
-log = logging.getLogger("inspera_cli.auth")
+log = redacted_logger("inspera_cli.auth")
 
 EXCHANGE_PATH = "/api/authenticate/token/"
 # Reuse a cached token until this many seconds before it expires.

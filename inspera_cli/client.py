@@ -21,7 +21,7 @@ from inspera_cli.models import (
     parse_subscriptions,
 )
 from inspera_cli.network import Answer, describe_network_error, host_of, without_userinfo
-from inspera_cli.redaction import REDACTED
+from inspera_cli.redaction import REDACTED, redacted_logger
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EventType", "InsperaClient", "Subscription", "make_session"]
 
-log = logging.getLogger("inspera_cli.http")
+log = redacted_logger("inspera_cli.http")
 
 # Inspera validates the endpoint (up to 10 s) before it answers a create.
 CREATE_TIMEOUT = 20.0

@@ -11,6 +11,7 @@ masked the same way.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -73,3 +74,18 @@ def env_secret_problem(name: str, env: Mapping[str, str] | None = None) -> str |
     if not is_valid_utf8(value):
         return f"the environment variable {name} is not valid UTF-8 text"
     return None
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
+def redacted_logger(name: str) -> logging.Logger:
+    """A logger whose records are redacted as they are made, so that a handler an embedding
+    program adds never sees a secret either."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
+        logger.addFilter(_RedactingFilter())
+    return logger

@@ -17,7 +17,6 @@ Import it lazily (inside functions): it imports ``requests``.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from urllib.parse import urljoin
 
@@ -29,8 +28,9 @@ from urllib3.exceptions import InvalidHeader, MaxRetryError, NewConnectionError,
 from urllib3.util.retry import Retry
 
 from inspera_cli.network import MAX_CONNECT_TIMEOUT, USER_AGENT, Deadline, DeadlineExceeded, ca_bundle, origin
+from inspera_cli.redaction import redacted_logger
 
-log = logging.getLogger("inspera_cli.http")
+log = redacted_logger("inspera_cli.http")
 
 RETRY_METHODS = frozenset({"GET", "DELETE"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

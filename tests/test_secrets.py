@@ -186,3 +186,136 @@ def test_listen_keeps_the_secret_out_of_output_and_record(sandbox_env, tmp_path)
     for text in (out, err, trigger.stdout, trigger.stderr, record.read_text()):
         assert HOOK_SECRET not in text
     assert Path(record).read_text().count("\n") == 1
+
+
+# -- the canary: every command, plain and --debug, against a tenant that works and one that echoes ---
+
+CANARY_KEY = "canary-api-key-4f8e2b71"
+CANARY_SECRET = "canary-webhook-secret-9a7c1d55"
+
+
+def _canary_commands(receiver: str, tmp_path: Path) -> list[tuple[tuple[str, ...], str | None]]:
+    """(argv, stdin) for every command that can run to completion in-process."""
+    body = tmp_path / "body.json"
+    body.write_bytes(
+        b'{"contextObjectId": 1, "event": "confirm_final_grades", "timestamp": "2024-01-01T00:00:00Z"}'
+    )
+    hooks = tmp_path / "hooks.toml"
+    hooks.write_text(
+        f'[[subscription]]\nevent = "complete_grading"\nendpoint = "{receiver}/apply"\nsecret_env = "HOOK"\n'
+    )
+    record = tmp_path / "record.jsonl"
+    line = {"event": "confirm_final_grades", "status": 500, "body": body.read_text()}
+    record.write_text(json.dumps(line) + "\n")
+    sub = ("--event", "confirm_final_grades", "--endpoint", f"{receiver}/x")
+    return [
+        (("events", "--json"), None),
+        (("list",), None),
+        (("list", "--event", "confirm_final_grades", "--json"), None),
+        (("create", *sub, "--secret-env", "HOOK", "--json"), None),
+        (("create", "--event", "complete_grading", "--endpoint", f"{receiver}/y", "--secret-stdin"),
+         CANARY_SECRET),
+        (("apply", "-f", str(hooks), "--dry-run"), None),
+        (("apply", "-f", str(hooks), "--json"), None),
+        (("apply", "-f", str(hooks), "--prune", "--json"), None),
+        (("trigger", "confirm_final_grades", "--to", receiver, "--secret-env", "HOOK", "--json"), None),
+        (("trigger", "--verification", "--to", receiver, "--secret", CANARY_SECRET), None),
+        (("replay", str(record), "--to", receiver, "--secret-env", "HOOK"), None),
+        (("sign", "--secret-env", "HOOK", str(body)), None),
+        (("verify", "--secret-env", "HOOK", "--signature", "0" * 40, str(body)), None),
+        (("doctor", "--json"), None),
+        (("doctor", "--endpoint", f"{receiver}/x", "--secret-env", "HOOK"), None),
+        (("sandbox", "fire", "confirm_final_grades"), None),
+        (("config", "show"), None),
+        (("config", "show", "--json"), None),
+        (("config", "set", "timeout", "12"), None),
+        (("config", "path"), None),
+        (("delete", "--event", "confirm_final_grades", "--endpoint", f"{receiver}/x", "--yes"), None),
+        (("delete", "--all", "--yes", "--json"), None),
+        (("delete", "123456", "--yes"), None),
+        (("login",), None),
+        (("logout",), None),
+        (("completion", "bash"), None),
+    ]
+
+
+def _leaks(text: str, secrets: list[str]) -> list[str]:
+    return [s for s in secrets if s in text]
+
+
+def _files_outside_the_secret_stores(root: Path) -> list[Path]:
+    return [
+        p for p in root.rglob("*")
+        if p.is_file() and p.name not in ("config.toml", "tokens.json") and not p.name.endswith(".lock")
+    ]
+
+
+def test_canary_no_command_shows_the_key_token_or_secret(cli, receiver, monkeypatch, tmp_path, isolated_home):
+    from tests.stub_server import Reply, StubInspera
+
+    issued: list[str] = []
+
+    def token_reply() -> Reply:
+        issued.append(f"canary-token-{len(issued)}-7e3f90")
+        return Reply(body={"access_token": issued[-1], "expires_in": 3600})
+
+    monkeypatch.setenv("HOOK", CANARY_SECRET)
+    monkeypatch.setenv("INSPERA_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("INSPERA_CLIENT_ID", "canary-client")
+    secrets = [CANARY_KEY, CANARY_SECRET]
+    outputs: list[tuple[tuple[str, ...], str]] = []
+    echo = Reply(echo=True)
+    # A tenant that answers, one that echoes on every API call, one that echoes the exchange.
+    phases = [
+        {},
+        {("GET", "/api/v1/subscription/events"): echo, ("GET", "/api/v1/subscription"): echo,
+         ("POST", "/api/v1/subscription"): echo, ("DELETE", "/api/v1/subscription/123456"): echo},
+        {("POST", "/api/authenticate/token/"): echo},
+    ]
+    for routes in phases:
+        stub = StubInspera()
+        stub.on("POST", "/api/authenticate/token/", token_reply)
+        created = {"subscriptionId": 7, "event": "e", "endpoint": "x"}
+        names = ["confirm_final_grades", "complete_grading"]
+        stub.on("GET", "/api/v1/subscription/events", Reply(body=names))
+        stub.on("POST", "/api/v1/subscription", Reply(201, created))
+        stub.on("DELETE", "/api/v1/subscription/123456", Reply(204, b""))
+        for (method, path), reply in routes.items():
+            stub.on(method, path, reply)
+        monkeypatch.setenv("INSPERA_URL", stub.url)
+        try:
+            for argv, stdin in _canary_commands(receiver, tmp_path):
+                for debug in ((), ("--debug",)):
+                    given = f"{stub.url}\ncanary-client\n{CANARY_KEY}\n" if argv == ("login",) else stdin
+                    run = cli(*debug, *argv, input=given, expect=None)
+                    outputs.append((argv, run.stdout + run.stderr))
+        finally:
+            stub.close()
+    all_output = "\n".join(text for _, text in outputs)
+    assert "debug: >" in all_output and "Traceback" in all_output  # the log and tracebacks were on
+    assert "***" in all_output  # the echoing tenant's answers were shown, redacted
+    secrets += issued
+    assert len(issued) > 3
+    for argv, text in outputs:
+        assert not _leaks(text, secrets), (argv, text)
+    files = [*_files_outside_the_secret_stores(isolated_home), *_files_outside_the_secret_stores(tmp_path)]
+    for path in files:
+        if path.name in ("body.json", "hooks.toml", "record.jsonl"):
+            continue
+        assert not _leaks(path.read_text(errors="replace"), secrets), path
+
+
+def test_canary_debug_traceback_in_a_real_process(tmp_path):
+    """Python's own traceback path: a subprocess with --debug, the tenant echoing the key."""
+    from tests.processes import CLI, run
+    from tests.stub_server import Reply, StubInspera
+
+    stub = StubInspera()
+    stub.on("POST", "/api/authenticate/token/", Reply(echo=True))
+    try:
+        env = {**stub.subprocess_env(tmp_path), "INSPERA_API_KEY": CANARY_KEY}
+        done = run([*CLI, "--debug", "list"], env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        stub.close()
+    assert done.returncode == 3 and "Traceback" in done.stderr and "code=***" in done.stderr
+    assert CANARY_KEY not in done.stdout + done.stderr
