@@ -119,6 +119,8 @@ def _hoist_global_options(group: Any, ctx: Any, args: list[str]) -> list[str]:
         is_global = name in global_options.names and name not in own.names
         options, target = (global_options, moved) if is_global else (own, kept)
         width = 1 if inline or name not in options.with_value else 2
+        if i + width > len(args):
+            target = kept  # a value is missing: leave it for Click to report where it was given
         target += args[i : i + width]
         i += width
     return [*args[:start], *moved, *args[start:end], *kept, *args[i:]]

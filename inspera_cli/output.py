@@ -79,7 +79,8 @@ def traceback(exc: BaseException) -> None:
 
 
 def info(message: str, *, markup: bool = False) -> None:
-    """A message on stderr; ``markup`` lets Rich style tags through (our own strings only)."""
+    """A message on stderr, redacted; ``markup`` lets Rich style tags through (our own strings only)."""
+    message = redact(message)
     console().print(message if markup else _escape(message))
 
 

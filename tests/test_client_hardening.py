@@ -93,6 +93,12 @@ def test_userinfo_in_the_tenant_url_is_refused(cli, stub, monkeypatch):
     assert stub.seen == []
 
 
+def test_userinfo_in_any_url_is_never_shown(cli):
+    to = "http://user:pa55word@127.0.0.1:9/"
+    r = cli("--debug", "trigger", "confirm_final_grades", "--to", to, expect=1)
+    assert "pa55word" not in r.stdout + r.stderr and "http://***@127.0.0.1:9/" in r.stderr
+
+
 # -- the token cache and the key -----------------------------------------------------------------
 
 
@@ -297,6 +303,7 @@ def test_global_options_after_the_command(cli, stub, monkeypatch, isolated_home)
     assert cli("events", "--url", stub.url, "--json").json
     rows = {r["key"]: r for r in cli("config", "show", "--timeout", "7", "--json").json}
     assert rows["timeout"] == {"key": "timeout", "value": 7.0, "source": "flag"}
+    assert cli("list", "-p", expect=2).exit_code == 2  # a missing value is not taken from the command
     r = cli("sign", "--secret", "x-secret-1", "--", "--debug", expect=1)  # after --: a FILE, not an option
     assert "--debug: no such file" in r.stderr and "debug: >" not in r.stderr
 
