@@ -39,8 +39,8 @@ def receiver():
     server.server_close()
 
 
-def test_no_command_shows_a_secret(cli, sandbox_env, receiver, monkeypatch, tmp_path, isolated_home):
-    monkeypatch.setenv("HOOK", HOOK_SECRET)
+def _input_files(tmp_path: Path, receiver: str) -> tuple[Path, Path]:
+    """A webhook body and a subscriptions file whose secret is in $HOOK."""
     body = tmp_path / "body.json"
     body.write_bytes(
         b'{"contextObjectId": 1, "event": "confirm_final_grades", "timestamp": "2024-01-01T00:00:00Z"}'
@@ -49,6 +49,12 @@ def test_no_command_shows_a_secret(cli, sandbox_env, receiver, monkeypatch, tmp_
     hooks.write_text(
         f'[[subscription]]\nevent = "complete_grading"\nendpoint = "{receiver}/apply"\nsecret_env = "HOOK"\n'
     )
+    return body, hooks
+
+
+def test_no_command_shows_a_secret(cli, sandbox_env, receiver, monkeypatch, tmp_path, isolated_home):
+    monkeypatch.setenv("HOOK", HOOK_SECRET)
+    body, hooks = _input_files(tmp_path, receiver)
     record = tmp_path / "record.jsonl"
     runs = [
         cli("--debug", "events", "--json"),
@@ -196,14 +202,7 @@ CANARY_SECRET = "canary-webhook-secret-9a7c1d55"
 
 def _canary_commands(receiver: str, tmp_path: Path) -> list[tuple[tuple[str, ...], str | None]]:
     """(argv, stdin) for every command that can run to completion in-process."""
-    body = tmp_path / "body.json"
-    body.write_bytes(
-        b'{"contextObjectId": 1, "event": "confirm_final_grades", "timestamp": "2024-01-01T00:00:00Z"}'
-    )
-    hooks = tmp_path / "hooks.toml"
-    hooks.write_text(
-        f'[[subscription]]\nevent = "complete_grading"\nendpoint = "{receiver}/apply"\nsecret_env = "HOOK"\n'
-    )
+    body, hooks = _input_files(tmp_path, receiver)
     record = tmp_path / "record.jsonl"
     line = {"event": "confirm_final_grades", "status": 500, "body": body.read_text()}
     record.write_text(json.dumps(line) + "\n")
