@@ -131,6 +131,7 @@ class Deadline:
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
+        self._outer: Deadline | None = None
 
     @classmethod
     def current(cls) -> Deadline | None:

@@ -93,6 +93,14 @@ def test_userinfo_in_the_tenant_url_is_refused(cli, stub, monkeypatch):
     assert stub.seen == []
 
 
+def test_a_netrc_entry_never_replaces_the_bearer_token(cli, stub, isolated_home):
+    (isolated_home / ".netrc").write_text("machine 127.0.0.1 login someone password netrc-pw-31\n")
+    (isolated_home / ".netrc").chmod(0o600)
+    cli("events", "--json")
+    (call,) = [s for s in stub.seen if s.path == EVENTS]
+    assert call.headers["Authorization"] == "Bearer stub-token-1"
+
+
 def test_userinfo_in_any_url_is_never_shown(cli):
     to = "http://user:pa55word@127.0.0.1:9/"
     r = cli("--debug", "trigger", "confirm_final_grades", "--to", to, expect=1)
