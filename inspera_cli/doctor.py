@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from inspera_cli.errors import APIError, CredentialsError, InsperaError, NetworkError
 from inspera_cli.network import ca_bundle as network_ca_bundle
-from inspera_cli.network import check_http_url
+from inspera_cli.network import check_http_url, verifying_context
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient
@@ -408,7 +408,7 @@ def certificate_check(
     what: str = "the server",
 ) -> Check:
     """Verify the server's certificate as an HTTPS client would; on success say when it expires."""
-    context = ssl.create_default_context(cafile=network_ca_bundle(ca_bundle))
+    context = verifying_context(ca_bundle)
     try:
         der = _peer_certificate(host, port, context, timeout)
     except ssl.SSLCertVerificationError as exc:

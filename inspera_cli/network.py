@@ -14,19 +14,23 @@ No ``requests`` here: shell completion uses this module on every TAB (``fetch``)
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from inspera_cli._version import __version__
 from inspera_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import socket
+    import ssl
+
+# ssl, socket and ipaddress are imported where they are used: config.py imports this module on
+# every start, and `--help` or a TAB completion must stay fast.
 
 USER_AGENT = f"inspera-hooks/{__version__}"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -82,6 +86,8 @@ def without_userinfo(url: str) -> str:
 
 
 def is_loopback_url(url: str) -> bool:
+    import ipaddress
+
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
@@ -104,6 +110,16 @@ def ca_bundle(explicit: str | None = None) -> str | None:
     except ImportError:  # pragma: no cover - requests depends on certifi
         return None
     return str(certifi.where())
+
+
+def verifying_context(explicit: str | None = None) -> ssl.SSLContext:
+    """A TLS client context that trusts ``ca_bundle(explicit)`` (a file, or a directory of CAs)."""
+    import ssl
+
+    bundle = ca_bundle(explicit)
+    if bundle and os.path.isdir(bundle):
+        return ssl.create_default_context(capath=bundle)
+    return ssl.create_default_context(cafile=bundle)
 
 
 # -- deadlines -------------------------------------------------------------------------------------
@@ -172,6 +188,8 @@ class Deadline:
 
 
 def _shutdown(sock: socket.socket) -> None:
+    import socket
+
     try:
         # The plain socket's shutdown, also for a TLS socket: the blocked read sees the end of the
         # stream without the TLS object being changed under it.
@@ -221,6 +239,9 @@ def describe_network_error(exc: BaseException, timeout: float, *, url: str | Non
     """One short reason for a request that got no HTTP answer, the same wording everywhere:
     e.g. ``connection refused`` rather than urllib3's essay. Callers add the host and what the
     user can do about it."""
+    import socket
+    import ssl
+
     chain = _chain(exc)
     kinds = {type(e).__name__ for e in chain}
     if kinds & {"ConnectTimeout", "ConnectTimeoutError"} and not kinds & {"NewConnectionError"}:
@@ -275,7 +296,7 @@ def fetch(
     target = urlunsplit(("", "", parts.path or "/", parts.query, ""))
     with Deadline(deadline) as limit:
         if parts.scheme == "https":
-            context = ssl.create_default_context(cafile=ca_bundle())
+            context = verifying_context()
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 parts.hostname or "", parts.port, timeout=deadline, context=context
             )

@@ -210,7 +210,7 @@ def test_fire_when_no_sandbox_runs(cli: Cli) -> None:
     port = free_port()
     result = cli("--url", f"http://127.0.0.1:{port}", "sandbox", "fire", EVENT, expect=1)
     assert result.stderr == (
-        f"inspera-hooks: error: connection refused by 127.0.0.1:{port}: is the URL right and the server up?\n"
+        f"inspera-hooks: error: 127.0.0.1:{port}: connection refused: is the URL right and the server up?\n"
     )
 
 

@@ -153,7 +153,7 @@ def _sandbox_request(ctx: typer.Context, method: str, path: str, body: Any = Non
     import requests
 
     # The client's session (User-Agent, keep-alive) and its wording for network errors.
-    from inspera_cli.client import _network_error, make_session
+    from inspera_cli.client import make_session, network_error
     from inspera_cli.config import resolve_settings
 
     app_state = state(ctx)
@@ -167,7 +167,7 @@ def _sandbox_request(ctx: typer.Context, method: str, path: str, body: Any = Non
         try:
             response = session.request(method, url, json=body, timeout=settings.timeout)
         except requests.RequestException as exc:
-            raise _network_error(exc, url, settings.timeout) from exc
+            raise network_error(exc, url, settings.timeout) from exc
     try:
         data = response.json()
     except ValueError:

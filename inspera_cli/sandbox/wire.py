@@ -9,7 +9,6 @@ new connection on every delivery; this spends a few tens of microseconds on a re
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import ssl
@@ -83,13 +82,9 @@ def target_for(url: str, resolve: Resolve) -> Target:
 def tls_context() -> ssl.SSLContext:
     """Verify as requests does: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (a file or a directory),
     else certifi's bundle."""
-    from inspera_cli.doctor import default_ca_bundle
+    from inspera_cli.network import verifying_context
 
-    bundle = default_ca_bundle()
-    if bundle and os.path.isdir(bundle):
-        context = ssl.create_default_context(capath=bundle)
-    else:
-        context = ssl.create_default_context(cafile=bundle)
+    context = verifying_context()
     context.set_alpn_protocols(["http/1.1"])
     return context
 
