@@ -1,28 +1,22 @@
-"""Send signed webhook bodies the way Inspera does, and read back what `listen --record` kept.
-
-Used by `trigger` and `replay`; knows nothing of Typer or Rich.
+"""Send signed webhook bodies the way Inspera does (`trigger`, and `replay` of what
+`inspera_cli.recording` reads back). Knows nothing of Typer or Rich.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from inspera_cli.errors import ConfigError
 from inspera_cli.network import describe_network_error
-from inspera_cli.payload import VERIFICATION, parse_event
 from inspera_cli.redaction import redact
 from inspera_cli.signing import SIGNATURE_HEADER, sign
 
 if TYPE_CHECKING:
     import requests
+
+    from inspera_cli.recording import RecordedRequest
 
 # Inspera gives a subscriber 10 s to answer; anything but 200 counts as a failed delivery.
 DELIVERY_TIMEOUT = 10.0
@@ -130,156 +124,8 @@ def send_repeated(
             session.close()
 
 
-# --- replaying a `listen --record` file -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One line of a `listen --record` file: the exact body plus what listen made of it."""
-
-    source: str
-    line: int
-    body: bytes
-    event: str | None
-    received_at: str | None
-    status: int | None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def where(self) -> str:
-        return f"{self.source} line {self.line}"
-
-    @property
-    def is_verification(self) -> bool:
-        return self.event == VERIFICATION
-
-    @property
-    def answered_2xx(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-    @property
-    def content_type(self) -> str:
-        for name, value in self.headers.items():
-            if name.lower() == "content-type" and value:
-                return value
-        return CONTENT_TYPE
-
-
-def read_recording(path: Path) -> list[RecordedRequest]:
-    """Every request in a `listen --record` file, in file order; ConfigError names a bad line."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (record one with `listen --record FILE`)") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a `listen --record` file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a `listen --record` file (not UTF-8 text)") from None
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            records.append(_record_from_line(path, number, line))
-    return records
-
-
-def _record_from_line(path: Path, number: int, line: str) -> RecordedRequest:
-    where = f"{path} line {number}"
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc.msg}); is this a `listen --record` file?") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a JSON object as written by `listen --record`")
-    if isinstance(data.get("body"), str):
-        body = data["body"].encode("utf-8")
-    elif isinstance(data.get("bodyBase64"), str):
-        try:
-            body = base64.b64decode(data["bodyBase64"], validate=True)
-        except binascii.Error:
-            raise ConfigError(f"{where}: 'bodyBase64' is not valid base64") from None
-    else:
-        raise ConfigError(f"{where}: no 'body' or 'bodyBase64' field, so nothing to replay")
-    event = data.get("event")
-    if not isinstance(event, str) or not event:
-        try:
-            event = parse_event(body).event
-        except ValueError:
-            event = None
-    status = data.get("status")
-    received_at = data.get("receivedAt")
-    return RecordedRequest(
-        source=str(path),
-        line=number,
-        body=body,
-        event=event,
-        received_at=received_at if isinstance(received_at, str) else None,
-        status=status if isinstance(status, int) and not isinstance(status, bool) else None,
-        headers=_headers(data.get("headers")),
-    )
-
-
-def _headers(value: Any) -> dict[str, str]:
-    """Headers as a mapping, or as [name, value] pairs; anything else is ignored."""
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return {
-            str(item[0]): str(item[1])
-            for item in value
-            if isinstance(item, list | tuple) and len(item) == 2
-        }
-    return {}
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 date or time; without a zone it is local time. Raises ValueError."""
-    moment = datetime.fromisoformat(text.strip())
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    return moment
-
-
-def select_recorded(
-    records: Sequence[RecordedRequest],
-    *,
-    event: str | None = None,
-    since: datetime | None = None,
-    last: int | None = None,
-    failed: bool = False,
-) -> list[RecordedRequest]:
-    """The events to replay, in their original order: verifications never; then the filters;
-    ``last`` keeps the last N of what the other filters let through."""
-    chosen = []
-    for record in records:
-        if record.is_verification:
-            continue
-        if event is not None and record.event != event:
-            continue
-        if failed and record.answered_2xx:
-            continue
-        if since is not None and _received_at(record) < since:
-            continue
-        chosen.append(record)
-    if last is not None:
-        chosen = chosen[-last:] if last > 0 else []
-    return chosen
-
-
-def _received_at(record: RecordedRequest) -> datetime:
-    if record.received_at is None:
-        raise ConfigError(f"{record.where}: no 'receivedAt', so --since cannot place it")
-    try:
-        return parse_time(record.received_at)
-    except ValueError:
-        raise ConfigError(
-            f"{record.where}: 'receivedAt' {record.received_at!r} is not an ISO time"
-        ) from None
-
-
 def replay(
-    records: Sequence[RecordedRequest],
+    records: Iterable[RecordedRequest],
     url: str,
     secret: str | None,
     *,

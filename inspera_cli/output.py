@@ -54,6 +54,14 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def print_json_items(items: Sequence[Any], *, first: bool, last: bool = False) -> None:
+    """Part of one JSON array on stdout, streamed: ``first`` opens it, ``last`` closes it."""
+    text = ",\n".join("  " + json.dumps(item, ensure_ascii=False) for item in items)
+    opening = "[\n" if first else (",\n" if items else "")
+    sys.stdout.write(opening + text + ("\n]\n" if last else ""))
+    sys.stdout.flush()
+
+
 def print_json_line(data: Any) -> None:
     """One compact JSON object per line (listen --json)."""
     sys.stdout.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inspera_cli.errors import InsperaError
-from inspera_cli.listener import JSON_FIELDS, Listener, ListenerConfig
+from inspera_cli.listener import Listener, ListenerConfig, Report, RequestKind, SignatureState
 from inspera_cli.signing import sign
 from tests.test_listen import SECRET, App, event_body, openssl_sign, signed_headers
 
@@ -26,21 +26,21 @@ from tests.test_listen import SECRET, App, event_body, openssl_sign, signed_head
 
 
 @pytest.fixture
-def received() -> list[dict[str, Any]]:
+def received() -> list[Report]:
     return []
 
 
-def start(received: list[dict[str, Any]] | None = None, **config: Any) -> Listener:
+def start(received: list[Report] | None = None, **config: Any) -> Listener:
     options: dict[str, Any] = {"port": 0, "secret": SECRET, **config}
-    on_request = received.append if received is not None else None
-    listener = Listener(ListenerConfig(**options), on_request=on_request)
+    on_report = received.append if received is not None else None
+    listener = Listener(ListenerConfig(**options), on_report=on_report)
     listener.start()
     return listener
 
 
 @pytest.fixture
-def listener(received: list[dict[str, Any]], tmp_path: Path) -> Iterator[Listener]:
-    lst = start(received, record=tmp_path / "events.jsonl", socket_timeout=2.0)
+def listener(received: list[Report], tmp_path: Path) -> Iterator[Listener]:
+    lst = start(received, record=tmp_path / "events.jsonl", header_timeout=2.0)
     yield lst
     lst.shutdown()
 
@@ -92,7 +92,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
 # -- the Python API -----------------------------------------------------------------------------
 
 
-def test_python_api_start_url_callback_wait_stats_shutdown(received: list[dict[str, Any]]) -> None:
+def test_python_api_start_url_callback_wait_stats_shutdown(received: list[Report]) -> None:
     lst = start(received, path="/inspera")
     try:
         assert lst.url == f"http://127.0.0.1:{lst.port}/inspera"
@@ -105,10 +105,9 @@ def test_python_api_start_url_callback_wait_stats_shutdown(received: list[dict[s
         lst.shutdown()
         lst.shutdown()  # twice is harmless
     event, health = received
-    assert set(JSON_FIELDS) <= set(event)
-    assert (event["kind"], event["accepted"], event["shown"]) == ("event", True, True)
-    assert event["verification"] is False
-    assert (health["kind"], health["status"], health["method"]) == ("health", 200, "GET")
+    assert (event.kind, event.accepted, event.shown) == (RequestKind.EVENT, True, True)
+    assert event.verification is False
+    assert (health.kind, health.status, health.method) == (RequestKind.HEALTH, 200, "GET")
     stats = lst.stats()
     assert (stats.requests, stats.events, stats.accepted, stats.recorded) == (2, 1, 1, 0)
 
@@ -145,7 +144,7 @@ def test_shutdown_is_prompt_with_idle_keep_alive_connections(listener: Listener)
         sock.close()
 
 
-def test_a_forward_slower_than_the_timeout_is_502(received: list[dict[str, Any]]) -> None:
+def test_a_forward_slower_than_the_timeout_is_502(received: list[Report]) -> None:
     with App(200, delay=2) as slow:
         lst = start(received, forward={None: slow.url}, forward_timeout=0.3)
         try:
@@ -156,8 +155,9 @@ def test_a_forward_slower_than_the_timeout_is_502(received: list[dict[str, Any]]
             assert time.monotonic() - started < 1.5
         finally:
             lst.shutdown()
-    forward = received[0]["forward"]
-    assert forward["status"] is None and forward["error"] == "no answer within 0.3 s"
+    forward = received[0].forward
+    assert forward is not None
+    assert forward.status is None and forward.error == "no answer within 0.3 s"
     assert lst.stats().forward_failures == 1
 
 
@@ -204,7 +204,7 @@ def test_chunked_bodies_and_expect_100_continue(listener: Listener) -> None:
         assert read_responses(sock, 1)[0][0] == 200
 
 
-def test_max_body_is_the_limit_exactly(received: list[dict[str, Any]]) -> None:
+def test_max_body_is_the_limit_exactly(received: list[Report]) -> None:
     lst = start(received, max_body=200)
     try:
         fits = event_body()
@@ -220,7 +220,7 @@ def test_max_body_is_the_limit_exactly(received: list[dict[str, Any]]) -> None:
         assert data.startswith(b"HTTP/1.1 413 ")
     finally:
         lst.shutdown()
-    assert received[-1]["status"] == 413 and received[-1]["kind"] == "event"
+    assert received[-1].status == 413 and received[-1].kind is RequestKind.EVENT
 
 
 @pytest.mark.parametrize(
@@ -234,7 +234,7 @@ def test_max_body_is_the_limit_exactly(received: list[dict[str, Any]]) -> None:
     ids=["secret, no header", "secret, a header", "no secret", "--skip-verify"],
 )
 def test_a_413_reports_the_signature_it_could_not_check(
-    received: list[dict[str, Any]], config: dict[str, Any], headers: dict[str, str], signature: str
+    received: list[Report], config: dict[str, Any], headers: dict[str, str], signature: str
 ) -> None:
     lst = start(received, max_body=64, **config)
     try:
@@ -244,13 +244,13 @@ def test_a_413_reports_the_signature_it_could_not_check(
             assert requests.post(lst.url, data=data, headers=headers, timeout=5).status_code == 413
     finally:
         lst.shutdown()
-    assert [(item["status"], item["signature"], item["delivery"]) for item in received] == [
+    assert [(item.status, item.signature, item.delivery) for item in received] == [
         (413, signature, 1), (413, signature, 1)
     ]
     assert lst.stats().too_large == 2 and lst.stats().retries == 0
 
 
-def test_only_validly_signed_requests_count_as_deliveries(received: list[dict[str, Any]]) -> None:
+def test_only_validly_signed_requests_count_as_deliveries(received: list[Report]) -> None:
     lst = start(received)
     try:
         first, later = event_body(), event_body()
@@ -269,14 +269,14 @@ def test_only_validly_signed_requests_count_as_deliveries(received: list[dict[st
         assert lst.wait_accepted(3, timeout=5)
     finally:
         lst.shutdown()
-    assert [(item["signature"], item["delivery"]) for item in received] == [
+    assert [(item.signature, item.delivery) for item in received] == [
         ("invalid", 1), ("valid", 1), ("missing", 1), ("invalid", 1), ("valid", 2), ("valid", 1)
     ]
     assert lst.stats().retries == 1
 
 
-def test_truncated_bodies_and_silent_clients_are_hung_up_on(received: list[dict[str, Any]]) -> None:
-    lst = start(received, socket_timeout=0.3)
+def test_truncated_bodies_and_silent_clients_are_hung_up_on(received: list[Report]) -> None:
+    lst = start(received, header_timeout=0.3)
     try:
         with connect(lst) as sock:
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"event\"")
@@ -325,7 +325,7 @@ def test_concurrent_events_are_each_recorded_once(listener: Listener, tmp_path: 
     assert listener.stats().recorded == listener.stats().accepted == 400
 
 
-def test_an_event_that_cannot_be_recorded_is_not_acknowledged(received: list[dict[str, Any]]) -> None:
+def test_an_event_that_cannot_be_recorded_is_not_acknowledged(received: list[Report]) -> None:
     lst = start(received, record="/dev/full")  # every write fails with ENOSPC
     try:
         body = event_body()
@@ -338,8 +338,8 @@ def test_an_event_that_cannot_be_recorded_is_not_acknowledged(received: list[dic
         assert not lst.wait_accepted(1, timeout=0.1)
     finally:
         lst.shutdown()
-    assert [item["status"] for item in received] == [500, 500]
-    assert "could not write the record file" in received[0]["note"]
+    assert [item.status for item in received] == [500, 500]
+    assert "could not write the record file" in (received[0].note or "")
 
 
 # -- anything at all, then a good event ----------------------------------------------------------
@@ -402,7 +402,7 @@ def test_fuzz_then_a_signed_event_is_still_accepted(
 
 @pytest.fixture
 def fuzz_listener() -> Iterator[Listener]:
-    lst = Listener(ListenerConfig(port=0, secret=FUZZ_SECRET, max_body=256, socket_timeout=1.0))
+    lst = Listener(ListenerConfig(port=0, secret=FUZZ_SECRET, max_body=256, header_timeout=1.0))
     lst.start()
     yield lst
     lst.shutdown()

@@ -188,18 +188,18 @@ def test_replay_without_secret_sends_unsigned(
     assert receiver.received[0].signature is None
 
 
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (None, "no such file"),
-        ("{not json}\n", "line 1: not valid JSON"),
-        ('{"body": "{}"}\n\n[1, 2]\n', "line 3: expected a JSON object"),
-        ('{"event": "x"}\n', "line 1: no 'body' or 'bodyBase64'"),
-        ('{"bodyBase64": "%%%"}\n', "line 1: 'bodyBase64' is not valid base64"),
-        (b"\xff\xfe", "not UTF-8"),
-    ],
-)
-def test_replay_bad_files_are_one_line_errors(
+BAD_LINES = [
+    ("{not json}\n", "line 1: not valid JSON"),
+    ('{"body": "{}"}\n\n[1, 2]\n', "line 3: expected a JSON object"),
+    ('{"event": "x"}\n', "line 1: no 'body' or 'bodyBase64'"),
+    ('{"bodyBase64": "%%%"}\n', "line 1: 'bodyBase64' is not valid base64"),
+    (b"\xff\xfe\n", "line 1: not valid JSON (not UTF-8)"),
+    ("[" * 100_000 + "]" * 100_000 + "\n", "line 1: JSON nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "no such file"), *BAD_LINES])
+def test_replay_strict_bad_files_are_one_line_errors(
     cli: Cli, receiver: Receiver, tmp_path: Path, content: str | bytes | None, message: str
 ) -> None:
     path = tmp_path / "bad.jsonl"
@@ -207,19 +207,73 @@ def test_replay_bad_files_are_one_line_errors(
         path.write_text(content)
     elif isinstance(content, bytes):
         path.write_bytes(content)
-    result = replay(cli, path, receiver.url, expect=1)
+    result = replay(cli, path, receiver.url, "--strict", expect=1)
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("inspera-hooks: error: ") and message in line
     assert receiver.received == []
 
 
-def test_replay_truncated_last_line_names_it(cli: Cli, receiver: Receiver, tmp_path: Path) -> None:
-    path = tmp_path / "cut.jsonl"
-    whole = record_line(event_body("confirm_final_grades", 1))
-    path.write_text(whole + "\n" + whole[:40])
+@pytest.mark.parametrize(("content", "message"), [bad for bad in BAD_LINES if "line 1" in bad[1]])
+def test_replay_skips_corrupt_lines_with_a_warning_and_sends_the_rest(
+    cli: Cli, receiver: Receiver, tmp_path: Path, content: str | bytes, message: str
+) -> None:
+    good = [event_body("confirm_final_grades", 1), event_body("confirm_final_grades", 2)]
+    bad = content.encode() if isinstance(content, str) else content
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(record_line(good[0]).encode() + b"\n" + bad + record_line(good[1]).encode() + b"\n")
+    result = replay(cli, path, receiver.url, "--json")
+    assert [r.body for r in receiver.received] == good
+    line_number = int(message.split(":")[0].split()[1]) + 1  # after the first good line
+    assert f"line {line_number}: {message.split(': ', 1)[1]}" in result.stderr
+    assert [item["status"] for item in result.json] == [200, 200]
+
+
+def test_replay_of_a_file_without_any_record_is_an_error(
+    cli: Cli, receiver: Receiver, tmp_path: Path
+) -> None:
+    path = tmp_path / "garbage.bin"
+    path.write_bytes(b"\x00\x01garbage\n\xff\nnot json either\n")
     result = replay(cli, path, receiver.url, expect=1)
-    assert "line 2: not valid JSON" in result.stderr
-    assert receiver.received == []  # nothing is sent from a file that cannot be read whole
+    assert "not a `listen --record` file" in result.stderr
+    assert "line 1:" in result.stderr and "line 3:" in result.stderr  # each one named
+    assert receiver.received == []
+
+
+def test_replay_a_truncated_last_line_is_skipped_with_a_warning(
+    cli: Cli, receiver: Receiver, tmp_path: Path
+) -> None:
+    path = tmp_path / "cut.jsonl"
+    body = event_body("confirm_final_grades", 1)
+    whole = record_line(body)
+    path.write_text(whole + "\n" + whole[:40])
+    result = replay(cli, path, receiver.url)
+    assert "line 2: torn line" in result.stderr
+    assert [r.body for r in receiver.received] == [body]
+    strict = replay(cli, path, receiver.url, "--strict", expect=1)
+    assert "line 2: torn line" in strict.stderr
+    assert len(receiver.received) == 1  # --strict sent nothing
+
+
+def test_replay_line_separators_inside_records(cli: Cli, receiver: Receiver, tmp_path: Path) -> None:
+    """Files written before records were ASCII-escaped hold U+2028, U+0085 and friends raw: only
+    \\n separates lines, so they replay byte for byte."""
+    bodies = [
+        json.dumps({"event": "confirm_final_grades", "contextObjectId": 1, "note": "a\u2028b\u2029c"},
+                   ensure_ascii=False).encode(),
+        json.dumps({"event": "confirm_final_grades", "contextObjectId": 2, "x": "\x85\x1c\x1d\x1e\r"},
+                   ensure_ascii=False).encode(),
+    ]
+    lines = []
+    for body in bodies:
+        item = json.loads(record_line(body))
+        item["headers"]["X-Odd"] = "\x85"
+        lines.append(json.dumps(item, ensure_ascii=False))
+    path = tmp_path / "separators.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert len(path.read_text(encoding="utf-8").splitlines()) > 2  # str.splitlines would tear them
+    result = replay(cli, path, receiver.url, "--json")
+    assert [r.body for r in receiver.received] == bodies
+    assert "warning" not in result.stderr
 
 
 def test_replay_since_needs_receipt_times(cli: Cli, receiver: Receiver, tmp_path: Path) -> None:

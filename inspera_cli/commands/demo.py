@@ -42,22 +42,20 @@ def demo(
     from inspera_cli.client import InsperaClient
     from inspera_cli.commands.rendering import request_line
     from inspera_cli.config import Settings
-    from inspera_cli.listener import Listener, ListenerConfig
+    from inspera_cli.listener import Listener, ListenerConfig, Report
     from inspera_cli.sandbox import Sandbox, SandboxConfig
 
     secret = secrets.token_hex(32)
     arrived = threading.Event()
-    received: list[dict[str, Any]] = []
 
-    def on_request(item: dict[str, Any]) -> None:
-        received.append(item)
+    def on_report(report: Report) -> None:
         output.console(stderr=False).print("   [dim]listener:[/] ", end="")
-        output.print_segments(request_line(item))
-        if item.get("accepted"):
+        output.print_segments(request_line(report))
+        if report.accepted:
             arrived.set()
 
     sandbox = Sandbox(SandboxConfig(port=0, api_key=secrets.token_hex(16), retry_delay=0.2))
-    listener = Listener(ListenerConfig(port=0, path="/inspera", secret=secret), on_request=on_request)
+    listener = Listener(ListenerConfig(port=0, path="/inspera", secret=secret), on_report=on_report)
     with tempfile.TemporaryDirectory(prefix="inspera-hooks-demo-") as tmp:
         sandbox.start()
         listener.start()

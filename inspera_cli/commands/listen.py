@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,7 @@ from inspera_cli.commands.common import (
 from inspera_cli.commands.rendering import request_line, show_secret
 from inspera_cli.completers import complete_event_list
 from inspera_cli.errors import InsperaError, UsageError
+from inspera_cli.listener.report import Report, RequestKind
 from inspera_cli.session import Reporter
 
 if TYPE_CHECKING:
@@ -72,26 +73,24 @@ def parse_forward(values: list[str] | None) -> dict[str | None, str]:
     return routes
 
 
-def _printer(json_mode: bool) -> Callable[[dict[str, Any]], None]:
-    from inspera_cli.listener import JSON_FIELDS
-
+def _printer(json_mode: bool) -> Callable[[Report], None]:
     broken = False
 
-    def print_item(item: dict[str, Any]) -> None:
+    def print_report(report: Report) -> None:
         nonlocal broken
-        if broken or not item["shown"]:
+        if broken or not report.shown:
             return
         try:
             if not json_mode:
-                output.print_segments(request_line(item))
-            elif item["kind"] == "event":
-                output.print_json_line({key: item[key] for key in JSON_FIELDS})
+                output.print_segments(request_line(report))
+            elif report.kind is RequestKind.EVENT:
+                output.print_json_line(report.to_json())
         except BrokenPipeError:
             # `listen | head`: the reader left. Keep answering, recording and forwarding.
             broken = True
             _stdout_to_devnull()
 
-    return print_item
+    return print_report
 
 
 def _stdout_to_devnull() -> None:
@@ -113,6 +112,10 @@ def _summary(stats: ListenerStats, seconds: float, record: Path | None) -> str:
         (stats.filtered, "filtered out"),
         (stats.too_large, "too large (413)"),
         (stats.forward_failures, "failed forwards"),
+        (stats.bad_requests, "malformed (400/501)"),
+        (stats.timed_out, "connections timed out"),
+        (stats.refused_connections, "connections refused (--max-connections)"),
+        (stats.dropped_lines, "lines not shown (stdout not read)"),
     ):
         if count:
             parts.append(f"{count} {label}")
@@ -139,7 +142,7 @@ def serve(
     the public URL) is stopped, on every way out (``session.Session``)."""
     from inspera_cli.listener import Listener
 
-    listener: Listener = Listener(config, on_request=_printer(json_mode))
+    listener: Listener = Listener(config, on_report=_printer(json_mode))
     started = time.monotonic()
     reached = True
     try:
@@ -314,6 +317,12 @@ def listen(
     max_body: Annotated[
         int, typer.Option("--max-body", min=1, metavar="BYTES", help="Larger bodies are answered 413.")
     ] = 1 << 20,
+    max_connections: Annotated[
+        int,
+        typer.Option("--max-connections", min=1, metavar="N",
+                     help="At most this many open connections (a newcomer replaces the one that has "
+                     "waited longest for its headers, else gets 503)."),
+    ] = 512,
     subscribe_to: Annotated[
         list[str] | None,
         typer.Option("--subscribe", metavar="EVENT",
@@ -377,6 +386,7 @@ def listen(
         forward=parse_forward(forward_to),
         record=record,
         max_body=max_body,
+        max_connections=max_connections,
         tls_cert=tls_cert,
         tls_key=tls_key,
     )

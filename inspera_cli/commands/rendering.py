@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Any
 
 from inspera_cli import output
+from inspera_cli.listener.report import Report, RequestKind, SignatureState
 
 _SIGNATURE_STYLES = {
-    "valid": "green",
-    "unchecked": "yellow",
-    "invalid": "bold red",
-    "missing": "bold red",
+    SignatureState.VALID: "green",
+    SignatureState.UNCHECKED: "yellow",
+    SignatureState.INVALID: "bold red",
+    SignatureState.MISSING: "bold red",
 }
 
 
@@ -33,46 +33,45 @@ def _status_style(status: int | None) -> str:
     return "green" if status is not None and 200 <= status < 300 else "bold red"
 
 
-def request_line(item: dict[str, Any]) -> list[tuple[str, str | None]]:
+def request_line(report: Report) -> list[tuple[str, str | None]]:
     """The human view of one request: (text, style) pieces of one line."""
-    when = (_local_time(item["receivedAt"]) + "  ", "dim")
-    status = item["status"]
+    when = (_local_time(report.received_at) + "  ", "dim")
+    status = report.status
     answer = (f"-> {status}", _status_style(status))
-    if item["kind"] != "event":
-        return [when, (f"{item['method']} {item['path']}".ljust(40), "dim"), answer,
-                (f"  {item['note']}", "dim")]
-    if item["verification"]:
+    if report.kind is not RequestKind.EVENT:
+        return [when, (f"{report.method} {report.path}".ljust(40), "dim"), answer,
+                (f"  {report.note}", "dim")]
+    if report.verification:
         name = ("verification".ljust(28), "cyan")
-    elif item["event"] is None:
+    elif report.event is None:
         name = ("(not an event)".ljust(28), "magenta")
     else:
-        name = (item["event"].ljust(28), "bold")
-    object_id = item["contextObjectId"]
-    delivery = item["delivery"]
+        name = (report.event.ljust(28), "bold")
+    object_id = report.context_object_id
+    delivery = report.delivery
     # Rejected requests (and unread bodies) are not counted as deliveries: no number to show.
-    counted = item["signature"] in ("valid", "unchecked") and status != 413
     pieces = [
         when,
         name,
         (f"{'-' if object_id is None else object_id:>10}  ", None),
-        (item["signature"].ljust(10), _SIGNATURE_STYLES.get(item["signature"])),
-        ((f"retry #{delivery}" if delivery > 1 else "#1" if counted else "-").ljust(10),
+        (report.signature.value.ljust(10), _SIGNATURE_STYLES.get(report.signature)),
+        ((f"retry #{delivery}" if delivery > 1 else "#1" if report.counted else "-").ljust(10),
          "yellow" if delivery > 1 else "dim"),
         answer,
     ]
-    forward = item["forward"]
+    forward = report.forward
     if forward is not None:
-        if forward["status"] is None:
-            pieces.append((f"  app failed: {forward['error']} ({forward['latencyMs']:.0f} ms)", "bold red"))
+        if forward.status is None:
+            pieces.append((f"  app failed: {forward.error} ({forward.latency_ms:.0f} ms)", "bold red"))
         else:
-            pieces.append((f"  app {forward['status']} in {forward['latencyMs']:.0f} ms",
-                           _status_style(forward["status"])))
-    if item["verification"] and item["note"] is None:
+            pieces.append((f"  app {forward.status} in {forward.latency_ms:.0f} ms",
+                           _status_style(forward.status)))
+    if report.verification and report.note is None:
         pieces.append(("  endpoint validation", "dim"))
-    if item["note"]:
-        pieces.append((f"  {item['note']}", "yellow" if status < 300 else "red"))
-    if item["event"] is None and item["raw"]:
-        raw = item["raw"]
+    if report.note:
+        pieces.append((f"  {report.note}", "yellow" if status < 300 else "red"))
+    if report.event is None and report.body:
+        raw = report.raw
         pieces.append((f"  raw: {raw[:80]!r}{'...' if len(raw) > 80 else ''}", "dim"))
     return pieces
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,6 +22,7 @@ from inspera_cli.errors import InsperaError, UsageError
 
 if TYPE_CHECKING:
     from inspera_cli.delivery import DeliveryResult
+    from inspera_cli.recording import CorruptLine, RecordedRequest
 
 # The contextObjectId of the example in Inspera's documentation.
 DEFAULT_OBJECT_ID = 35199862
@@ -146,6 +147,10 @@ def replay(
         bool,
         typer.Option("--failed", help="Only events that were not answered 2xx when recorded."),
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="A torn or corrupt line is an error (default: skipped with a warning)."),
+    ] = False,
     json_mode: JsonOption = False,
 ) -> None:
     """Re-send events recorded by `listen --record`, byte for byte, re-signed, in their order.
@@ -153,38 +158,79 @@ def replay(
     Verification requests are skipped. Each body is sent exactly as it was received, signed
     with the given secret (unsigned, with a warning, when none is given), with a 10 s timeout;
     each answer is printed. Reproduce a delivery your app failed on, against a local app, at will.
+    The file is streamed, never held in memory; a torn or corrupt line is skipped with a warning
+    naming its line number (--strict: an error, before anything is sent).
 
     \b
     Example:
       inspera-hooks replay events.jsonl --to http://127.0.0.1:5000/hooks --secret-env S --failed
 
     Exit codes: 0 every answer was 200 (or nothing matched); 1 any other answer, or none, or an
-    unreadable file; 2 usage error.
+    unreadable file (or, with --strict, a corrupt line); 2 usage error.
     """
-    from inspera_cli import delivery
+    from inspera_cli import delivery, recording
 
     _check_url(to)
     since_time = None
     if since is not None:
         try:
-            since_time = delivery.parse_time(since)
+            since_time = recording.parse_time(since)
         except ValueError:
             raise UsageError(
                 f"--since {since!r} is not an ISO date or time (e.g. 2024-05-01T14:00:00Z)"
             ) from None
-    records = delivery.read_recording(Path(file))
-    chosen = delivery.select_recorded(records, event=event, since=since_time, last=last, failed=failed)
-    if not chosen:
-        output.warn(f"nothing to replay: none of the {len(records)} requests in {file} match")
+    path = Path(file)
+
+    def wanted(record: RecordedRequest) -> bool:
+        return recording.matches(record, event=event, since=since_time, failed=failed)
+
+    # Two passes over the file, one record in memory at a time: count, then send.
+    counting = recording.RecordReader(path, strict=strict, on_corrupt=_CorruptWarnings())
+    total = matching = 0
+    for record in counting:
+        total += 1
+        matching += wanted(record)
+    if counting.corrupt and not total:
+        raise recording.RecordError(f"{file}: not a `listen --record` file (none of its lines is a record)")
+    skip = max(0, matching - last) if last is not None else 0
+    if matching - skip == 0:
+        output.warn(f"nothing to replay: none of the {total} requests in {file} match")
         if json_mode:
             output.print_json([])
         return
     key = _secret_or_unsigned(secret_env, secret, secret_stdin)
     output.info(
-        f"Replaying {len(chosen)} of {len(records)} recorded requests to {to}"
+        f"Replaying {matching - skip} of {total} recorded requests to {to}"
         f" ({'re-signed' if key else 'unsigned'})"
     )
-    _report(delivery.replay(chosen, to, key), json_mode=json_mode, with_event=True)
+
+    def chosen() -> Iterator[RecordedRequest]:
+        seen = 0
+        for record in recording.RecordReader(path):
+            if record.offset >= counting.offset:
+                return  # written after the count: not part of this replay
+            if wanted(record):
+                seen += 1
+                if seen > skip:
+                    yield record
+
+    _report(delivery.replay(chosen(), to, key), json_mode=json_mode, with_event=True)
+
+
+class _CorruptWarnings:
+    """One warning per corrupt line, up to a point; then how many more there were."""
+
+    LIMIT = 10
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, corrupt: CorruptLine) -> None:
+        self.count += 1
+        if self.count <= self.LIMIT:
+            output.warn(f"skipped {corrupt}")
+        elif self.count == self.LIMIT + 1:
+            output.warn("more corrupt lines skipped (not listed)")
 
 
 def sign_body(
@@ -285,18 +331,25 @@ def _read_body(file: str) -> bytes:
 
 
 def _report(results: Iterable[DeliveryResult], *, json_mode: bool, with_event: bool) -> None:
-    """Show each answer as it comes (a table row per line), then exit 1 unless all were 200."""
-    collected = []
+    """Show each answer as it comes (a line each, or a streamed JSON array), then exit 1 unless
+    all were 200."""
+    ok = total = 0
+    json_items = []
     for result in results:
-        collected.append(result)
-        if not json_mode:
+        total += 1
+        ok += result.ok
+        if json_mode:
+            json_items.append(result.to_json(with_event=with_event))
+            if len(json_items) >= 1000:
+                output.print_json_items(json_items, first=total == len(json_items))
+                json_items = []
+        else:
             _print_result(result, with_event=with_event)
     if json_mode:
-        output.print_json([r.to_json(with_event=with_event) for r in collected])
-    ok = sum(r.ok for r in collected)
-    if len(collected) > 1 or ok < len(collected):
-        output.info(f"{ok} of {len(collected)} answered 200")
-    if ok < len(collected):
+        output.print_json_items(json_items, first=total == len(json_items), last=True)
+    if total > 1 or ok < total:
+        output.info(f"{ok} of {total} answered 200")
+    if ok < total:
         raise typer.Exit(1)
 
 

@@ -1,0 +1,79 @@
+"""Bounded hand-off from the event loop to a slow consumer (a terminal, an inspector page).
+
+``Feed.put`` never blocks and takes no lock: the loop appends to a deque and wakes the
+consumer's thread only when it sleeps. The consumer gets items in the order they were put (the
+order requests were answered). When the consumer falls behind by more than ``max_items`` or
+``max_bytes``, new items are dropped and counted (``dropped``) -- a display may lose lines, the
+receiver never slows down or grows without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Under load the consumer wakes at most this often: a thread switch per item costs the loop more
+# than a few milliseconds of delay on screen costs anyone.
+BATCH_PAUSE = 0.005
+
+
+class Feed(Generic[T]):
+    def __init__(
+        self,
+        consume: Callable[[T], None],
+        *,
+        max_items: int = 10_000,
+        max_bytes: int = 32 << 20,
+        size: Callable[[T], int] = lambda item: 0,
+        name: str = "feed",
+    ) -> None:
+        self._consume = consume
+        self._max_items, self._max_bytes, self._size = max_items, max_bytes, size
+        self._items: deque[tuple[T, int]] = deque()
+        # Each counter has one writer (put: the loop; taken: the consumer), so no lock is needed.
+        self._put_bytes = self._taken_bytes = 0
+        self.dropped = 0
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, item: T) -> None:
+        size = self._size(item)
+        if len(self._items) >= self._max_items or (
+            self._put_bytes - self._taken_bytes + size > self._max_bytes and self._items
+        ):
+            self.dropped += 1
+            return
+        self._put_bytes += size
+        self._items.append((item, size))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Let the consumer take what is queued (for up to ``timeout`` s), then stop it."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._items:
+                item, size = self._items.popleft()
+                self._taken_bytes += size
+                try:
+                    self._consume(item)
+                except Exception:
+                    log.warning("a report consumer failed", exc_info=True)
+            if self._closing:
+                return
+            time.sleep(BATCH_PAUSE)

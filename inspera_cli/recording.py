@@ -1,0 +1,418 @@
+"""The `listen --record` file: written and read here, and nowhere else.
+
+Format: one JSON object per line -- the `listen --json` object plus ``headers`` and the raw body
+(``body``, or ``bodyBase64`` when it is not UTF-8). Guarantees:
+
+- Lines are JSON with ASCII escapes only, so ``\\n`` is the only line separator: a body holding
+  U+2028 or a header byte 0x85 is ``\\u2028`` / ``\\u0085`` in the file, never a raw separator.
+- A line is on disk (written and fsynced, group-committed) before ``RecordWriter.append`` reports
+  success. A write that fails part-way (a full disk) is rolled back -- the file is truncated to its
+  last whole line -- before the next write, so a later event is never appended to a fragment. If
+  even the rollback fails, nothing more is written (every later append fails).
+- The file is created with mode 0600 whatever the umask (it holds bodies and signatures).
+
+Readers (``RecordReader``: `replay`, `inspect`, `relay`) split on ``\\n`` only and stream: one
+line in memory at a time. A torn or corrupt line -- not JSON, absurdly nested, no body -- is
+skipped and reported with its line number (``strict`` makes it an error). A reader can resume at
+an offset and follow a growing file (``poll``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from inspera_cli.delivery import CONTENT_TYPE
+from inspera_cli.errors import ConfigError
+from inspera_cli.groupcommit import Done, GroupCommit, HandBack
+from inspera_cli.payload import VERIFICATION, parse_event
+
+RECORD_MODE = 0o600
+# Longer lines are not records `listen` writes (its --max-body is far below): skipped unread.
+MAX_LINE = 256 << 20
+_READ_SIZE = 1 << 20
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """One record line: compact JSON, ASCII escapes only, ending in ``\\n``."""
+    return (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def body_fields(body: bytes) -> dict[str, str]:
+    """``{"body": text}`` for UTF-8 bodies, else ``{"bodyBase64": ...}``."""
+    try:
+        return {"body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"bodyBase64": base64.b64encode(body).decode("ascii")}
+
+
+class RecordWriter:
+    """Appends records durably with group commit (see the module docstring).
+
+    ``append(record, done)`` queues one record (a dict, encoded on the writer thread) and returns;
+    ``done(error)`` runs after the batch holding it was fsynced (error None) or rolled back,
+    through ``hand_back`` (e.g. ``loop.call_soon_threadsafe``), else on the writer thread.
+    ``write`` is the low-level write (``os.write``), replaceable to simulate a failing disk.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        hand_back: HandBack | None = None,
+        write: Callable[[int, memoryview], int] = os.write,
+    ) -> None:
+        self.path = Path(path)
+        self._write = write
+        existed = self.path.exists()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self._fd = os.open(self.path, flags, RECORD_MODE)
+        try:
+            _owner_only(self._fd)
+            if not existed:
+                _fsync_dir(self.path.parent)  # make the new directory entry durable too
+            self._size = os.fstat(self._fd).st_size
+            self._broken: OSError | None = None
+            self._end_torn_line()
+        except OSError:
+            os.close(self._fd)
+            raise
+        self._committer: GroupCommit[Mapping[str, Any]] = GroupCommit(
+            self._commit, hand_back=hand_back, name="record-writer"
+        )
+
+    def append(self, record: Mapping[str, Any], done: Done) -> None:
+        """Queue one record; ``done(None)`` once it is on disk, ``done(OSError)`` if not."""
+        self._committer.submit(record, done)
+
+    def append_and_wait(self, record: Mapping[str, Any]) -> None:
+        """Write one record durably now; raise OSError if that failed."""
+        self._committer.submit_and_wait(record)
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer thread, close the file."""
+        self._committer.close()
+        os.close(self._fd)
+
+    def _end_torn_line(self) -> None:
+        """A file cut mid-line (a crash of some other writer) gets a newline, so the fragment
+        stays a line of its own that readers skip, and the next record is whole."""
+        if self._size == 0:
+            return
+        with open(self.path, "rb") as existing:
+            existing.seek(self._size - 1)
+            if existing.read(1) != b"\n":
+                self._write_all(b"\n")
+                os.fsync(self._fd)
+
+    def _commit(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if self._broken is not None:
+            raise self._broken
+        data = b"".join(encode_record(record) for record in records)
+        try:
+            self._write_all(data)
+            os.fsync(self._fd)
+        except OSError:
+            self._roll_back()
+            raise
+        self._size += len(data)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._write(self._fd, view) :]
+
+    def _roll_back(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._broken = OSError(exc.errno, f"cannot roll back a failed write: {exc.strerror}")
+
+
+def _owner_only(fd: int) -> None:
+    """Mode 0600 whatever the umask; an older record file of ours is tightened too."""
+    info = os.fstat(fd)
+    if info.st_mode & 0o777 != RECORD_MODE and info.st_uid == os.geteuid():
+        os.fchmod(fd, RECORD_MODE)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+class RecordError(ConfigError):
+    """A record file that cannot be read, or (``strict``) a corrupt line in it."""
+
+
+@dataclass(frozen=True)
+class CorruptLine:
+    """A line that is not a record: where it is and why."""
+
+    source: str
+    line: int
+    offset: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source} line {self.line}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One line of a `listen --record` file: the exact body plus what listen made of it.
+    ``fields`` is the whole JSON object; ``offset`` where its line starts in the file."""
+
+    source: str
+    line: int
+    body: bytes
+    event: str | None
+    received_at: str | None
+    status: int | None
+    headers: dict[str, str] = field(default_factory=dict)
+    offset: int = 0
+    fields: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source} line {self.line}"
+
+    @property
+    def is_verification(self) -> bool:
+        return self.event == VERIFICATION
+
+    @property
+    def answered_2xx(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def context_object_id(self) -> Any:
+        return self.fields.get("contextObjectId")
+
+    @property
+    def content_type(self) -> str:
+        for name, value in self.headers.items():
+            if name.lower() == "content-type" and value:
+                return value
+        return CONTENT_TYPE
+
+
+class RecordReader:
+    """Streams the records of a file, from ``offset`` (the start of line ``line``) on.
+
+    Iterating reads to the end of the file as it is now; a last line without its ``\\n`` counts
+    as torn. ``poll()`` instead returns the records completed since the last call and keeps a
+    partial last line for the next one (following a file that `listen` is writing). Corrupt lines
+    go to ``on_corrupt``, or raise RecordError with ``strict``. ``offset``/``line`` say where the
+    next read starts, so a reader can be resumed later.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        strict: bool = False,
+        on_corrupt: Callable[[CorruptLine], None] | None = None,
+        offset: int = 0,
+        line: int = 1,
+    ) -> None:
+        self.path = Path(path)
+        self.strict = strict
+        self.on_corrupt = on_corrupt
+        self.offset = offset
+        self.line = line
+        self.corrupt = 0
+        self.read = 0
+
+    def __iter__(self) -> Iterator[RecordedRequest]:
+        with self._open() as stream:
+            yield from self._records(stream, final=True)
+
+    def poll(self) -> list[RecordedRequest]:
+        """The records whose lines were completed since the last read (for `tail -f`)."""
+        with self._open() as stream:
+            return list(self._records(stream, final=False))
+
+    def _open(self) -> BinaryIO:
+        try:
+            stream = open(self.path, "rb")  # noqa: SIM115 - closed by the caller's with
+        except FileNotFoundError:
+            raise RecordError(f"{self.path}: no such file (record one with `listen --record FILE`)") from None
+        except IsADirectoryError:
+            raise RecordError(f"{self.path}: is a directory, not a `listen --record` file") from None
+        except OSError as exc:
+            raise RecordError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        stream.seek(self.offset)
+        return stream
+
+    def _records(self, stream: BinaryIO, *, final: bool) -> Iterator[RecordedRequest]:
+        for start, number, text, length, whole in _lines(stream, self.offset, self.line):
+            if not whole and not final:
+                return  # a line still being written: read it next time
+            self.offset, self.line = start + length + whole, number + 1
+            if text is not None and not text.strip():
+                continue
+            try:
+                if text is None:
+                    raise ValueError(f"longer than {MAX_LINE} bytes: not a record line")
+                if not whole:
+                    raise ValueError("torn line (no newline at the end of the file)")
+                record = _decode(str(self.path), number, start, text)
+            except ValueError as exc:
+                self._corrupt(CorruptLine(str(self.path), number, start, str(exc)))
+                continue
+            self.read += 1
+            yield record
+
+    def _corrupt(self, corrupt: CorruptLine) -> None:
+        self.corrupt += 1
+        if self.strict:
+            raise RecordError(f"{corrupt} (--strict)")
+        if self.on_corrupt is not None:
+            self.on_corrupt(corrupt)
+
+
+def _lines(stream: BinaryIO, offset: int, number: int) -> Iterator[tuple[int, int, bytes | None, int, bool]]:
+    """(offset, line number, bytes without the newline or None if longer than MAX_LINE, length,
+    ended by a newline) for each line from the stream's position on."""
+    parts: list[bytes] = []
+    size = 0
+    start = offset
+    while chunk := stream.read(_READ_SIZE):
+        begin = 0
+        while (end := chunk.find(b"\n", begin)) >= 0:
+            size += end - begin
+            text = b"".join([*parts, chunk[begin:end]]) if size <= MAX_LINE else None
+            yield start, number, text, size, True
+            start += size + 1
+            number += 1
+            parts, size, begin = [], 0, end + 1
+        size += len(chunk) - begin
+        if size <= MAX_LINE:
+            parts.append(chunk[begin:])
+        else:
+            parts = []  # far too long to be a record: only its length is kept
+    if size:
+        yield start, number, b"".join(parts) if size <= MAX_LINE else None, size, False
+
+
+def _decode(source: str, number: int, offset: int, text: bytes) -> RecordedRequest:
+    """A record from one line, or ValueError saying why it is not one."""
+    try:
+        data = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not valid JSON (not UTF-8)") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to be a record") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object as written by `listen --record`")
+    body = _body(data)
+    event = data.get("event")
+    if not isinstance(event, str) or not event:
+        try:
+            event = parse_event(body).event
+        except ValueError:
+            event = None
+    status = data.get("status")
+    received_at = data.get("receivedAt")
+    return RecordedRequest(
+        source=source,
+        line=number,
+        body=body,
+        event=event,
+        received_at=received_at if isinstance(received_at, str) else None,
+        status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+        headers=_headers(data.get("headers")),
+        offset=offset,
+        fields=data,
+    )
+
+
+def _body(data: dict[str, Any]) -> bytes:
+    if isinstance(data.get("body"), str):
+        try:
+            return bytes(data["body"].encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError("'body' holds a lone surrogate, not text") from None
+    if isinstance(data.get("bodyBase64"), str):
+        try:
+            return base64.b64decode(data["bodyBase64"], validate=True)
+        except binascii.Error:
+            raise ValueError("'bodyBase64' is not valid base64") from None
+    raise ValueError("no 'body' or 'bodyBase64' field, so nothing to replay")
+
+
+def _headers(value: Any) -> dict[str, str]:
+    """Headers as a mapping, or as [name, value] pairs; anything else is ignored."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return {
+            str(item[0]): str(item[1])
+            for item in value
+            if isinstance(item, list | tuple) and len(item) == 2
+        }
+    return {}
+
+
+# --- choosing what to replay ----------------------------------------------------------------------
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 date or time; without a zone it is local time. Raises ValueError."""
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment
+
+
+def matches(
+    record: RecordedRequest,
+    *,
+    event: str | None = None,
+    since: datetime | None = None,
+    failed: bool = False,
+) -> bool:
+    """Whether `replay` sends this record: verifications never; then the filters."""
+    if record.is_verification:
+        return False
+    if event is not None and record.event != event:
+        return False
+    if failed and record.answered_2xx:
+        return False
+    return since is None or _received_at(record) >= since
+
+
+def _received_at(record: RecordedRequest) -> datetime:
+    if record.received_at is None:
+        raise RecordError(f"{record.where}: no 'receivedAt', so --since cannot place it")
+    try:
+        return parse_time(record.received_at)
+    except ValueError:
+        raise RecordError(
+            f"{record.where}: 'receivedAt' {record.received_at!r} is not an ISO time"
+        ) from None
