@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inspera_cli.errors import InsperaError
-from inspera_cli.listener import Listener, ListenerConfig, Report, RequestKind, SignatureState
+from inspera_cli.listener import Listener, ListenerConfig, Report, RequestKind
 from inspera_cli.signing import sign
 from tests.test_listen import SECRET, App, event_body, openssl_sign, signed_headers
 

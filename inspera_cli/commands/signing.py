@@ -149,7 +149,8 @@ def replay(
     ] = False,
     strict: Annotated[
         bool,
-        typer.Option("--strict", help="A torn or corrupt line is an error (default: skipped with a warning)."),
+        typer.Option("--strict",
+                     help="A torn or corrupt line is an error (default: skipped with a warning)."),
     ] = False,
     json_mode: JsonOption = False,
 ) -> None:

@@ -44,7 +44,24 @@ _HOMES = {
     "wire": ("Answer", "Limits", "Request", "Respond"),
 }
 _HOME_OF = {name: room for room, names in _HOMES.items() for name in names}
-__all__ = sorted(_HOME_OF)
+__all__ = [
+    "JSON_FIELDS",
+    "Answer",
+    "Check",
+    "Exchange",
+    "ForwardResult",
+    "Limits",
+    "ListenPolicy",
+    "Listener",
+    "ListenerConfig",
+    "ListenerStats",
+    "ReceiverPolicy",
+    "Report",
+    "RequestKind",
+    "Request",
+    "Respond",
+    "SignatureState",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from inspera_cli.errors import InsperaError
@@ -96,10 +97,13 @@ class Listener:
         self.policy = policy or ListenPolicy(
             path=config.path, secret=config.secret, skip_verify=config.skip_verify,
             events=config.events, max_body=config.max_body, forward=config.forward,
-            record=config.record, forward_timeout=config.forward_timeout,
+            record=None if config.record is None else Path(config.record),
+            forward_timeout=config.forward_timeout,
         )
         self._stats = ListenerStats()
-        self._reports = Feed(on_report, size=_report_size, name="listener-report") if on_report else None
+        self._reports: Feed[Report] | None = None
+        if on_report is not None:
+            self._reports = Feed(on_report, size=_report_size, name="listener-report")
         self._observers: list[Feed[Exchange]] = []
         self._loop_observers: list[Observer] = []
         self._wake_at: float = float("inf")
@@ -203,8 +207,10 @@ class Listener:
         await self._loop.run_in_executor(None, self.policy.close)
 
     def _close_feeds(self) -> None:
-        for feed in [*self._observers, *([self._reports] if self._reports else [])]:
-            feed.close()
+        for observer in self._observers:
+            observer.close()
+        if self._reports is not None:
+            self._reports.close()
         self._stats.dropped_lines = self._reports.dropped if self._reports else 0
 
     def __enter__(self) -> Listener:
@@ -292,7 +298,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return uvloop.new_event_loop()
 
 
 def _tls_context(cfg: ListenerConfig) -> ssl.SSLContext | None:
