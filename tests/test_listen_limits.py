@@ -1,0 +1,235 @@
+"""The receiver held to SPEC §8 "The receiver", in-process: strict HTTP/1.1 (no smuggling),
+connection, header, body and memory limits, the forward deadline, answer order."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from inspera_cli.listener import Listener, ListenerConfig, Report
+from inspera_cli.signing import sign
+from tests.test_listen import SECRET, event_body, signed_headers
+from tests.test_listen_server import connect, raw_request, read_responses, read_until_closed
+
+
+@pytest.fixture
+def received() -> list[Report]:
+    return []
+
+
+@pytest.fixture
+def listener(received: list[Report]) -> Iterator[Listener]:
+    lst = Listener(ListenerConfig(port=0, secret=SECRET), on_report=received.append)
+    lst.start()
+    yield lst
+    lst.shutdown()
+
+
+def exchange(listener: Listener, data: bytes) -> bytes:
+    """Send raw bytes, half-close, and read everything until the listener closes."""
+    with connect(listener) as sock:
+        sock.sendall(data)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        return read_until_closed(sock)
+
+
+def smuggle(head: str, body: bytes) -> bytes:
+    """A request whose body hides a second, signed request."""
+    hidden = raw_request(event_body())
+    return (f"POST / HTTP/1.1\r\nHost: x\r\n{head}\r\n").encode() + body + hidden
+
+
+CHUNKED = "Transfer-Encoding: chunked\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (smuggle("Content-Length: 5\r\n" + CHUNKED, b"0\r\n\r\n"), 400),
+        (smuggle(CHUNKED + "Content-Length: 5\r\n", b"0\r\n\r\n"), 400),
+        (smuggle("Transfer-Encoding: notchunked\r\n", b"0\r\n\r\n"), 501),
+        (smuggle("Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"), 501),
+        (smuggle("Transfer-Encoding: chunked, chunked\r\n", b"0\r\n\r\n"), 501),
+        (smuggle(CHUNKED, b"0x34\r\n" + b"a" * 52 + b"\r\n0\r\n\r\n"), 400),
+        (smuggle(CHUNKED, b"+5\r\nhello\r\n0\r\n\r\n"), 400),
+        (smuggle(CHUNKED, b" 5 \r\nhello\r\n0\r\n\r\n"), 400),
+        (smuggle(CHUNKED, b"5\r\nhello\r\n-0\r\n\r\n"), 400),
+        (smuggle(CHUNKED, b"5\r\nhelloEXTRA\r\n0\r\n\r\n"), 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ²\r\n\r\nhi".encode(), 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +2\r\n\r\nhi", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX-A\x00b: 1\r\nContent-Length: 2\r\n\r\nhi", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX-A: 1\x002\r\nContent-Length: 2\r\n\r\nhi", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX-A: 1\r2\r\nContent-Length: 2\r\n\r\nhi", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX-A: 1\n2\r\nContent-Length: 2\r\n\r\nhi", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX-A\r: 1\r\nContent-Length: 2\r\n\r\nhi", 400),
+    ],
+    ids=["CL+TE", "TE+CL", "TE notchunked", "TE gzip, chunked", "TE chunked twice", "chunk 0x34",
+         "chunk +5", "chunk ' 5 '", "chunk -0", "bytes after chunk data", "CL superscript two",
+         "CL +2", "CL twice", "NUL in name", "NUL in value", "CR in value", "LF in value", "CR in name"],
+)
+def test_smuggling_is_refused_and_the_connection_closed(
+    listener: Listener, received: list[Report], data: bytes, status: int
+) -> None:
+    answer = exchange(listener, data)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+    assert answer.count(b"HTTP/1.1 ") == 1  # nothing hidden in the body was answered
+    assert b"Connection: close" in answer
+    assert received == [] and listener.stats().bad_requests == 1
+
+
+def test_a_chunk_extension_and_trailers_are_still_fine(listener: Listener) -> None:
+    body = event_body()
+    head = f"POST / HTTP/1.1\r\nHost: x\r\n{CHUNKED}X-Inspera-Signature: {sign(body, SECRET)}\r\n\r\n"
+    data = head.encode() + b"%x;name=value\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (len(body), body)
+    with connect(listener) as sock:
+        sock.sendall(data)
+        assert read_responses(sock, 1)[0][0] == 200
+
+
+# -- connections -----------------------------------------------------------------------------------
+
+
+def start(received: list[Report] | None = None, **config: Any) -> Listener:
+    lst = Listener(ListenerConfig(**{"port": 0, "secret": SECRET, **config}),
+                   on_report=received.append if received is not None else None)
+    lst.start()
+    return lst
+
+
+def post_signed(listener: Listener, timeout: float = 5.0) -> requests.Response:
+    body = event_body()
+    return requests.post(listener.url, data=body, headers=signed_headers(body), timeout=timeout)
+
+
+def test_max_connections_caps_what_is_open() -> None:
+    lst = start(max_connections=4)
+    try:
+        # Four connections in the middle of a body: busy, so none can make room.
+        busy = [connect(lst) for _ in range(4)]
+        for sock in busy:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
+        with connect(lst) as fifth:
+            assert read_until_closed(fifth).startswith(b"HTTP/1.1 503 ")
+        assert lst.stats().refused_connections == 1
+        for sock in busy:
+            sock.close()
+        time.sleep(0.2)
+        # Four idle ones (waiting for headers): a newcomer replaces the one waiting longest.
+        idle = [connect(lst) for _ in range(4)]
+        time.sleep(0.2)
+        assert post_signed(lst).status_code == 200
+        assert read_until_closed(idle[0]) == b""  # dropped for the newcomer
+        for sock in idle:
+            sock.close()
+    finally:
+        lst.shutdown()
+
+
+def test_listen_has_max_connections_512_by_default() -> None:
+    defaults = ListenerConfig()
+    assert (defaults.max_connections, defaults.header_timeout, defaults.body_timeout) == (512, 10.0, 30.0)
+
+
+def trickle(sock: socket.socket, data: bytes, stop: threading.Event, every: float = 0.2) -> None:
+    for byte in data:
+        if stop.wait(every):
+            return
+        try:
+            sock.send(bytes([byte]))
+        except OSError:
+            return
+
+
+def test_slowloris_and_body_trickle_are_closed_at_the_deadlines_while_events_get_through() -> None:
+    """Headers must arrive within header_timeout, the whole body within body_timeout after them
+    (10 s and 30 s in `listen`; shortened here, the mechanism is the same)."""
+    lst = start(header_timeout=1.5, body_timeout=3.0)
+    stop = threading.Event()
+    slow_heads = [connect(lst, timeout=10) for _ in range(100)]
+    slow_bodies = [connect(lst, timeout=10) for _ in range(100)]
+    threads = []
+    try:
+        started = time.monotonic()
+        for sock in slow_heads:
+            head = b"POST / HTTP/1.1\r\nX-A: " + b"a" * 500
+            threads.append(threading.Thread(target=trickle, args=(sock, head, stop)))
+        for sock in slow_bodies:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            threads.append(threading.Thread(target=trickle, args=(sock, b"b" * 1000, stop)))
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        before = time.monotonic()
+        assert post_signed(lst, timeout=1).status_code == 200
+        assert time.monotonic() - before < 1
+        for sock in slow_heads:
+            assert read_until_closed(sock) == b""
+        head_closed = time.monotonic() - started
+        for sock in slow_bodies:
+            assert read_until_closed(sock) == b""
+        body_closed = time.monotonic() - started
+        assert 1.0 <= head_closed <= 2.7, head_closed
+        assert 2.5 <= body_closed <= 4.7, body_closed
+        assert lst.stats().timed_out == 200
+        assert post_signed(lst, timeout=1).status_code == 200
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        for sock in slow_heads + slow_bodies:
+            sock.close()
+        lst.shutdown()
+
+
+# -- order, secrets ----------------------------------------------------------------------------------
+
+
+def test_reports_come_in_the_order_requests_were_answered_even_under_cpu_load(
+    received: list[Report],
+) -> None:
+    burners = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\n"
+                                 "while time.time() < end: pass"]) for _ in range(2)]
+    lst = start(received)
+    try:
+        bodies = [event_body() for _ in range(600)]
+        for body in bodies:  # each on a new connection, answered before the next is sent
+            with connect(lst) as sock:
+                sock.sendall(raw_request(body))
+                assert read_responses(sock, 1)[0][0] == 200
+    finally:
+        lst.shutdown()
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert [report.body for report in received] == bodies
+
+
+def test_a_secret_that_is_not_utf8_verifies_as_the_bytes_it_stands_for(received: list[Report]) -> None:
+    """An environment variable holding bytes that are not UTF-8 reaches Python with surrogate
+    escapes. The CLI refuses such a secret; the core must still answer, never close silently."""
+    secret = b"\xffsecret\xfe".decode("utf-8", "surrogateescape")
+    lst = start(received, secret=secret)
+    try:
+        import hashlib
+        import hmac
+
+        body = event_body()
+        good = hmac.new(b"\xffsecret\xfe", body, hashlib.sha1).hexdigest()
+        answers = [requests.post(lst.url, data=body, headers={"X-Inspera-Signature": sig}, timeout=5)
+                   for sig in (good, "0" * 40)]
+        assert [a.status_code for a in answers] == [200, 401]
+    finally:
+        lst.shutdown()
