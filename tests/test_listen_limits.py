@@ -233,3 +233,79 @@ def test_a_secret_that_is_not_utf8_verifies_as_the_bytes_it_stands_for(received:
         assert [a.status_code for a in answers] == [200, 401]
     finally:
         lst.shutdown()
+
+
+# -- forwarding --------------------------------------------------------------------------------------
+
+
+class TricklingApp:
+    """An app that answers a status line at once, then one header byte every half second."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hooks"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            trickle(conn, b"X-Slow: " + b"z" * 100, self.stop, every=0.5)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+        self.thread.join(5)
+
+
+@pytest.mark.slow
+def test_an_app_that_trickles_its_answer_gets_502_at_9_seconds(received: list[Report]) -> None:
+    """The defect: 9 s was a timeout per read, so a trickled answer took 14.5–15 s to fail."""
+    app = TricklingApp()
+    lst = start(received, forward={None: app.url})
+    try:
+        started = time.monotonic()
+        assert post_signed(lst, timeout=20).status_code == 502
+        elapsed = time.monotonic() - started
+    finally:
+        app.close()
+        lst.shutdown()
+    assert 8.5 <= elapsed <= 9.5, elapsed
+    forward = received[0].forward
+    assert forward is not None and (forward.status, forward.error) == (None, "no answer within 9 s")
+
+
+# -- observers (`inspect`) --------------------------------------------------------------------------
+
+
+def test_observers_see_every_exchange_and_a_slow_one_slows_nobody() -> None:
+    from inspera_cli.listener import Exchange
+
+    lst = start(forward={})
+    seen_on_loop: list[Exchange] = []
+    seen_slowly: list[Exchange] = []
+
+    def slow(exchange: Exchange) -> None:
+        seen_slowly.append(exchange)
+        time.sleep(0.5)
+
+    feed = lst.add_observer(slow, max_items=5)
+    lst.add_loop_observer(seen_on_loop.append)
+    try:
+        started = time.monotonic()
+        with requests.Session() as session:
+            for _ in range(40):
+                body = event_body()
+                assert session.post(lst.url, data=body, headers=signed_headers(body), timeout=5).status_code == 200
+        assert time.monotonic() - started < 3  # not 40 × 0.5 s
+    finally:
+        lst.shutdown()
+    assert len(seen_on_loop) == 40
+    first = seen_on_loop[0]
+    assert first.report.body == first.report.raw.encode() and first.report.status == 200
+    assert ("X-Inspera-Signature", sign(first.report.body, SECRET)) in first.request_headers
+    assert first.answer_body == b"OK\n"
+    assert feed.dropped > 0 and len(seen_slowly) + feed.dropped == 40
