@@ -41,7 +41,7 @@ class Feed(Generic[T]):
         self._put_bytes = self._taken_bytes = 0
         self.dropped = 0
         self._wake = threading.Event()
-        self._closing = False
+        self._closing = self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -58,22 +58,26 @@ class Feed(Generic[T]):
             self._wake.set()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Let the consumer take what is queued (for up to ``timeout`` s), then stop it."""
+        """Let the consumer take what is queued (for up to ``timeout`` s), then stop it; what it
+        did not take by then counts as dropped (a consumer stuck on a terminal nobody reads)."""
         self._closing = True
         self._wake.set()
         self._thread.join(timeout)
+        self._stopped = True
+        self.dropped += len(self._items)
+        self._items.clear()
 
     def _run(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
-            while self._items:
+            while self._items and not self._stopped:
                 item, size = self._items.popleft()
                 self._taken_bytes += size
                 try:
                     self._consume(item)
                 except Exception:
                     log.warning("a report consumer failed", exc_info=True)
-            if self._closing:
+            if self._closing or self._stopped:
                 return
             time.sleep(BATCH_PAUSE)

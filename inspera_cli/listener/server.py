@@ -54,7 +54,7 @@ class ListenerConfig:
     max_connections: int = 512
     header_timeout: float = 10.0
     body_timeout: float = 30.0
-    body_memory: int = 64 << 20
+    body_memory: int = 32 << 20
 
     def limits(self) -> Limits:
         return Limits(self.max_connections, self.max_body, self.header_timeout, self.body_timeout,

@@ -8,7 +8,7 @@ exactly ``chunked`` is 501. Either way the connection is closed after the answer
 Limits (``Limits``): at most ``max_connections`` open (at the cap, the connection that has waited
 longest for its headers is dropped for the newcomer, else the newcomer gets 503); headers within
 ``header_timeout`` of the connection going idle, the whole body within ``body_timeout`` after its
-headers; bodies over ``max_body`` get 413. Body bytes held in memory beyond the first 64 KiB of
+headers; bodies over ``max_body`` get 413. Body bytes held in memory beyond the first 16 KiB of
 each body count against ``body_memory``: past it, connections still sending bodies stop being
 read (their bytes wait in the kernel) until memory is given back. Answers leave each connection
 in request order, pipelined or not.
@@ -37,7 +37,7 @@ from inspera_cli.listener.report import Report, iso_now
 
 log = logging.getLogger(__name__)
 
-SMALL_BODY = 64 * 1024  # the part of each body that never waits for memory
+SMALL_BODY = 16 * 1024  # the part of each body that never waits for memory
 _DRAIN_LIMIT = 16 * 1024 * 1024  # of a refused body, read and dropped so that the 413 arrives
 _DRAIN_TIME = 1.0
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -53,7 +53,7 @@ class Limits:
     max_body: int = 1 << 20
     header_timeout: float = 10.0
     body_timeout: float = 30.0
-    body_memory: int = 64 << 20
+    body_memory: int = 32 << 20
     max_pipelined: int = 16
 
 
@@ -235,7 +235,7 @@ class _Connection(asyncio.Protocol):
         self.lower: dict[str, str] = {}
         self.parts: list[bytes] = []
         self.size = 0
-        self.refused = False
+        self.refused = self.reserved = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -310,10 +310,15 @@ class _Connection(asyncio.Protocol):
             raise _Fatal(HTTPStatus.NOT_IMPLEMENTED)
         self.deadline = time.monotonic() + self.limits.body_timeout
         length = self.lower.get("content-length")
-        if length is not None and int(length) > self.limits.max_body:
+        size = int(length) if length is not None else 0
+        if size > self.limits.max_body:
             self._refuse()
-        elif (self.lower.get("expect", "").lower() == "100-continue"
-              and self.parser.get_http_version() == "1.1" and not self.busy and not self.queue):
+            return
+        if size > SMALL_BODY:  # the whole body's memory, before any more of it is read
+            self.wire.memory.take(self, size - SMALL_BODY)
+            self.reserved = True
+        if (self.lower.get("expect", "").lower() == "100-continue" and not self.paused
+                and self.parser.get_http_version() == "1.1" and not self.busy and not self.queue):
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -326,7 +331,7 @@ class _Connection(asyncio.Protocol):
             self._refuse()
             return
         self.parts.append(data)
-        if self.size > SMALL_BODY:
+        if self.size > SMALL_BODY and not self.reserved:
             self.wire.memory.take(self, min(len(data), self.size - SMALL_BODY))
 
     def on_message_complete(self) -> None:
