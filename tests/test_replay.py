@@ -345,3 +345,31 @@ def test_trigger_through_listen_then_replay_its_record(cli: Cli, tmp_path: Path)
     with Receiver(secret=SECRET) as target:
         replay(cli, record, target.url, "--failed")
         assert [r.body for r in target.received] == [sent[1]]
+
+
+def test_replay_streams_a_50000_record_file_in_under_60_mb(tmp_path: Path, receiver: Receiver) -> None:
+    """The defect: replay held every record in memory (3.2 KB each: 200 MB for 50,000). It reads
+    the file twice, one line at a time (count, then send); `--last 3` keeps this test quick, the
+    README has the figure for sending all 50,000 (the same loop, one result at a time)."""
+    import subprocess
+    import sys
+
+    from inspera_cli.recording import encode_record
+
+    path = tmp_path / "big.jsonl"
+    with path.open("wb") as out:
+        for number in range(50_000):
+            out.write(encode_record(json.loads(record_line(event_body("confirm_final_grades", number)))))
+    measured = (
+        "import resource, sys\nfrom inspera_cli.cli import main\ntry:\n    main()\nfinally:\n"
+        "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measured, "replay", str(path), "--to", receiver.url, "--last", "3",
+         "--secret-env", "HOOK_SECRET", "--json"],
+        capture_output=True, text=True, env={**os.environ, "HOOK_SECRET": SECRET}, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(r.body)["contextObjectId"] for r in receiver.received] == [49_997, 49_998, 49_999]
+    maxrss_kib = int(done.stderr.rsplit("maxrss", 1)[1])
+    assert maxrss_kib < 60 * 1024, maxrss_kib
