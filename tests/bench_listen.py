@@ -139,8 +139,8 @@ class Server:
 
 
 def lua_string(data: bytes) -> str:
-    text = data.decode("latin-1")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n") + '"'
+    text = data.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text.replace("\r", "\\r").replace("\n", "\\n") + '"'
 
 
 def wrk(port: int, connections: int, duration: float, first_id: int, tmp: Path) -> tuple[float, float]:
@@ -252,8 +252,11 @@ def servers(tmp: Path) -> dict[str, list[str]]:
     return found
 
 
-def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[tuple[str, int], tuple[float, float]]:
-    figures: dict[tuple[str, int], tuple[float, float]] = {}
+Figures = dict[tuple[str, int], tuple[float, float]]
+
+
+def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> Figures:
+    figures: Figures = {}
     first_id = 0
     for name, argv in servers(tmp).items():
         for connections in CONNECTIONS:
@@ -262,13 +265,15 @@ def measure(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[tu
             try:
                 first_id += 1_000_000
                 if args.generator == "wrk":
-                    figures[name, connections] = wrk(server.port, connections, args.duration, first_id, tmp)
+                    figure = wrk(server.port, connections, args.duration, first_id, tmp)
                 else:
-                    figures[name, connections] = python_load(server.port, connections, args.duration, first_id)
+                    figure = python_load(server.port, connections, args.duration, first_id)
+                figures[name, connections] = figure
             finally:
                 server.stop()
             rate, p99 = figures[name, connections]
-            print(f"{name:>20} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms", flush=True)
+            print(f"{name:>20} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms",
+                  flush=True)
     return figures
 
 
@@ -291,7 +296,7 @@ def exactly_once(tmp: Path, env: dict[str, str], count: int) -> bool:
     return once and statuses == Counter({200: count})
 
 
-def report(figures: dict[tuple[str, int], tuple[float, float]]) -> bool:
+def report(figures: Figures) -> bool:
     def rate(name: str, connections: int) -> float:
         return figures[name, connections][0]
 
@@ -312,11 +317,14 @@ def report(figures: dict[tuple[str, int], tuple[float, float]]) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--repeat", type=int, default=1, help="runs of the whole table")
-    parser.add_argument("--generator", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
-    parser.add_argument("--events", type=int, default=20_000, help="distinct events for the exactly-once check")
+    parser.add_argument("--generator", choices=["wrk", "python"],
+                        default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--events", type=int, default=20_000,
+                        help="distinct events for the exactly-once check")
     args = parser.parse_args()
     env = {**os.environ, "BENCH_SECRET": SECRET}
     print(f"load generator: {args.generator}" + ("" if shutil.which("wrk") else " (wrk is not on PATH)"))

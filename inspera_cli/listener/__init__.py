@@ -2,8 +2,9 @@
 
 Rooms, each used only through its public names:
 
-- ``wire``: HTTP/1.1 on an asyncio loop -- strict parsing (httptools), connection, header, body
-  and memory limits, TLS, answers in request order. Hands whole ``Request``s to a ``Handler``.
+- ``wire`` (and its ``connection``): HTTP/1.1 on an asyncio loop -- strict parsing (httptools),
+  connection, header, body and memory limits, TLS, answers in request order. Hands whole
+  ``Request``s to a ``Handler``; ``http`` holds that vocabulary (Request, Answer, Limits).
 - ``policy``: what to do with a request. ``ReceiverPolicy`` (routes, signatures, validation,
   retry numbers) with one open step, ``accept``; ``ListenPolicy`` forwards, records, answers.
 - ``forward``: the app's answer, off the loop, within a deadline for the whole answer.
@@ -23,6 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from inspera_cli.listener.http import Answer, Limits, Request, Respond
     from inspera_cli.listener.policy import Check, ListenPolicy, ReceiverPolicy
     from inspera_cli.listener.report import (
         JSON_FIELDS,
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
         SignatureState,
     )
     from inspera_cli.listener.server import Listener, ListenerConfig, ListenerStats
-    from inspera_cli.listener.wire import Answer, Limits, Request, Respond
 
 # Importing the package (or its light `report` room) must not start asyncio, ssl and httptools:
 # `listen` renders reports in a command module that every start of the CLI imports.
@@ -41,7 +42,7 @@ _HOMES = {
     "policy": ("Check", "ListenPolicy", "ReceiverPolicy"),
     "report": ("JSON_FIELDS", "Exchange", "ForwardResult", "Report", "RequestKind", "SignatureState"),
     "server": ("Listener", "ListenerConfig", "ListenerStats"),
-    "wire": ("Answer", "Limits", "Request", "Respond"),
+    "http": ("Answer", "Limits", "Request", "Respond"),
 }
 _HOME_OF = {name: room for room, names in _HOMES.items() for name in names}
 __all__ = [

@@ -20,8 +20,8 @@ from http import HTTPStatus
 from urllib.parse import urlsplit
 
 from inspera_cli._version import __version__
+from inspera_cli.listener.http import Answer
 from inspera_cli.listener.report import ForwardResult
-from inspera_cli.listener.wire import Answer
 
 ANSWER_LIMIT = 64 * 1024  # of the app's answer: relayed back, and kept for inspectors
 WORKERS = 32

@@ -26,9 +26,10 @@ from typing import Any
 
 from inspera_cli.errors import InsperaError
 from inspera_cli.listener.feed import Feed
+from inspera_cli.listener.http import Answer, Limits, Request
 from inspera_cli.listener.policy import ListenPolicy, ReceiverPolicy
 from inspera_cli.listener.report import Exchange, Report, RequestKind
-from inspera_cli.listener.wire import Answer, Limits, Request, Wire
+from inspera_cli.listener.wire import Wire
 
 Observer = Callable[[Exchange], None]
 
