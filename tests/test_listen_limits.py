@@ -301,7 +301,7 @@ def test_observers_see_every_exchange_and_a_slow_one_slows_nobody() -> None:
                 body = event_body()
                 answer = session.post(lst.url, data=body, headers=signed_headers(body), timeout=5)
                 assert answer.status_code == 200
-        assert time.monotonic() - started < 3  # not 40 × 0.5 s
+        assert time.monotonic() - started < 8  # not 40 × 0.5 s
     finally:
         lst.shutdown()
     assert len(seen_on_loop) == 40
