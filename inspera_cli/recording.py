@@ -43,9 +43,12 @@ _READ_SIZE = 1 << 20
 # --- writing ------------------------------------------------------------------------------------
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # built once: it is per line
+
+
 def encode_record(record: Mapping[str, Any]) -> bytes:
     """One record line: compact JSON, ASCII escapes only, ending in ``\\n``."""
-    return (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+    return (_ENCODER.encode(record) + "\n").encode("ascii")
 
 
 def body_fields(body: bytes) -> dict[str, str]:
@@ -405,6 +408,49 @@ def matches(
     if failed and record.answered_2xx:
         return False
     return since is None or _received_at(record) >= since
+
+
+class Selection:
+    """The records `replay` sends from a file: counted in a first pass (``total`` records,
+    ``count`` chosen), streamed in a second when iterated -- one record in memory at a time.
+    Lines appended after the count are not part of it. ``last`` keeps the last N that match."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        strict: bool = False,
+        on_corrupt: Callable[[CorruptLine], None] | None = None,
+        event: str | None = None,
+        since: datetime | None = None,
+        failed: bool = False,
+        last: int | None = None,
+    ) -> None:
+        self.path = path
+        self._event, self._since, self._failed = event, since, failed
+        counting = RecordReader(path, strict=strict, on_corrupt=on_corrupt)
+        self.total = matching = 0
+        for record in counting:
+            self.total += 1
+            matching += self._wanted(record)
+        if counting.corrupt and not self.total:
+            raise RecordError(f"{path}: not a `listen --record` file (none of its lines is a record)")
+        self._end = counting.offset
+        self._skip = max(0, matching - last) if last is not None else 0
+        self.count = matching - self._skip
+
+    def __iter__(self) -> Iterator[RecordedRequest]:
+        seen = 0
+        for record in RecordReader(self.path):
+            if record.offset >= self._end:
+                return
+            if self._wanted(record):
+                seen += 1
+                if seen > self._skip:
+                    yield record
+
+    def _wanted(self, record: RecordedRequest) -> bool:
+        return matches(record, event=self._event, since=self._since, failed=self._failed)
 
 
 def _received_at(record: RecordedRequest) -> datetime:

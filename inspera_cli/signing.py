@@ -149,18 +149,22 @@ def diagnose_signature(
         return SignatureDiagnosis(False, reason, tuple(notes))
     if hmac.compare_digest(value, sign(body, secret)):
         return SignatureDiagnosis(True, None, tuple(notes))
+    return SignatureDiagnosis(False, _likely_reason(body, value, secret, budget), tuple(notes))
 
+
+def _likely_reason(body: bytes, signature: str, secret: str, budget: float) -> str:
+    """Which accident turns this body and secret into ``signature`` (cheap guesses first)."""
     deadline = time.monotonic() + budget
     for other, why in _secret_alternatives(secret):
-        if hmac.compare_digest(value, sign(body, other)):
-            return SignatureDiagnosis(False, why, tuple(notes))
+        if hmac.compare_digest(signature, sign(body, other)):
+            return why
     for candidate, why in _body_alternatives(body):
-        if hmac.compare_digest(value, sign(candidate, secret)):
-            return SignatureDiagnosis(False, why, tuple(notes))
+        if hmac.compare_digest(signature, sign(candidate, secret)):
+            return why
         if time.monotonic() > deadline:
-            return SignatureDiagnosis(False, f"{_NO_MATCH}; not checked within {budget:g} s: every other "
-                                      "key order and spacing of the JSON (the body is large)", tuple(notes))
-    return SignatureDiagnosis(False, _NO_MATCH, tuple(notes))
+            return (f"{_NO_MATCH}; not checked within {budget:g} s: every other key order and "
+                    "spacing of the JSON (the body is large)")
+    return _NO_MATCH
 
 
 _NO_MATCH = (

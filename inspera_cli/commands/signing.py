@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,7 +22,7 @@ from inspera_cli.errors import InsperaError, UsageError
 
 if TYPE_CHECKING:
     from inspera_cli.delivery import DeliveryResult
-    from inspera_cli.recording import CorruptLine, RecordedRequest
+    from inspera_cli.recording import CorruptLine
 
 # The contextObjectId of the example in Inspera's documentation.
 DEFAULT_OBJECT_ID = 35199862
@@ -180,42 +180,19 @@ def replay(
             raise UsageError(
                 f"--since {since!r} is not an ISO date or time (e.g. 2024-05-01T14:00:00Z)"
             ) from None
-    path = Path(file)
-
-    def wanted(record: RecordedRequest) -> bool:
-        return recording.matches(record, event=event, since=since_time, failed=failed)
-
-    # Two passes over the file, one record in memory at a time: count, then send.
-    counting = recording.RecordReader(path, strict=strict, on_corrupt=_CorruptWarnings())
-    total = matching = 0
-    for record in counting:
-        total += 1
-        matching += wanted(record)
-    if counting.corrupt and not total:
-        raise recording.RecordError(f"{file}: not a `listen --record` file (none of its lines is a record)")
-    skip = max(0, matching - last) if last is not None else 0
-    if matching - skip == 0:
-        output.warn(f"nothing to replay: none of the {total} requests in {file} match")
+    chosen = recording.Selection(Path(file), strict=strict, on_corrupt=_CorruptWarnings(), event=event,
+                                 since=since_time, failed=failed, last=last)
+    if not chosen.count:
+        output.warn(f"nothing to replay: none of the {chosen.total} requests in {file} match")
         if json_mode:
             output.print_json([])
         return
     key = _secret_or_unsigned(secret_env, secret, secret_stdin)
     output.info(
-        f"Replaying {matching - skip} of {total} recorded requests to {to}"
+        f"Replaying {chosen.count} of {chosen.total} recorded requests to {to}"
         f" ({'re-signed' if key else 'unsigned'})"
     )
-
-    def chosen() -> Iterator[RecordedRequest]:
-        seen = 0
-        for record in recording.RecordReader(path):
-            if record.offset >= counting.offset:
-                return  # written after the count: not part of this replay
-            if wanted(record):
-                seen += 1
-                if seen > skip:
-                    yield record
-
-    _report(delivery.replay(chosen(), to, key), json_mode=json_mode, with_event=True)
+    _report(delivery.replay(chosen, to, key), json_mode=json_mode, with_event=True)
 
 
 class _CorruptWarnings:

@@ -237,7 +237,8 @@ class ListenPolicy(ReceiverPolicy):
 
     def _record(self, request: Request, check: Check, answer: Answer, forward: ForwardResult | None,
                 respond: Respond) -> None:
-        report = check.report(request, answer.status, forward=forward)
+        recording = self._recorder is not None
+        report = check.report(request, answer.status, forward=forward, recorded=recording)
         if self._recorder is None:
             respond(answer, report)
             return
@@ -245,7 +246,7 @@ class ListenPolicy(ReceiverPolicy):
 
         def recorded(error: BaseException | None) -> None:
             if error is None:
-                respond(answer, replace(report, recorded=True))
+                respond(answer, report)
             else:
                 respond(*_unrecorded(report, error))
 
@@ -260,7 +261,7 @@ def _unrecorded(report: Report, error: BaseException) -> tuple[Answer, Report]:
     log.warning("cannot write the record file: %s", error)
     reason = error.strerror if isinstance(error, OSError) and error.strerror else error
     status = int(HTTPStatus.INTERNAL_SERVER_ERROR)
-    failed = replace(report, status=status, accepted=False,
+    failed = replace(report, status=status, accepted=False, recorded=False,
                      note=f"could not write the record file: {reason}")
     return Answer(status, b"could not record the event\n"), failed
 
