@@ -479,20 +479,6 @@ def test_forwarding_relays_the_apps_answer_and_routes_by_event() -> None:
             assert "refused" in dead_item["forward"]["error"]
 
 
-@pytest.mark.slow
-def test_an_app_slower_than_9_seconds_gets_502_in_time() -> None:
-    with App(200, delay=12) as sleepy, ListenProcess(
-        "--secret-env", "LISTEN_SECRET", "--forward-to", sleepy.url
-    ) as lp:
-        body = event_body()
-        started = time.monotonic()
-        response = post(lp.url, body, signed_headers(body))
-        elapsed = time.monotonic() - started
-        assert response.status_code == 502
-        assert 8.5 < elapsed < 10  # before Inspera's own 10 s timeout
-        assert lp.wait_for(lambda: any("no answer within 9 s" in line for line in lp.stdout))
-
-
 # -- durability, TLS -------------------------------------------------------------------------------
 
 
