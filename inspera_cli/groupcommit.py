@@ -1,13 +1,17 @@
 """Group commit: durable writes made by one thread, in batches, off the caller's event loop.
 
-Callers ``submit(item, done)`` from any thread (typically an asyncio loop). A committer thread
-takes everything queued since its last commit and makes it durable with one call of ``commit``
-(for `listen --record`: one write and one fsync; for a queue: one SQLite transaction). Each item's
-``done(error)`` then learns the batch's outcome -- ``None``, or the exception that failed the whole
-batch -- delivered through ``hand_back``: with ``loop.call_soon_threadsafe`` the loop is woken once
-per batch, not once per item, and every callback runs on the loop.
+Callers ``submit(item, done)``. A committer thread takes everything queued since its last commit
+and makes it durable with one call of ``commit`` (for `listen --record`: one write and one fsync;
+for a queue: one SQLite transaction). Each item's ``done(error)`` then learns the batch's outcome
+-- ``None``, or the exception that failed the whole batch.
 
-    committer = GroupCommit(write_and_fsync, hand_back=loop.call_soon_threadsafe, name="record")
+With ``loop`` (an asyncio loop; ``submit`` is then called on it), items submitted during one turn
+of the loop reach the committer together, at the end of the turn -- so one fsync covers every
+request that arrived together, and the committer is woken once per turn, not per item -- and
+each batch's callbacks come back to the loop in one ``call_soon_threadsafe``. Without it,
+``submit`` may be called from any thread and callbacks run on the committer thread.
+
+    committer = GroupCommit(write_and_fsync, loop=loop, name="record")
     committer.submit(line, lambda error: answer(500 if error else 200))
     ...
     committer.close()  # commits what is queued, then stops the thread
@@ -18,13 +22,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Done = Callable[[BaseException | None], None]
-HandBack = Callable[..., Any]
 
 
 class CommitterClosed(OSError):
@@ -38,11 +44,12 @@ class GroupCommit(Generic[T]):
         self,
         commit: Callable[[Sequence[T]], None],
         *,
-        hand_back: HandBack | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
         name: str = "group-commit",
     ) -> None:
         self._commit = commit
-        self._hand_back = hand_back
+        self._loop = loop
+        self._turn: list[tuple[T, Done]] = []  # submitted on the loop during this turn
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._items: list[T] = []
@@ -54,12 +61,26 @@ class GroupCommit(Generic[T]):
     def submit(self, item: T, done: Done) -> None:
         """Queue ``item``; ``done(None)`` once it is committed, ``done(error)`` if that failed.
         Raises CommitterClosed after ``close()``."""
-        self._enqueue(item, done)
+        if self._loop is None:
+            self._enqueue([(item, done)])
+            return
+        if self._closing:
+            raise CommitterClosed("closed: nothing more is committed")
+        if not self._turn:
+            self._loop.call_soon(self._end_of_turn)
+        self._turn.append((item, done))
+
+    def _end_of_turn(self) -> None:
+        turn, self._turn = self._turn, []
+        try:
+            self._enqueue(turn)
+        except CommitterClosed as exc:
+            for _, done in turn:
+                done(exc)
 
     def submit_and_wait(self, item: T, timeout: float | None = None) -> None:
-        """Queue ``item`` and block until it is committed; raise what failed the batch. Its
-        outcome is reported on the committer thread, never through ``hand_back`` (whose loop may
-        be the caller)."""
+        """From a thread that is not the loop's: queue ``item`` and block until it is committed;
+        raise what failed the batch (reported on the committer thread, never through the loop)."""
         finished = threading.Event()
         outcome: list[BaseException | None] = []
 
@@ -67,19 +88,21 @@ class GroupCommit(Generic[T]):
             outcome.append(error)
             finished.set()
 
-        self._enqueue(item, _Direct(done))
+        self._enqueue([(item, _Direct(done))])
         if not finished.wait(timeout):
             raise TimeoutError("the commit did not finish in time")
         if outcome[0] is not None:
             raise outcome[0]
 
-    def _enqueue(self, item: T, done: Done) -> None:
+    def _enqueue(self, entries: list[tuple[T, Done]]) -> None:
         with self._lock:
             if self._closing:
                 raise CommitterClosed("closed: nothing more is committed")
-            self._items.append(item)
-            self._callbacks.append(done)
-            if len(self._items) == 1:
+            wake = not self._items
+            for item, done in entries:
+                self._items.append(item)
+                self._callbacks.append(done)
+            if wake:
                 self._wake.notify()
 
     def close(self) -> None:
@@ -114,13 +137,13 @@ class GroupCommit(Generic[T]):
             callback(error)
         if not handed:
             return
-        if self._hand_back is None:
+        if self._loop is None:
             _run_callbacks(handed, error)
             return
         try:
-            self._hand_back(_run_callbacks, handed, error)
+            self._loop.call_soon_threadsafe(_run_callbacks, handed, error)
         except RuntimeError:  # the loop is closed: nobody is waiting for these any more
-            log.debug("group commit: the hand-back target is gone", exc_info=True)
+            log.debug("group commit: the loop is gone", exc_info=True)
 
 
 class _Direct:

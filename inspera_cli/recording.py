@@ -27,12 +27,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from inspera_cli.delivery import CONTENT_TYPE
 from inspera_cli.errors import ConfigError
-from inspera_cli.groupcommit import Done, GroupCommit, HandBack
+from inspera_cli.groupcommit import Done, GroupCommit
 from inspera_cli.payload import VERIFICATION, parse_event
+
+if TYPE_CHECKING:
+    import asyncio
 
 RECORD_MODE = 0o600
 # Longer lines are not records `listen` writes (its --max-body is far below): skipped unread.
@@ -63,8 +66,8 @@ class RecordWriter:
     """Appends records durably with group commit (see the module docstring).
 
     ``append(record, done)`` queues one record (a dict, encoded on the writer thread) and returns;
-    ``done(error)`` runs after the batch holding it was fsynced (error None) or rolled back,
-    through ``hand_back`` (e.g. ``loop.call_soon_threadsafe``), else on the writer thread.
+    ``done(error)`` runs after the batch holding it was fsynced (error None) or rolled back -- on
+    ``loop`` when given (then ``append`` is called on it too), else on the writer thread.
     ``write`` is the low-level write (``os.write``), replaceable to simulate a failing disk.
     """
 
@@ -72,7 +75,7 @@ class RecordWriter:
         self,
         path: str | os.PathLike[str],
         *,
-        hand_back: HandBack | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
         write: Callable[[int, memoryview], int] = os.write,
     ) -> None:
         self.path = Path(path)
@@ -91,7 +94,7 @@ class RecordWriter:
             os.close(self._fd)
             raise
         self._committer: GroupCommit[Mapping[str, Any]] = GroupCommit(
-            self._commit, hand_back=hand_back, name="record-writer"
+            self._commit, loop=loop, name="record-writer"
         )
 
     def append(self, record: Mapping[str, Any], done: Done) -> None:

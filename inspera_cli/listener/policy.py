@@ -205,7 +205,7 @@ class ListenPolicy(ReceiverPolicy):
         if self._routes:
             self._forwarder = Forwarder(loop, timeout=self._forward_timeout)
         if self._record_path is not None:
-            self._recorder = RecordWriter(self._record_path, hand_back=loop.call_soon_threadsafe)
+            self._recorder = RecordWriter(self._record_path, loop=loop)
 
     def close(self) -> None:
         if self._recorder is not None:
