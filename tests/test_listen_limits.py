@@ -325,3 +325,15 @@ def test_observers_see_every_exchange_and_a_slow_one_slows_nobody() -> None:
     assert ("X-Inspera-Signature", sign(first.report.body, SECRET)) in first.request_headers
     assert first.answer_body == b"OK\n"
     assert feed.dropped > 0 and len(seen_slowly) + feed.dropped == 40
+
+
+def test_an_upgrade_request_is_answered_then_closed(listener: Listener) -> None:
+    """httptools stops at an Upgrade: the request is answered, and nothing after it is read."""
+    data = (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n"
+            + raw_request(event_body()))
+    with connect(listener) as sock:
+        sock.sendall(data)
+        started = time.monotonic()
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1
+    assert time.monotonic() - started < 2  # closed, not left to the 10 s header deadline

@@ -272,7 +272,7 @@ class Connection(asyncio.Protocol):
     def _respond(self, request: Request, answer: Answer, report: Report | None) -> None:
         self.busy = False
         self.wire.memory.give_back(self)
-        close = answer.close or not request.keep_alive or self.wire.stopping
+        close = answer.close or not request.keep_alive or self.wire.stopping or self.parsing_done
         if self.transport is not None:
             self._write(answer, head=request.method == "HEAD", close=close)
         if report is not None:
