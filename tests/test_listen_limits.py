@@ -337,3 +337,15 @@ def test_an_upgrade_request_is_answered_then_closed(listener: Listener) -> None:
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1
     assert time.monotonic() - started < 2  # closed, not left to the 10 s header deadline
+
+
+def test_a_body_larger_than_the_shared_body_memory_still_gets_through() -> None:
+    """--max-body above the memory bodies share: such a body is read alone, never stalled."""
+    lst = start(max_body=4 << 20, body_memory=1 << 20)
+    try:
+        body = event_body()[:-1] + b', "pad": "' + b"p" * (3 << 20) + b'"}'
+        for _ in range(2):
+            answer = requests.post(lst.url, data=body, headers=signed_headers(body), timeout=10)
+            assert answer.status_code == 200
+    finally:
+        lst.shutdown()

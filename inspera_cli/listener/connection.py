@@ -45,7 +45,11 @@ class _Fatal(Exception):
 
 
 class BodyMemory:
-    """Body bytes held beyond SMALL_BODY per request, across connections (see module doc)."""
+    """Body bytes held beyond SMALL_BODY per request, across connections (see module doc).
+
+    A connection reads on while the *other* connections hold less than ``limit``, so one body
+    larger than the limit (a big --max-body) still gets through, alone: at most ``limit`` plus
+    one body are held."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -53,17 +57,22 @@ class BodyMemory:
         self.waiting: deque[Connection] = deque()
 
     def take(self, conn: Connection, size: int) -> None:
-        self.held += size
-        conn.held += size
-        if self.held > self.limit:
+        if self.held - conn.held >= self.limit:  # the others hold it all: wait for them
+            conn.wanted += size
             conn.pause(_NO_MEMORY)
             self.waiting.append(conn)
+            return
+        self.held += size
+        conn.held += size
 
     def give_back(self, conn: Connection) -> None:
         self.held -= conn.held
-        conn.held = 0
-        while self.waiting and self.held <= self.limit:
-            self.waiting.popleft().resume(_NO_MEMORY)
+        conn.held = conn.wanted = 0
+        while self.waiting and self.held - self.waiting[0].held < self.limit:
+            waiter = self.waiting.popleft()
+            self.held += waiter.wanted
+            waiter.held, waiter.wanted = waiter.held + waiter.wanted, 0
+            waiter.resume(_NO_MEMORY)
 
 
 class Connection(asyncio.Protocol):
@@ -75,7 +84,7 @@ class Connection(asyncio.Protocol):
         self.queue: deque[Request | _Refusal] = deque()
         self.busy = self.dispatching = self.parsing_done = self.eof = False
         self.paused = 0
-        self.held = 0
+        self.held = self.wanted = 0  # body memory granted, and asked for while paused
         self.drained = 0
         self.draining: asyncio.Transport | None = None
         self.deadline = _NEVER
