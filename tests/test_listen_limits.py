@@ -349,3 +349,15 @@ def test_a_body_larger_than_the_shared_body_memory_still_gets_through() -> None:
             assert answer.status_code == 200
     finally:
         lst.shutdown()
+
+
+def test_a_forward_url_the_http_client_refuses_is_a_502_at_once(received: list[Report]) -> None:
+    """A host name label over 63 characters: the HTTP client raises UnicodeError, not OSError."""
+    lst = start(received, forward={None: "http://" + "a" * 70 + ".example/hooks"})
+    try:
+        started = time.monotonic()
+        assert post_signed(lst).status_code == 502
+        assert time.monotonic() - started < 3  # not the 9 s deadline
+    finally:
+        lst.shutdown()
+    assert received[0].forward is not None and received[0].forward.error

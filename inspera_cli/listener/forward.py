@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -55,17 +55,20 @@ class Forwarder:
             job.cut()
             finish(*job.late(self.timeout))
 
-        timer = self.loop.call_later(self.timeout, expire)
-        future = self._pool.submit(job.run)
-        future.add_done_callback(
-            lambda f: self._hand_back(finish, *(f.result() if not f.cancelled() else job.late(self.timeout)))
-        )
+        def ran(future: Future[tuple[ForwardResult, Answer]]) -> None:
+            if future.cancelled():  # shut down before a thread took it
+                outcome = job.late(self.timeout)
+            elif (error := future.exception()) is not None:
+                outcome = job.failed(describe(error))
+            else:
+                outcome = future.result()
+            try:
+                self.loop.call_soon_threadsafe(finish, *outcome)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits for this answer any more
 
-    def _hand_back(self, finish: Forwarded, result: ForwardResult, answer: Answer) -> None:
-        try:
-            self.loop.call_soon_threadsafe(finish, result, answer)
-        except RuntimeError:
-            pass  # the loop is closed: nobody waits for this answer any more
+        timer = self.loop.call_later(self.timeout, expire)
+        self._pool.submit(job.run).add_done_callback(ran)
 
     def close(self) -> None:
         for job in list(self._jobs):
