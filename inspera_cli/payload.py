@@ -80,6 +80,8 @@ def parse_event(body: bytes) -> Event:
     fields: Any
     try:
         fields = json.loads(text)
+    except RecursionError:
+        raise ValueError("body is JSON nested too deeply") from None
     except ValueError:
         fields = _parse_java_map(text)
     if not isinstance(fields, dict):

@@ -361,3 +361,13 @@ def test_a_forward_url_the_http_client_refuses_is_a_502_at_once(received: list[R
     finally:
         lst.shutdown()
     assert received[0].forward is not None and received[0].forward.error
+
+
+def test_absurdly_nested_json_is_shown_raw_and_acknowledged(received: list[Report]) -> None:
+    lst = start(received)
+    try:
+        body = b"[" * 100_000 + b"]" * 100_000
+        assert requests.post(lst.url, data=body, headers=signed_headers(body), timeout=5).status_code == 200
+    finally:
+        lst.shutdown()
+    assert (received[0].event, received[0].note) == (None, "shown raw: body is JSON nested too deeply")
