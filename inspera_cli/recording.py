@@ -50,8 +50,13 @@ _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # built o
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
-    """One record line: compact JSON, ASCII escapes only, ending in ``\\n``."""
-    return (_ENCODER.encode(record) + "\n").encode("ascii")
+    """One record line: compact JSON, ASCII escapes only, ending in ``\\n``. A parsed payload
+    nested too deeply to encode again is left out (``null``): the body holds it exactly."""
+    try:
+        text = _ENCODER.encode(record)
+    except RecursionError:
+        text = _ENCODER.encode({**record, "payload": None})
+    return (text + "\n").encode("ascii")
 
 
 def body_fields(body: bytes) -> dict[str, str]:
