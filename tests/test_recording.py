@@ -196,3 +196,13 @@ def test_corrupt_lines_are_skipped_and_named_or_strict_refuses(tmp_path: Path) -
     ]
     with pytest.raises(RecordError, match="line 2: not valid JSON"):
         list(RecordReader(path, strict=True))
+
+
+def test_a_payload_too_deep_to_encode_is_left_out_and_the_body_kept() -> None:
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(5_000):
+        inner["a"] = {}
+        inner = inner["a"]
+    line = encode_record({"payload": deep, "body": "the exact bytes"})
+    assert json.loads(line) == {"payload": None, "body": "the exact bytes"}
