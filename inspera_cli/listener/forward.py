@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from inspera_cli._version import __version__
 from inspera_cli.listener.http import Answer
 from inspera_cli.listener.report import ForwardResult
+from inspera_cli.network import describe_network_error
 
 ANSWER_LIMIT = 64 * 1024  # of the app's answer: relayed back, and kept for inspectors
 WORKERS = 32
@@ -42,7 +43,7 @@ class Forwarder:
 
     def forward(self, url: str, body: bytes, headers: Mapping[str, str], done: Forwarded) -> None:
         job = _Job(url, body, {**headers, "User-Agent": f"inspera-hooks/{__version__} (listen --forward-to)"},
-                   time.perf_counter() + self.timeout)
+                   self.timeout)
         self._jobs.add(job)
 
         def finish(result: ForwardResult, answer: Answer) -> None:
@@ -53,13 +54,13 @@ class Forwarder:
 
         def expire() -> None:
             job.cut()
-            finish(*job.late(self.timeout))
+            finish(*job.late())
 
         def ran(future: Future[tuple[ForwardResult, Answer]]) -> None:
             if future.cancelled():  # shut down before a thread took it
-                outcome = job.late(self.timeout)
+                outcome = job.late()
             elif (error := future.exception()) is not None:
-                outcome = job.failed(describe(error))
+                outcome = job.failed(describe_network_error(error, job.timeout, url=job.url))
             else:
                 outcome = future.result()
             try:
@@ -77,15 +78,16 @@ class Forwarder:
 
 
 class _Job:
-    def __init__(self, url: str, body: bytes, headers: dict[str, str], deadline: float) -> None:
-        self.url, self.body, self.headers, self.deadline = url, body, headers, deadline
+    def __init__(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> None:
+        self.url, self.body, self.headers, self.timeout = url, body, headers, timeout
         self.started = time.perf_counter()
+        self.deadline = self.started + timeout
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self._cut = False
 
-    def late(self, timeout: float) -> tuple[ForwardResult, Answer]:
-        return self.failed(f"no answer within {timeout:g} s")
+    def late(self) -> tuple[ForwardResult, Answer]:
+        return self.failed(f"no answer within {self.timeout:g} s")
 
     def failed(self, error: str) -> tuple[ForwardResult, Answer]:
         result = ForwardResult(self.url, None, self._latency(), error)
@@ -123,27 +125,11 @@ class _Job:
             conn.request("POST", target, body=self.body, headers=self.headers)
             response = conn.getresponse()
             data = response.read(ANSWER_LIMIT)
-        except TimeoutError:
-            return self.failed("no answer in time")
         except (OSError, http.client.HTTPException) as exc:
-            return self.failed(describe(exc))
+            return self.failed(describe_network_error(exc, self.timeout, url=self.url))
         finally:
             conn.close()
         headers = tuple(response.getheaders())
         result = ForwardResult(self.url, response.status, self._latency(), None, headers, data)
         content_type = response.getheader("Content-Type") or "text/plain; charset=utf-8"
         return result, Answer(response.status, data, content_type)
-
-
-def describe(exc: BaseException) -> str:
-    """One short line for a failed forward."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return "cannot resolve the host name"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "closed the connection without answering"
-    text = str(exc).strip()
-    return text or type(exc).__name__
