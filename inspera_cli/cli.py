@@ -22,6 +22,7 @@ from inspera_cli.commands import (
     signing,
     subscriptions,
 )
+from inspera_cli.commands.coercion import use_plain_values
 from inspera_cli.commands.common import AppState
 from inspera_cli.errors import ExitCode, InsperaError
 from inspera_cli.redaction import redact
@@ -34,7 +35,14 @@ _PASS_THROUGH: tuple[type[BaseException], ...] = (typer.Exit, _click_exceptions.
 
 class InsperaGroup(TyperGroup):
     """Maps domain exceptions to one-line errors and exit codes; ``--debug`` shows the traceback
-    (redacted) instead. Global options are accepted after the command too."""
+    (redacted) instead. Global options are accepted after the command too.
+
+    Its commands convert their values without pydantic (commands/coercion.py).
+    """
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        use_plain_values(self)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, _hoist_global_options(self, ctx, args))
