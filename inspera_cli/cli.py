@@ -1,31 +1,45 @@
 """The Typer app: global options, command registration, and the one place errors become exit codes."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Typer would read the global options' annotations
+# from strings, compiling each twice on every run (tests/test_startup.py).
 import logging
 import sys
 from typing import Annotated, Any
 
 import typer
+from typer.completion import completion_init
 from typer.core import TyperGroup, TyperOption
 
 from inspera_cli import interrupts, output
 from inspera_cli._version import __version__
-from inspera_cli.commands import (
-    apply,
-    completion,
-    config,
-    demo,
-    doctor,
-    listen,
-    sandbox,
-    signing,
-    subscriptions,
-)
 from inspera_cli.commands.coercion import use_plain_values
 from inspera_cli.commands.common import AppState
+from inspera_cli.commands.registry import LazyCommands
 from inspera_cli.errors import ExitCode, InsperaError
 from inspera_cli.redaction import redact
+
+# Every top-level command, in the order `--help` lists them, and the module of
+# inspera_cli.commands whose register() adds it. A module is imported only when one of its
+# commands is used (commands/registry.py).
+COMMANDS = {
+    "events": "subscriptions",
+    "list": "subscriptions",
+    "create": "subscriptions",
+    "delete": "subscriptions",
+    "listen": "listen",
+    "trigger": "signing",
+    "replay": "signing",
+    "sign": "signing",
+    "verify": "signing",
+    "apply": "apply",
+    "demo": "demo",
+    "doctor": "doctor",
+    "login": "config",
+    "logout": "config",
+    "completion": "completion",
+    "sandbox": "sandbox",
+    "config": "config",
+}
 
 # Typer has shipped Click both as a dependency and vendored: take its exception classes from
 # wherever this Typer gets them rather than importing `click`.
@@ -37,12 +51,19 @@ class InsperaGroup(TyperGroup):
     """Maps domain exceptions to one-line errors and exit codes; ``--debug`` shows the traceback
     (redacted) instead. Global options are accepted after the command too.
 
-    Its commands convert their values without pydantic (commands/coercion.py).
+    Its commands are built on first use (``COMMANDS``) and convert their values without pydantic.
     """
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
-        use_plain_values(self)
+        use_plain_values(self, subcommands=False)
+        self.commands = LazyCommands(app, COMMANDS)
+        # Typer registers its completion classes only for add_completion=True; the scripts
+        # `completion` prints speak their protocol.
+        completion_init()
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # the names, without building every command
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, _hoist_global_options(self, ctx, args))
@@ -201,10 +222,6 @@ def _configure_debug_log(debug: bool) -> None:
         handler = _DebugHandler()
         handler.setFormatter(logging.Formatter("debug: %(message)s"))
         logger.addHandler(handler)
-
-
-for _module in (subscriptions, listen, signing, apply, sandbox, demo, doctor, config, completion):
-    _module.register(app)
 
 
 def main() -> None:

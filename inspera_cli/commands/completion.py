@@ -118,9 +118,4 @@ def completion(
 
 
 def register(app: typer.Typer) -> None:
-    # With the app's add_completion=False, Typer does not register its completion classes itself;
-    # they answer the `_INSPERA_HOOKS_COMPLETE=complete_<shell>` requests the scripts send.
-    from typer.completion import completion_init
-
-    completion_init()
     app.command("completion")(completion)
