@@ -18,8 +18,8 @@ A receiver verifies the raw body bytes first, then parses them::
     verify_signature(body, headers.get("X-Inspera-Signature"), secret)
     event = parse_event(body)
 
-``InsperaClient`` imports ``requests`` on first use only, so that
-``import inspera_cli`` stays cheap for receivers that only verify and parse.
+Every name is imported on first use (``InsperaClient`` pulls in requests), so that
+``import inspera_cli`` -- which every run of the command line does -- stays cheap.
 """
 
 from __future__ import annotations
@@ -39,23 +39,33 @@ __all__ = [
 ]
 
 from inspera_cli._version import __version__
-from inspera_cli.errors import InsperaError, SignatureError
-from inspera_cli.models import Subscription
-from inspera_cli.payload import Event, parse_event
-from inspera_cli.signing import sign, verify_signature
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient
+    from inspera_cli.errors import InsperaError, SignatureError
+    from inspera_cli.models import Subscription
+    from inspera_cli.payload import Event, parse_event
+    from inspera_cli.signing import sign, verify_signature
 
-_LAZY = ("InsperaClient",)
+# Each public name and the module that defines it.
+_LAZY = {
+    "Event": "payload",
+    "InsperaClient": "client",
+    "InsperaError": "errors",
+    "SignatureError": "errors",
+    "Subscription": "models",
+    "parse_event": "payload",
+    "sign": "signing",
+    "verify_signature": "signing",
+}
 
 
 def __getattr__(name: str) -> object:
-    # The client pulls in requests; import it only when asked for, so the CLI starts fast.
     if name in _LAZY:
-        from inspera_cli import client
-
-        return getattr(client, name)
+        # __import__ rather than importlib.import_module, which `python -X importtime` does not see.
+        value = getattr(__import__(f"inspera_cli.{_LAZY[name]}", fromlist=[name]), name)
+        globals()[name] = value  # once: later lookups find it without this function
+        return value
     raise AttributeError(f"module 'inspera_cli' has no attribute {name!r}")
 
 

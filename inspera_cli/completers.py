@@ -9,18 +9,18 @@ and ``requests`` import are for real commands), and every failure yields no cand
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from inspera_cli.config import Settings, cache_dir, resolve_settings
 from inspera_cli.errors import APIError
-from inspera_cli.files import locked, read_small_text, write_private
-from inspera_cli.models import parse_event_types, parse_subscriptions
-from inspera_cli.network import Answer, fetch
+
+# Every command module imports this one for its completers: what they need is imported on a TAB.
+if TYPE_CHECKING:
+    from inspera_cli.config import Settings
+    from inspera_cli.network import Answer
 
 CACHE_TTL = 60.0
 DEADLINE = 2.0
@@ -52,11 +52,15 @@ def complete_subscription_id(ctx: Any, incomplete: str) -> list[Candidate]:
 
 
 def cache_path() -> Path:
+    from inspera_cli.config import cache_dir
+
     return cache_dir() / CACHE_FILE
 
 
 def _settings(ctx: Any) -> Settings | None:
     """The connection settings the command would use: global flags, environment, profile."""
+    from inspera_cli.config import resolve_settings
+
     params = ctx.find_root().params if ctx is not None else {}
     settings = resolve_settings(
         params.get("url"),
@@ -69,6 +73,10 @@ def _settings(ctx: Any) -> Settings | None:
 
 
 def _cached(ctx: Any, kind: str) -> list[Candidate]:
+    import json
+
+    from inspera_cli.files import locked, write_private
+
     try:
         settings = _settings(ctx)
         if settings is None or settings.url is None:
@@ -95,6 +103,10 @@ def _fresh(entry: Any, now: float) -> bool:
 
 
 def _load(path: Path) -> dict[str, Any]:
+    import json
+
+    from inspera_cli.files import read_small_text
+
     try:
         data = json.loads(read_small_text(path))
     except (OSError, ValueError, RecursionError):
@@ -110,7 +122,10 @@ def _fetch(settings: Settings, kind: str, *, deadline: float) -> list[Candidate]
 
 def _api_get(settings: Settings, path: str, deadline: float) -> Any:
     """GET an API path with the client's token rules (auth.Tokens, one refresh on 401)."""
+    import json
+
     from inspera_cli.auth import Tokens, with_bearer
+    from inspera_cli.network import fetch
 
     assert settings.url is not None
     url = f"{settings.url}/api{path}"
@@ -133,6 +148,8 @@ def _api_get(settings: Settings, path: str, deadline: float) -> Any:
 
 
 def _event_items(data: Any) -> list[Candidate]:
+    from inspera_cli.models import parse_event_types
+
     try:
         events = parse_event_types(data)
     except APIError:
@@ -144,6 +161,8 @@ def _event_items(data: Any) -> list[Candidate]:
 
 
 def _subscription_items(data: Any) -> list[Candidate]:
+    from inspera_cli.models import parse_subscriptions
+
     try:
         subs = parse_subscriptions(data)
     except APIError:

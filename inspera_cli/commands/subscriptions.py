@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,11 +16,11 @@ from inspera_cli.commands.common import (
     split_names,
     state,
 )
-from inspera_cli.commands.rendering import show_secret
 from inspera_cli.completers import complete_event, complete_subscription_id
-from inspera_cli.creating import CreateOutcome, CreateState, Duplicates, create_subscriptions
-from inspera_cli.endpoints import endpoint_problem
 from inspera_cli.errors import APIError, ExitCode, NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from inspera_cli.creating import CreateOutcome
 
 SUBSCRIPTION_COLUMNS = [
     ("subscriptionId", "ID"),
@@ -62,6 +61,8 @@ def list_(
 
 
 def check_endpoint(endpoint: str, *, allow_http: bool) -> None:
+    from inspera_cli.endpoints import endpoint_problem
+
     problem = endpoint_problem(endpoint, allow_http=allow_http)
     if problem:
         hint = " (pass --allow-http to send it anyway)" if "plain http" in problem else ""
@@ -112,6 +113,10 @@ def create(
     pair exists), 2 bad arguments (unknown event, http endpoint, unset --secret-env), 3 credentials,
     130 interrupted.
     """
+    import secrets
+
+    from inspera_cli.creating import CreateState, Duplicates, create_subscriptions
+
     check_endpoint(endpoint, allow_http=allow_http)
     if if_not_exists and allow_duplicate:
         raise UsageError("--if-not-exists and --allow-duplicate are exclusive")
@@ -163,6 +168,9 @@ _HOW_TO_PASS = "create with the receiver's secret (--secret-env VAR or --secret-
 def _render_created(outcomes: list[CreateOutcome], *, json: bool, generated: str | None) -> None:
     """The subscriptions in place as a table (--json: every outcome), and a generated secret on a
     line of its own when a subscription may hold it."""
+    from inspera_cli.commands.rendering import show_secret
+    from inspera_cli.creating import CreateState
+
     for outcome in outcomes:
         if outcome.state is CreateState.EXISTING and outcome.subscription is not None:
             output.info(f"{outcome.event} → {outcome.endpoint} already exists "
@@ -206,6 +214,8 @@ def _raise_failures(outcomes: list[CreateOutcome], wanted: int) -> None:
 
 
 def _failure_text(outcome: CreateOutcome) -> str:
+    from inspera_cli.creating import CreateState
+
     if outcome.state is CreateState.DUPLICATE:
         return (f"{outcome.error}: --if-not-exists leaves it alone, --allow-duplicate makes another "
                 "(each event is then delivered to both)")
