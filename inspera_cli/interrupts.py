@@ -17,16 +17,14 @@ program that embeds the library keeps Python's own Ctrl-C.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import socket
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _SIGNAL_NUMBERS = frozenset(int(sig) for sig in SIGNALS)
@@ -52,13 +50,69 @@ class _Guard:
     signalled: threading.Event = field(default_factory=threading.Event)
 
 
+class _Channel:
+    """Bytes one way between non-blocking ends that select() watches: a pipe, or on Windows (whose
+    select() takes sockets only) a socket pair. A pipe spares every run the import of `socket`."""
+
+    def __init__(self) -> None:
+        self._sockets: tuple[Any, Any] | None = None
+        if os.name == "nt":
+            import socket
+
+            self._sockets = socket.socketpair()
+            for end in self._sockets:
+                end.setblocking(False)
+            self.read_fd, self.write_fd = (end.fileno() for end in self._sockets)
+        else:
+            self.read_fd, self.write_fd = os.pipe()
+            os.set_blocking(self.read_fd, False)
+            os.set_blocking(self.write_fd, False)
+
+    def fileno(self) -> int:
+        return self.read_fd
+
+    def send(self, data: bytes) -> None:
+        """Raises OSError when it cannot (full, closed): the caller decides what that means."""
+        if self._sockets is not None:
+            self._sockets[1].send(data)
+        else:
+            os.write(self.write_fd, data)
+
+    def recv(self, size: int) -> bytes:
+        if self._sockets is not None:
+            data: bytes = self._sockets[0].recv(size)
+            return data
+        return os.read(self.read_fd, size)
+
+    def end_writing(self) -> None:
+        """The reader then sees the end, once it has read what was sent."""
+        if self._sockets is not None:
+            import socket
+
+            self._sockets[1].shutdown(socket.SHUT_WR)
+        else:
+            fd, self.write_fd = self.write_fd, -1  # as in close()
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._sockets is not None:
+            for end in self._sockets:
+                end.close()
+            return
+        # Forgotten before closed: a late read or write fails instead of hitting a reused fd.
+        ends, self.read_fd, self.write_fd = (self.read_fd, self.write_fd), -1, -1
+        for fd in ends:
+            if fd >= 0:
+                os.close(fd)
+
+
 class _Watcher:
     """A thread that shows the handler's notices and makes sure the main thread hears each signal.
 
     The kernel may deliver a process's signal to any of its threads (two signals back to back, the
     second often lands elsewhere); CPython then runs the Python handler in the main thread at its
     next bytecode, which a main thread blocked in a socket read (a create waiting for Inspera) only
-    reaches when the read ends. Every signal also writes its number to the wakeup socket
+    reaches when the read ends. Every signal also writes its number to the wakeup channel
     (``signal.set_wakeup_fd``); on SIGINT or SIGTERM the watcher pokes the main thread with SIGURG
     (ignored by its handler, default-ignored anyway, as Go's runtime uses it), which interrupts the
     blocked call so that the pending handler runs.
@@ -68,54 +122,47 @@ class _Watcher:
     """
 
     def __init__(self, announce: Callable[[str], None]) -> None:
-        import socket
-
         self._announce = announce
-        self._wake, wake_w = socket.socketpair()
-        notes_r, self._notes = socket.socketpair()
-        self._ends = [self._wake, wake_w, notes_r, self._notes]
-        for end in self._ends:
-            end.setblocking(False)
+        self._wake = _Channel()
+        self._notes = _Channel()
         self._poke = _POKE if hasattr(signal, "pthread_kill") else None
         self._previous_fd: int | None = None
         self._previous_poke: Any = None
         if self._poke is not None:
             self._previous_poke = signal.signal(self._poke, _ignore)
-            self._previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        self._thread = threading.Thread(target=self._run, args=(notes_r,), name="interrupts", daemon=True)
+            self._previous_fd = signal.set_wakeup_fd(self._wake.write_fd, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._run, name="interrupts", daemon=True)
         self._thread.start()
 
     def note(self, notice: str) -> None:
-        """From a signal handler: a plain send on a socket, no Python-level lock to re-enter."""
+        """From a signal handler: a plain write, no Python-level lock to re-enter."""
         with suppress(OSError):
             self._notes.send(notice.encode("utf-8", "replace") + b"\n")
 
     def close(self) -> None:
-        import socket
-
         if self._poke is not None and self._previous_fd is not None:
             signal.set_wakeup_fd(self._previous_fd)
             signal.signal(self._poke, self._previous_poke)
-        self._notes.shutdown(socket.SHUT_WR)  # the thread shows what is left, then ends
+        self._notes.end_writing()  # the thread shows what is left, then ends
         self._thread.join(1.0)
-        for end in self._ends:
-            end.close()
+        self._wake.close()
+        self._notes.close()
 
-    def _run(self, notes: socket.socket) -> None:
+    def _run(self) -> None:
         import select
 
         main = threading.main_thread().ident
         pending = b""
         while True:
-            ready, _, _ = select.select([self._wake, notes], [], [])
+            ready, _, _ = select.select([self._wake, self._notes], [], [])
             if self._wake in ready:
                 with suppress(OSError):
                     woken = self._wake.recv(512)
                     if self._poke is not None and main and any(n in _SIGNAL_NUMBERS for n in woken):
                         signal.pthread_kill(main, self._poke)
-            if notes in ready:
+            if self._notes in ready:
                 try:
-                    chunk = notes.recv(4096)
+                    chunk = self._notes.recv(4096)
                 except BlockingIOError:
                     continue
                 if not chunk:
