@@ -17,6 +17,8 @@ from inspera_cli.redaction import redact
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from inspera_cli.tables import Column
+
 PROG = "inspera-hooks"
 
 _no_color = False
@@ -148,27 +150,35 @@ def _cell(value: Any) -> str:
 
 def render_table(
     rows: Sequence[dict[str, Any]],
-    columns: Sequence[tuple[str, str]],
+    columns: Sequence[tuple[str, str] | Column],
     *,
     title: str | None = None,
 ) -> None:
-    """Rows as a Rich table on a terminal, plain aligned text when stdout is piped.
+    """Rows as a boxed table on a terminal (``tables.terminal_table``), plain aligned text when
+    stdout is piped.
 
-    ``columns`` is a list of (key, header) pairs.
+    ``columns`` are (key, header) pairs or ``tables.Column``s; a ``no_wrap`` column's long values
+    are cut with an ellipsis on a terminal rather than folded (piped, every value is whole).
     """
-    if is_terminal():
-        from rich.table import Table
+    from inspera_cli.tables import Column, terminal_table
 
-        table = Table(title=title, header_style="bold")
-        for _, header in columns:
-            table.add_column(header, overflow="fold")
-        for row in rows:
-            table.add_row(*(_escape(_cell(row.get(key))) for key, _ in columns))
-        console(stderr=False).print(table)
+    shown = [c if isinstance(c, Column) else Column(*c) for c in columns]
+    if is_terminal():
+        terminal = console(stderr=False)
+        lines = terminal_table(
+            [[_cell(row.get(c.key)) for c in shown] for row in rows],
+            shown,
+            width=terminal.width,
+            styled=terminal.color_system is not None,
+            ascii_only=not terminal.encoding.lower().startswith("utf"),
+            title=title,
+        )
+        terminal.file.write("\n".join(lines) + "\n")
+        terminal.file.flush()
         return
-    cells = [[header.upper() for _, header in columns]]
-    cells += [[_cell(row.get(key)) for key, _ in columns] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    cells = [[c.header.upper() for c in shown]]
+    cells += [[_cell(row.get(c.key)) for c in shown] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(shown))]
     out = sys.stdout
     for r in cells:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
@@ -177,7 +187,7 @@ def render_table(
 
 def render(
     rows: Sequence[dict[str, Any]],
-    columns: Sequence[tuple[str, str]],
+    columns: Sequence[tuple[str, str] | Column],
     *,
     json_mode: bool,
     title: str | None = None,
