@@ -185,6 +185,14 @@ def test_the_global_options_are_not_read_from_strings() -> None:
     assert [name for name, a in main_callback.__annotations__.items() if isinstance(a, str)] == []
 
 
+def test_a_command_is_built_from_evaluated_annotations() -> None:
+    """Typer compiles a string annotation twice per build; the registry evaluates each once."""
+    from inspera_cli.commands import listen
+
+    typer.main.get_command(app).commands["listen"]  # type: ignore[attr-defined]
+    assert [name for name, a in listen.listen.__annotations__.items() if isinstance(a, str)] == []
+
+
 def test_a_parameter_of_another_type_is_reported() -> None:
     sub = typer.Typer(add_completion=False)
 

@@ -9,6 +9,7 @@ complete it). ``--help`` of the whole program still builds them all, to list the
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -64,12 +65,26 @@ class LazyCommands(MutableMapping[str, Any]):
         # Only the one asked for; a callback makes Typer build a group around it, as for the root.
         app.registered_commands = [info for info in app.registered_commands if info.name == name]
         app.registered_groups = [info for info in app.registered_groups if info.name == name]
+        _resolve_annotations(app)
         app.callback()(_no_options)
         command = typer.main.get_command(app).commands.get(name)  # type: ignore[attr-defined]
         if command is None:
             raise LookupError(f"inspera_cli.commands.{module_name}.register() registers no {name!r}")
         use_plain_values(command)
         return command
+
+
+def _resolve_annotations(app: typer.Typer) -> None:
+    """Evaluate the string annotations (`from __future__ import annotations`) of the app's
+    callbacks once, in place: Typer compiles and evaluates each twice otherwise, most of the time
+    it takes to build a command with many options."""
+    infos: list[Any] = [*app.registered_commands, app.registered_callback]
+    for info in filter(None, infos):
+        if info.callback is not None:
+            info.callback.__annotations__ = typing.get_type_hints(info.callback, include_extras=True)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _resolve_annotations(group.typer_instance)
 
 
 def _no_options() -> None:
