@@ -22,14 +22,13 @@ from inspera_cli.commands.common import (
     split_names,
     state,
 )
-from inspera_cli.commands.rendering import request_line, show_secret
 from inspera_cli.completers import complete_event_list
 from inspera_cli.errors import InsperaError, UsageError
-from inspera_cli.listener.report import Report, RequestKind
 from inspera_cli.session import Reporter
 
 if TYPE_CHECKING:
     from inspera_cli.listener import Listener, ListenerConfig, ListenerStats
+    from inspera_cli.listener.report import Report
     from inspera_cli.models import Subscription
 
 AUDIENCE_NOTE = (
@@ -74,6 +73,10 @@ def parse_forward(values: list[str] | None) -> dict[str | None, str]:
 
 
 def _printer(json_mode: bool) -> Callable[[Report], None]:
+    # Here, not at the top: TAB after `li` builds this command too, and needs neither.
+    from inspera_cli.commands.rendering import request_line
+    from inspera_cli.listener.report import RequestKind
+
     broken = False
 
     def print_report(report: Report) -> None:
@@ -190,6 +193,8 @@ class _SessionLines(Reporter):
                     f"each event is delivered to both; inspera-hooks delete {sid} removes the old one")
 
     def subscribed(self, subscription: Subscription) -> None:
+        from inspera_cli.commands.rendering import show_secret
+
         if self._generated:
             show_secret(self._generated)
             output.info("Generated for these subscriptions: the listener verifies with it, and so must "
