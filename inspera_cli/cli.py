@@ -2,7 +2,6 @@
 
 # No `from __future__ import annotations` here: Typer would read the global options' annotations
 # from strings, compiling each twice on every run (tests/test_startup.py).
-import logging
 import sys
 from typing import Annotated, Any
 
@@ -16,7 +15,6 @@ from inspera_cli.commands.coercion import use_plain_values
 from inspera_cli.commands.common import AppState
 from inspera_cli.commands.registry import LazyCommands
 from inspera_cli.errors import ExitCode, InsperaError
-from inspera_cli.redaction import redact
 
 # Every top-level command, in the order `--help` lists them, and the module of
 # inspera_cli.commands whose register() adds it. A module is imported only when one of its
@@ -198,30 +196,13 @@ def main_callback(
     ] = False,
 ) -> None:
     output.configure(no_color=no_color)
-    _configure_debug_log(debug)
+    if debug or "logging" in sys.modules:  # else nothing has logged, and there is nothing to undo
+        from inspera_cli.commands import debug_log
+
+        debug_log.configure(debug)
     ctx.obj = AppState(
         url=url, client_id=client_id, profile=profile, timeout=timeout, debug=debug, no_color=no_color
     )
-
-
-class _DebugHandler(logging.Handler):
-    """Writes to whatever sys.stderr is at the time (tests swap it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        sys.stderr.write(redact(self.format(record)) + "\n")
-
-
-def _configure_debug_log(debug: bool) -> None:
-    """--debug: the package's loggers (HTTP exchanges, already redacted) go to stderr."""
-    logger = logging.getLogger("inspera_cli")
-    for handler in [h for h in logger.handlers if isinstance(h, _DebugHandler)]:
-        logger.removeHandler(handler)
-    # Without --debug, leave the logger as an embedding program configured it.
-    logger.setLevel(logging.DEBUG if debug else logging.NOTSET)
-    if debug:
-        handler = _DebugHandler()
-        handler.setFormatter(logging.Formatter("debug: %(message)s"))
-        logger.addHandler(handler)
 
 
 def main() -> None:

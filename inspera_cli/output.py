@@ -5,7 +5,6 @@ Data goes to stdout; messages, progress and errors go to stderr.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -52,12 +51,16 @@ def is_terminal(stream: Any = None) -> bool:
 
 def print_json(data: Any) -> None:
     """Exactly one JSON document on stdout."""
+    import json
+
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 
 def print_json_items(items: Sequence[Any], *, first: bool, last: bool = False) -> None:
     """Part of one JSON array on stdout, streamed: ``first`` opens it, ``last`` closes it."""
+    import json
+
     text = ",\n".join("  " + json.dumps(item, ensure_ascii=False) for item in items)
     opening = "[\n" if first else (",\n" if items else "")
     sys.stdout.write(opening + text + ("\n]\n" if last else ""))
@@ -66,6 +69,8 @@ def print_json_items(items: Sequence[Any], *, first: bool, last: bool = False) -
 
 def print_json_line(data: Any) -> None:
     """One compact JSON object per line (listen --json)."""
+    import json
+
     sys.stdout.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 

@@ -10,12 +10,15 @@ masked the same way.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+# json and logging are imported where used: every run imports this module (output.py), few need them.
+if TYPE_CHECKING:
+    import logging
 
 REDACTED = "***"
 # Shorter values are left alone: replacing every "k" would only garble the text. Real keys,
@@ -32,6 +35,8 @@ def register_secret(value: str | None) -> None:
     """Never show ``value`` again in a message, log line or traceback of this process."""
     if not value:
         return
+    import json
+
     forms = {value, value.strip(), repr(value)[1:-1], json.dumps(value)[1:-1]}
     forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
     new = {f for f in forms if len(f) >= MIN_LENGTH} - _forms
@@ -76,7 +81,9 @@ def env_secret_problem(name: str, env: Mapping[str, str] | None = None) -> str |
     return None
 
 
-class _RedactingFilter(logging.Filter):
+class _RedactingFilter:
+    """A logging filter (any object with this method is one)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact(record.getMessage()), None
         return True
@@ -85,6 +92,8 @@ class _RedactingFilter(logging.Filter):
 def redacted_logger(name: str) -> logging.Logger:
     """A logger whose records are redacted as they are made, so that a handler an embedding
     program adds never sees a secret either."""
+    import logging
+
     logger = logging.getLogger(name)
     if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
         logger.addFilter(_RedactingFilter())

@@ -96,6 +96,14 @@ def test_no_heavy_imports(args: list[str], env: dict[str, str] | None) -> None:
     assert heavy(imported_modules(*args, env=env)) == []
 
 
+def test_help_and_tab_need_neither_logging_nor_json() -> None:
+    """Both load only for --debug, a secret, JSON output or a TAB that asks the tenant: cli.py keeps
+    --debug's handler in commands/debug_log.py, redaction and output import them where used."""
+    for args, env in [(["events", "--help"], None), ([], complete_bash("inspera-hooks li"))]:
+        modules = imported_modules(*args, env=env)
+        assert "logging" not in modules and "json" not in modules, args or env
+
+
 @pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
 def test_help_of_every_command_imports_nothing_heavy(path: tuple[str, ...]) -> None:
     assert heavy(imported_modules(*path, "--help")) == []
