@@ -1,13 +1,13 @@
 """Start-up benchmark: commands and TAB against a bare two-command Typer app, and `list` on a terminal.
 
-    python tests/bench_startup.py [ROUNDS]          (default 10)
+    python tests/bench_startup.py [ROUNDS]          (default 30)
 
 Not a pytest test. Every program runs with this interpreter, with compiled bytecode (as an installed
 package has: the cache goes to a temporary PYTHONPYCACHEPREFIX, written by the warm-up runs). The
-machine may be shared, so the programs are measured in rounds, each round running every program a
-few times, and each figure is the median over all rounds; read the ratios, which compare programs
-measured side by side. With hyperfine on PATH each round is one hyperfine run; without it, the
-programs are timed here, interleaved.
+machine may be shared, so the programs are measured in rounds, each round running every program
+once, one after the other, and each figure is the median over all rounds: programs compared are
+measured side by side, under the same load. With hyperfine on PATH each round is one hyperfine
+run; without it, the programs are timed here.
 
 1. Start-up, against the bare app's plain `--help` (Click's formatter, as inspera-hooks uses), on
    the same Typer: `inspera-hooks --help`, `events --help`, `sign --secret-env S FILE`, TAB after
@@ -76,7 +76,6 @@ answer.raise_for_status()
 """
 START_UP_TARGET = 1.3
 TERMINAL_TARGET = 1.5
-RUNS_PER_ROUND = 3
 ROWS = 1000
 COLUMNS = 120
 BARE = "bare Typer app, plain --help"
@@ -138,19 +137,20 @@ def round_with_hyperfine(hyperfine: str, programs: dict[str, list[str]], times: 
                          tmp: Path) -> None:
     export = tmp / "hyperfine.json"
     subprocess.run(
-        [hyperfine, "-N", "--style", "none", "--runs", str(RUNS_PER_ROUND), "--export-json", str(export),
+        [hyperfine, "-N", "--style", "none", "--runs", "1", "--export-json", str(export),
          *(subprocess.list2cmdline(argv) for argv in programs.values())],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     results = json.loads(export.read_text(encoding="utf-8"))["results"]
     for name, result in zip(programs, results, strict=True):
-        times[name].wall += result["times"]
-        times[name].cpu.append(result["user"] + result["system"])  # hyperfine gives the mean
+        (wall,) = result["times"]
+        times[name].wall.append(wall)
+        times[name].cpu.append(result["user"] + result["system"])
 
 
 def measure(programs: dict[str, list[str]], rounds: int, tmp: Path) -> dict[str, tuple[float, float]]:
-    """The median wall and CPU time of each program over ``rounds`` rounds; each round runs every
-    program RUNS_PER_ROUND times (with hyperfine), or once in turn, RUNS_PER_ROUND times (here)."""
+    """The median wall and CPU time of each program over ``rounds`` rounds, each running every
+    program once."""
     hyperfine = shutil.which("hyperfine")
     for argv in programs.values():  # compile and cache bytecode, warm the file cache
         for _ in range(2):
@@ -159,8 +159,7 @@ def measure(programs: dict[str, list[str]], rounds: int, tmp: Path) -> dict[str,
     for _ in range(rounds):
         if hyperfine:
             round_with_hyperfine(hyperfine, programs, times, tmp)
-            continue
-        for _ in range(RUNS_PER_ROUND):
+        else:
             for name, argv in programs.items():
                 time_here(argv, times[name])
     return {name: (statistics.median(t.wall), statistics.median(t.cpu)) for name, t in times.items()}
@@ -199,7 +198,7 @@ def terminal_against_piped(argv: list[str], env: dict[str, str], rounds: int) ->
     run_on_terminal(argv, env)
     terminal: list[float] = []
     piped: list[float] = []
-    for _ in range(rounds * RUNS_PER_ROUND // 2):
+    for _ in range(rounds // 2):
         terminal.append(run_on_terminal(argv, env))
         piped.append(run_piped(argv, env))
     return statistics.median(terminal), statistics.median(piped)
@@ -220,7 +219,7 @@ def cached_token(ours: list[str], env: dict[str, str], tenant: StubInspera) -> s
 
 
 def main() -> int:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
     small, big = StubInspera(), StubInspera()
     small.on("GET", "/api/v1/subscription", Reply(body=subscriptions(3)))
     big.on("GET", "/api/v1/subscription", Reply(body=subscriptions(ROWS)))
@@ -268,7 +267,7 @@ def report(medians: dict[str, tuple[float, float]], terminal: float, piped: floa
         return medians[LIST_NAME][which] - http
 
     tool = "hyperfine" if shutil.which("hyperfine") else "timed here"
-    print(f"Start-up, {rounds} rounds x {RUNS_PER_ROUND} runs ({tool}): medians, ratios to the bare app")
+    print(f"Start-up, {rounds} rounds ({tool}): medians, and their ratios to the bare app")
     print(f"  {'':38} {'wall':>8}  {'ratio':>5}  {'CPU':>8}  {'ratio':>5}")
     met = []
     for name in [*medians, LIST_NET_NAME]:
