@@ -100,14 +100,29 @@ def fold(text: str, width: int) -> list[str]:
             continue
         if line:
             lines.append(line)
-        while cell_width(word) > width:
-            head, word = _cut(word, width)
-            if not head:  # a character wider than the column
-                head, word = "\ufffd", word[1:]
-            lines.append(head)
-        line = word
+        *whole, line = _pieces(word, width)
+        lines += whole
     lines.append(line)
     return lines
+
+
+def _pieces(word: str, width: int) -> list[str]:
+    """``word`` cut into pieces of at most ``width`` columns, in one pass (a value may be long)."""
+    if word.isascii():
+        return [word[i : i + width] for i in range(0, len(word), max(width, 1))] or [""]
+    pieces: list[str] = []
+    piece, used = "", 0
+    for char in word:
+        size = _char_width(char)
+        if size > width:  # wider than the column
+            char, size = "\ufffd", 1
+        if used + size > width:
+            pieces.append(piece)
+            piece, used = "", 0
+        piece += char
+        used += size
+    pieces.append(piece)
+    return pieces
 
 
 def fit_widths(natural: Sequence[int], room: int) -> list[int]:

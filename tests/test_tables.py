@@ -115,6 +115,8 @@ def test_truncate_and_fold_count_wide_characters_twice() -> None:
     assert cell_width(truncate("日本語のテキスト", 7)) <= 7
     assert fold("日本語 text", 4) == ["日本", "語", "text"]
     assert fold("a few short words here", 10) == ["a few", "short", "words here"]
+    assert fold("x" * 10, 3) == ["xxx", "xxx", "xxx", "x"]
+    assert fold("ab 日本語", 1) == ["a", "b", "\ufffd", "\ufffd", "\ufffd"]  # wider than the column
     assert truncate("abc", 1) == "a" and truncate("abc", 0) == ""
 
 
