@@ -178,7 +178,7 @@ class _Stream:
     def take(self) -> _Job:
         index = self.next_index
         self.next_index += 1
-        request = self.target.request(self.burst.body(index), self.recipient.secret)
+        request = wire.signed_request(self.target, self.burst.body(index), self.recipient.secret)
         return _Job(self, self.burst.delivery_id(index, self.position), request)
 
 
@@ -415,7 +415,8 @@ class DeliveryLoop:
             target = wire.target_for(url, self.resolve)
         except ValueError as exc:  # a host name IDNA refuses: it cannot be reached either
             return PostResult(None, f"invalid host name ({exc})")
-        connection, result = await self._post(target.origin, None, target.request(body, secret), timeout)
+        request = wire.signed_request(target, body, secret)
+        connection, result = await self._post(target.origin, None, request, timeout)
         if connection is not None:
             connection.close()
         return result
@@ -424,30 +425,10 @@ class DeliveryLoop:
         self, origin: wire.Origin, connection: wire.Connection | None, request: bytes, timeout: float
     ) -> tuple[wire.Connection | None, PostResult]:
         """POST on the given connection (or a new one); the connection left to reuse, and the result."""
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    if connection is None or not connection.open:
-                        if connection is not None:
-                            connection.close()
-                        connection = await wire.connect(origin, self._tls_for(origin))
-                    try:
-                        answer = await connection.exchange(request)
-                        break
-                    except wire.Closed as exc:
-                        # A kept-alive connection the receiver closed as we reused it: the request
-                        # never reached it, so send it again on a new connection.
-                        if exc.answered or not connection.answered:
-                            raise
-                        connection.close()
-                        connection = None
-        except (OSError, TimeoutError, ValueError, wire.Closed, wire.AnswerError) as exc:
-            if connection is not None:
-                connection.close()
-            return None, PostResult(None, wire.describe(exc, timeout))
-        if not answer.reusable:
-            connection.close()
-            connection = None
+        tls = self._tls_for(origin)
+        connection, answer, error = await wire.post(origin, connection, request, timeout, tls)
+        if answer is None:
+            return None, PostResult(None, error)
         status = answer.status
         return connection, PostResult(status, None if status == 200 else f"answered {status}")
 

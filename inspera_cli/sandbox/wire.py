@@ -1,334 +1,58 @@
-"""Signed POSTs over keep-alive HTTP/1.1 connections on an asyncio loop: the sandbox's sender.
+"""Signed POSTs as the sandbox sends them, over the shared keep-alive sender (``inspera_cli.sender``).
 
-A webhook POST is tiny and its answer is only a status, so the sandbox speaks the little HTTP it
-needs itself: one request line and five headers out, a status line, headers and a dropped body in
-(Content-Length, chunked, or until close). requests spent about half a millisecond of CPU and a
-new connection on every delivery; this spends a few tens of microseconds on a reused one.
+Only what is the sandbox's own lives here: its User-Agent and fixed headers, and signing each
+body with the subscription's secret. The HTTP client itself (connections, answers, reasons) is
+``inspera_cli.sender``, re-exported for the sandbox's callers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-import socket
-import ssl
-from dataclasses import dataclass
-from typing import NamedTuple
-from urllib.parse import quote, urlsplit
-
+from inspera_cli.sender import (
+    Answer,
+    AnswerError,
+    Closed,
+    Connection,
+    Origin,
+    Resolve,
+    ResponseReader,
+    Target,
+    connect,
+    describe,
+    header_lines,
+    post,
+    tls_context,
+)
 from inspera_cli.signing import SIGNATURE_HEADER, sign
 
-Resolve = dict[str, tuple[str, int]]
+__all__ = [
+    "USER_AGENT",
+    "Answer",
+    "AnswerError",
+    "Closed",
+    "Connection",
+    "Origin",
+    "Resolve",
+    "ResponseReader",
+    "Target",
+    "connect",
+    "describe",
+    "post",
+    "signed_request",
+    "target_for",
+    "tls_context",
+]
 
 USER_AGENT = "inspera-hooks-sandbox"
-HEAD_LIMIT = 64 * 1024
-# An answer's body is read and dropped up to this size; past it the connection is closed instead.
-BODY_LIMIT = 1024 * 1024
-_STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: .*)?")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-class Origin(NamedTuple):
-    """Where a connection goes: requests to one origin can share its connections."""
-
-    scheme: str
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
-class Target:
-    """An endpoint URL made ready to send to (after ``--resolve``)."""
-
-    origin: Origin
-    head: bytes  # the request line and the headers that never change for this endpoint
-
-    def request(self, body: bytes, secret: str) -> bytes:
-        """The whole signed POST: Inspera's headers, then the exact body bytes."""
-        return b"%s%s: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            self.head, SIGNATURE_HEADER.encode(), sign(body, secret).encode(), len(body), body
-        )
+_HEADERS = (("User-Agent", USER_AGENT), ("Accept", "*/*"), ("Content-Type", "application/json"))
 
 
 def target_for(url: str, resolve: Resolve) -> Target:
-    """Parse an http(s) endpoint; a host in ``resolve`` (curl's ``--resolve``) is reached over plain
-    HTTP at the local address, path and query kept, the Host header still the public name, as it
-    would arrive through a tunnel. ValueError for a host name that IDNA cannot encode."""
-    parts = urlsplit(url)
-    hostname = parts.hostname or ""
-    if hostname in resolve:
-        address, port = resolve[hostname]
-        origin = Origin("http", address, port)
-    else:
-        default_port = 443 if parts.scheme == "https" else 80
-        origin = Origin(parts.scheme, hostname, parts.port or default_port)
-    # Non-ASCII in the path is percent-encoded as requests would; existing escapes are kept.
-    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
-    if parts.query:
-        path += "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
-    host = hostname if hostname.isascii() else hostname.encode("idna").decode("ascii")
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
-        "Accept: */*\r\nContent-Type: application/json\r\n"
-    )
-    return Target(origin, head.encode("ascii"))
+    """An endpoint with the sandbox's headers; see ``sender.target_for``."""
+    from inspera_cli import sender
+
+    return sender.target_for(url, headers=_HEADERS, resolve=resolve)
 
 
-def tls_context() -> ssl.SSLContext:
-    """Verify as requests does: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (a file or a directory),
-    else certifi's bundle."""
-    from inspera_cli.network import verifying_context
-
-    context = verifying_context()
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-class AnswerError(Exception):
-    """The peer's bytes are not an HTTP/1.1 answer we can read; the message says why."""
-
-
-class Closed(Exception):
-    """The connection ended before a whole answer; ``answered`` if some of it had arrived."""
-
-    def __init__(self, answered: bool) -> None:
-        super().__init__("closed mid-answer" if answered else "closed without an answer")
-        self.answered = answered
-
-
-class Answer(NamedTuple):
-    status: int
-    reusable: bool  # the connection may carry another request
-
-
-_HEAD, _LENGTH, _CHUNK_SIZE_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
-
-
-class ResponseReader:
-    """Reads one answer incrementally, keeping only its status and whether the connection can be
-    reused; the body is dropped as it arrives."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._state = _HEAD
-        self._status = 0
-        self._keep_alive = False
-        self._remaining = 0
-        self._body_bytes = 0
-        self.started = False
-
-    def feed(self, data: bytes) -> Answer | None:
-        """The answer once it is complete, else None; AnswerError if it is not HTTP."""
-        self.started = True
-        self._buffer += data
-        return self._advance()
-
-    def feed_eof(self) -> Answer:
-        """The peer closed: complete only for a body that runs until close."""
-        if self._state == _UNTIL_CLOSE:
-            return Answer(self._status, False)
-        raise Closed(self.started)
-
-    def _advance(self) -> Answer | None:
-        buffer = self._buffer
-        while True:
-            state = self._state
-            if state == _HEAD:
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buffer) > HEAD_LIMIT:
-                        raise AnswerError(f"answer headers larger than {HEAD_LIMIT // 1024} KiB")
-                    return None
-                head = bytes(buffer[:end])
-                del buffer[: end + 4]
-                self._read_head(head)
-            elif state == _DONE:
-                return self._done()
-            elif state in (_LENGTH, _CHUNK_DATA, _UNTIL_CLOSE):
-                taken = len(buffer) if state == _UNTIL_CLOSE else min(len(buffer), self._remaining)
-                del buffer[:taken]
-                self._remaining -= taken
-                self._body_bytes += taken
-                if self._body_bytes > BODY_LIMIT:
-                    return Answer(self._status, False)
-                if state == _UNTIL_CLOSE or self._remaining:
-                    return None
-                if state == _LENGTH:
-                    return self._done()
-                self._state = _CHUNK_END
-            elif state == _CHUNK_END:
-                if len(buffer) < 2:
-                    return None
-                if buffer[:2] != b"\r\n":
-                    raise AnswerError("malformed chunked body")
-                del buffer[:2]
-                self._state = _CHUNK_SIZE_LINE
-            else:  # a chunk-size line or a trailer line
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    if len(buffer) > HEAD_LIMIT:
-                        raise AnswerError("malformed chunked body")
-                    return None
-                line = bytes(buffer[:end])
-                del buffer[: end + 2]
-                if state == _TRAILERS:
-                    if not line:
-                        return self._done()
-                    continue
-                size = line.partition(b";")[0].strip(b" \t")
-                if not _CHUNK_SIZE.fullmatch(size):
-                    raise AnswerError("malformed chunked body")
-                self._remaining = int(size, 16)
-                self._state = _CHUNK_DATA if self._remaining else _TRAILERS
-
-    def _done(self) -> Answer:
-        # Bytes after the answer were never asked for: the connection's state is unknown.
-        return Answer(self._status, self._keep_alive and not self._buffer)
-
-    def _read_head(self, head: bytes) -> None:
-        status_line, *lines = head.split(b"\r\n")
-        match = _STATUS_LINE.fullmatch(status_line)
-        if not match:
-            raise AnswerError("not an HTTP/1.x answer")
-        status = int(match.group(3))
-        if 100 <= status < 200 and status != 101:
-            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-        fields: dict[bytes, list[bytes]] = {}
-        for line in lines:
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name):
-                raise AnswerError("malformed header line")
-            fields.setdefault(name.lower(), []).append(value.strip(b" \t"))
-        version = (int(match.group(1)), int(match.group(2)))
-        tokens = {t.strip().lower() for v in fields.get(b"connection", []) for t in v.split(b",")}
-        self._status = status
-        self._keep_alive = (version >= (1, 1) and b"close" not in tokens) or b"keep-alive" in tokens
-        self._frame_body(status, fields)
-
-    def _frame_body(self, status: int, fields: dict[bytes, list[bytes]]) -> None:
-        """How the body ends (RFC 9112 §6.3)."""
-        if status in (101, 204, 304):
-            self._keep_alive = self._keep_alive and status != 101
-            self._state = _DONE
-        elif b"transfer-encoding" in fields:
-            codings = b",".join(fields[b"transfer-encoding"]).split(b",")
-            if codings[-1].strip().lower() == b"chunked":
-                self._state = _CHUNK_SIZE_LINE
-            else:
-                self._state, self._keep_alive = _UNTIL_CLOSE, False
-        elif b"content-length" in fields:
-            values = {v.strip() for item in fields[b"content-length"] for v in item.split(b",")}
-            value = values.pop() if len(values) == 1 else b""
-            if not value.isdigit():
-                raise AnswerError("invalid Content-Length")
-            self._remaining = int(value)
-            self._state = _LENGTH if self._remaining else _DONE
-        else:
-            self._state, self._keep_alive = _UNTIL_CLOSE, False
-
-
-class Connection(asyncio.Protocol):
-    """One client connection carrying one request at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.open = False
-        self.answered = 0  # answers read on this connection: a reused one can be stale
-        self._reader: ResponseReader | None = None
-        self._waiter: asyncio.Future[Answer] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.open = True
-
-    def exchange(self, request: bytes) -> asyncio.Future[Answer]:
-        """Send a request; the future gets its answer, or Closed / AnswerError."""
-        assert self.transport is not None and self._waiter is None
-        self._reader = ResponseReader()
-        self._waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return self._waiter
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:  # bytes nobody asked for: the stream cannot be trusted any more
-            self.close()
-            return
-        try:
-            answer = reader.feed(data)
-        except AnswerError as exc:
-            self._settle(exc)
-            self.close()
-            return
-        if answer is not None:
-            self._settle(answer)
-
-    def eof_received(self) -> bool:
-        if self._reader is not None:
-            try:
-                self._settle(self._reader.feed_eof())
-            except Closed as exc:
-                self._settle(exc)
-        self.open = False
-        return False  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.open = False
-        if self._reader is not None:
-            self._settle(Closed(self._reader.started))
-
-    def _settle(self, outcome: Answer | Exception) -> None:
-        waiter, self._waiter, self._reader = self._waiter, None, None
-        if isinstance(outcome, Answer):
-            self.answered += 1
-        if waiter is None or waiter.done():
-            return
-        if isinstance(outcome, Answer):
-            waiter.set_result(outcome)
-        else:
-            waiter.set_exception(outcome)
-
-    def close(self) -> None:
-        """Drop the connection at once (nothing is left to send on it)."""
-        self.open = False
-        if self.transport is not None:
-            self.transport.abort()
-
-
-async def connect(origin: Origin, tls: ssl.SSLContext | None) -> Connection:
-    loop = asyncio.get_running_loop()
-    if origin.scheme == "https":
-        assert tls is not None
-        _, connection = await loop.create_connection(
-            Connection, origin.host, origin.port, ssl=tls, server_hostname=origin.host
-        )
-    else:
-        _, connection = await loop.create_connection(Connection, origin.host, origin.port)
-    return connection
-
-
-def describe(exc: BaseException, timeout: float) -> str:
-    """One short reason for a POST that got no answer, as the delivery log shows it."""
-    if isinstance(exc, TimeoutError):
-        return f"timed out after {float(timeout)} s"
-    if isinstance(exc, Closed):
-        return f"the connection was {exc}"
-    if isinstance(exc, AnswerError):
-        return f"invalid answer ({exc})"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS error (certificate verify failed: {exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error ({exc.reason or exc})"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return "host name not found (DNS)"
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"connection failed ({exc.strerror[:1].lower()}{exc.strerror[1:]})"
-    return f"connection failed ({exc or type(exc).__name__})"
+def signed_request(target: Target, body: bytes, secret: str) -> bytes:
+    """The whole signed POST: Inspera's headers, then the exact body bytes."""
+    return target.request(body, header_lines([(SIGNATURE_HEADER, sign(body, secret))]))
