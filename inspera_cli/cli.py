@@ -25,6 +25,7 @@ COMMANDS = {
     "create": "subscriptions",
     "delete": "subscriptions",
     "listen": "listen",
+    "relay": "relay",
     "trigger": "signing",
     "replay": "signing",
     "sign": "signing",

@@ -19,7 +19,7 @@ import socket
 import ssl
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 from urllib.parse import quote, urlsplit
 
 Resolve = dict[str, tuple[str, int]]
@@ -267,8 +267,7 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[Answer] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport
         self.open = True
 
     def exchange(self, request: bytes) -> asyncio.Future[Answer]:

@@ -1,0 +1,89 @@
+"""The queue on a thread of its own, for code on the event loop: group commit of every write.
+
+``QueueWorker.write(fn, done)`` and ``read(fn, done)`` queue a call ``fn(queue)``; one thread
+runs them in batches -- everything submitted during one turn of the loop, or while the previous
+batch was being committed -- with all the batch's writes in one SQLite transaction (one fsync),
+then its reads. ``done(result, error)`` comes back on the loop. A failed transaction fails every
+call in its batch (an event not committed is answered 503, never 200).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from inspera_cli.groupcommit import GroupCommit
+from inspera_cli.relay.queue import EventQueue
+
+R = TypeVar("R")
+Done = Callable[[R | None, BaseException | None], None]
+
+
+class _Call(Generic[R]):
+    __slots__ = ("error", "fn", "result", "writes")
+
+    def __init__(self, fn: Callable[[EventQueue], R], writes: bool) -> None:
+        self.fn = fn
+        self.writes = writes
+        self.result: R | None = None
+        self.error: BaseException | None = None
+
+
+class QueueWorker:
+    """Runs calls on ``queue`` from one thread; see the module docstring."""
+
+    def __init__(self, queue: EventQueue, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue = queue
+        self._loop = loop
+        self._committer: GroupCommit[_Call[Any]] = GroupCommit(self._run, loop=loop, name="relay-queue")
+
+    def write(self, fn: Callable[[EventQueue], R], done: Done[R]) -> None:
+        """On the loop: ``fn(queue)`` inside the batch's transaction."""
+        self._submit(_Call(fn, True), done)
+
+    def read(self, fn: Callable[[EventQueue], R], done: Done[R]) -> None:
+        """On the loop: ``fn(queue)`` after the batch's transaction committed."""
+        self._submit(_Call(fn, False), done)
+
+    async def call(self, fn: Callable[[EventQueue], R], *, writes: bool = False) -> R:
+        """``fn(queue)`` awaited; raises what it (or its batch) raised."""
+        future: asyncio.Future[R] = self._loop.create_future()
+
+        def done(result: R | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        self._submit(_Call(fn, writes), done)
+        return await future
+
+    def _submit(self, call: _Call[R], done: Done[R]) -> None:
+        def finished(error: BaseException | None) -> None:
+            error = error or call.error
+            done(None if error else call.result, error)
+
+        try:
+            self._committer.submit(call, finished)
+        except OSError as exc:  # closed: shutting down
+            done(None, exc)
+
+    def close(self) -> None:
+        """Run what is queued, then stop the thread (the queue itself stays open)."""
+        self._committer.close()
+
+    def _run(self, calls: Sequence[_Call[Any]]) -> None:
+        writes = [call for call in calls if call.writes]
+        if writes:
+            with self.queue.transaction():
+                for call in writes:
+                    call.result = call.fn(self.queue)
+        for call in calls:
+            if not call.writes:
+                try:
+                    call.result = call.fn(self.queue)
+                except Exception as exc:  # a failed read fails only itself
+                    call.error = exc
