@@ -1,7 +1,8 @@
 """The relay's admin port, always on 127.0.0.1: ``GET /health`` and ``GET /metrics``.
 
 - ``/health``: 200 ``{"pending": n}`` when a small write to the queue commits (so a full or
-  read-only disk shows), else 503 ``{"pending": null, "error": "..."}``.
+  read-only disk shows) and the last event received could be committed, else 503
+  ``{"pending": n | null, "error": "..."}``.
 - ``/metrics``: the Prometheus text format (``observe.Metrics``).
 
 It runs on the relay's loop over the receiver core's wire (strict HTTP/1.1, limits), never on the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from http import HTTPStatus
 
 from inspera_cli.listener.http import Answer, Limits, Request, Respond
@@ -31,10 +33,12 @@ _LIMITS = Limits(max_connections=32, max_body=64 * 1024, header_timeout=10.0, bo
 class AdminHandler:
     """Answers the admin routes; a ``listener.http.Handler``."""
 
-    def __init__(self, worker: QueueWorker, metrics: Metrics, clock: Clock) -> None:
+    def __init__(self, worker: QueueWorker, metrics: Metrics, clock: Clock,
+                 write_problem: Callable[[], str | None] = lambda: None) -> None:
         self.worker = worker
         self.metrics = metrics
         self.clock = clock
+        self.write_problem = write_problem
 
     def handle(self, request: Request, respond: Respond) -> None:
         path = request.path.split("?", 1)[0]
@@ -63,12 +67,14 @@ class AdminHandler:
             return queue.pending_count()
 
         def checked(pending: int | None, error: BaseException | None) -> None:
-            if error is None:
+            problem = self.write_problem()
+            if error is None and problem is None:
                 respond(*_json(request, HTTPStatus.OK, {"pending": pending}))
-            else:
-                reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
-                body = {"pending": None, "error": f"the queue cannot be written: {reason}"}
-                respond(*_json(request, HTTPStatus.SERVICE_UNAVAILABLE, body))
+                return
+            if error is not None:
+                problem = (error.strerror if isinstance(error, OSError) else None) or str(error)
+            body = {"pending": pending, "error": f"the queue cannot be written: {problem}"}
+            respond(*_json(request, HTTPStatus.SERVICE_UNAVAILABLE, body))
 
         self.worker.write(probe, checked)
 

@@ -47,6 +47,8 @@ class RelayPolicy(ReceiverPolicy):
         self._on_open, self._on_close, self._on_change = on_open, on_close, on_change
         self._worker: QueueWorker | None = None
         self._last = 0.0
+        #: Why the last event could not be committed (None once one is committed again).
+        self.write_problem: str | None = None
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         self._worker = self._on_open(loop)
@@ -71,8 +73,10 @@ class RelayPolicy(ReceiverPolicy):
 
         def committed(stored: list[Stored] | None, error: BaseException | None) -> None:
             if error is not None or not stored:
+                self.write_problem = _reason(error)
                 respond(*_not_queued(request, check, error))
                 return
+            self.write_problem = None
             respond(Answer(HTTPStatus.OK, _OK), check.report(request, HTTPStatus.OK, recorded=True))
             kind = ChangeKind.DUPLICATE if stored[0].duplicate else ChangeKind.RECEIVED
             self._on_change(Change(kind, now, stored[0].id, check.event, check.context_object_id, url))
@@ -80,9 +84,13 @@ class RelayPolicy(ReceiverPolicy):
         self._worker.write(lambda q: q.enqueue([new], now=now, dedupe_since=now - max_age), committed)
 
 
+def _reason(error: BaseException | None) -> str:
+    return str((error.strerror if isinstance(error, OSError) else None) or error or "not stored")
+
+
 def _not_queued(request: Request, check: Check, error: BaseException | None) -> tuple[Answer, Any]:
     """Not durable, so not acknowledged: 503, and Inspera retries."""
-    reason = (error.strerror if isinstance(error, OSError) else None) or error or "not stored"
+    reason = _reason(error)
     status = HTTPStatus.SERVICE_UNAVAILABLE
     report = replace(check.report(request, status), note=f"could not queue the event: {reason}")
     return Answer(status, b"could not queue the event: try again\n"), report

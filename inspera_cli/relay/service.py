@@ -85,6 +85,7 @@ class Relay:
         self._admin: AdminServer | None = None
         self._engine_task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
+        self._policy: RelayPolicy | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_deadline = 0.0
         self.rerouted = 0
@@ -113,7 +114,7 @@ class Relay:
 
     def _listen(self) -> None:
         cfg = self.config
-        policy = RelayPolicy(
+        policy = self._policy = RelayPolicy(
             routes=cfg.routes, clock=self.clock, max_age=cfg.max_age, on_open=self._opened,
             on_close=self._closing, on_change=self._changed, path=cfg.path, secret=cfg.secret,
             max_body=cfg.max_body,
@@ -152,7 +153,10 @@ class Relay:
             self._worker, urls, concurrency=self.config.concurrency, retry=self.retry, clock=self.clock,
             metrics=self.metrics, on_change=self._changed,
         )
-        self._admin = AdminServer(loop, AdminHandler(self._worker, self.metrics, self.clock))
+        policy = self._policy
+        handler = AdminHandler(self._worker, self.metrics, self.clock,
+                               write_problem=lambda: policy.write_problem if policy else None)
+        self._admin = AdminServer(loop, handler)
         return self._worker
 
     def _changed(self, change: Change) -> None:

@@ -1,0 +1,295 @@
+"""Shared by the relay tests and tests/bench_relay.py: a test app, signed events, a sender that
+retries like Inspera, a virtual clock, and the SIGKILL crash loop."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from inspera_cli.signing import sign
+from tests.processes import CLI, popen
+
+SECRET = "relay-test-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def event_body(n: int, event: str = "confirm_final_grades") -> bytes:
+    return json.dumps({"contextObjectId": n, "event": event, "timestamp": "2024-05-01T12:00:00Z"}).encode()
+
+
+def signed_post(port: int, body: bytes, timeout: float = 5.0) -> int | None:
+    """One signed POST as Inspera makes it; the status, or None when no answer came."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/", body=body, headers={"Content-Type": "application/json",
+                                                      "X-Inspera-Signature": sign(body, SECRET)})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+@dataclass
+class Delivery:
+    """One POST the test app received."""
+
+    delivery_id: str | None
+    attempt: int | None
+    body: bytes
+    headers: dict[str, str]
+    status: int
+    at: float  # time.monotonic() when it was answered
+
+
+@dataclass
+class AppStub:
+    """The user's app, on 127.0.0.1: records every POST and answers what ``answer`` says
+    (a status, or (status, headers)). ``start``/``stop`` it to simulate an outage."""
+
+    port: int = 0
+    answer: Callable[[Delivery], int | tuple[int, dict[str, str]]] = lambda delivery: 200
+    delay: float = 0.0
+    deliveries: list[Delivery] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> AppStub:
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if app.delay:
+                    time.sleep(app.delay)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                attempt = headers.get("x-inspera-attempt")
+                delivery = Delivery(headers.get("x-inspera-delivery-id"), int(attempt) if attempt else None,
+                                    body, headers, 0, 0.0)
+                outcome = app.answer(delivery)
+                status, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
+                self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                delivery.status, delivery.at = status, time.monotonic()
+                with app._lock:
+                    app.deliveries.append(delivery)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def taken(self) -> list[Delivery]:
+        with self._lock:
+            return [d for d in self.deliveries if 200 <= d.status < 300]
+
+    def wait_taken(self, count: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while len(taken := self.taken()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return taken
+
+
+class VirtualClock:
+    """Time that jumps: ``sleep(s)`` yields to the loop briefly, then moves ``now`` by ``s``."""
+
+    def __init__(self, start: float) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0.001)
+        self.t += seconds
+
+
+def relay_argv(queue: Path, app_url: str, port: int, admin_port: int, *more: str) -> list[str]:
+    return [*CLI, "relay", "--secret-env", "RELAY_SECRET", "--forward-to", app_url, "--queue", str(queue),
+            "--port", str(port), "--admin-port", str(admin_port), "--log-format", "json", *more]
+
+
+def relay_env() -> dict[str, str]:
+    return {**os.environ, "RELAY_SECRET": SECRET}
+
+
+def start_relay(argv: list[str], timeout: float = 20.0) -> subprocess.Popen[str]:
+    """Start a relay child and return once it said Ready (its stdout is read on a thread)."""
+    proc = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=relay_env(), text=True)
+    assert proc.stderr is not None and proc.stdout is not None
+    threading.Thread(target=lambda s=proc.stdout: [None for _ in s], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("Ready:"):
+            threading.Thread(target=lambda s=proc.stderr: [None for _ in s], daemon=True).start()
+            return proc
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise AssertionError("relay did not start:\n" + "".join(lines))
+
+
+def queue_status(queue: Path) -> dict[str, Any]:
+    done = subprocess.run([*CLI, "relay", "status", "--queue", str(queue), "--json"], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+class InsperaLike:
+    """Sends ``count`` distinct signed events from threads, each until it is answered 200 (Inspera
+    with unlimited retries): ``acknowledged`` holds the bodies answered 200."""
+
+    def __init__(self, port: int, count: int, *, threads: int = 4, first: int = 0) -> None:
+        self.port = port
+        self.todo = list(range(first, first + count))
+        self.acknowledged: set[bytes] = set()
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def start(self) -> InsperaLike:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self.todo:
+                    return
+                n = self.todo.pop(0)
+            body = event_body(n)
+            while signed_post(self.port, body, timeout=3) != 200:
+                with self._lock:
+                    self.refused += 1
+                time.sleep(0.05)
+            with self._lock:
+                self.acknowledged.add(body)
+
+    def join(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
+
+
+@dataclass
+class CrashReport:
+    kills: list[float]  # time.monotonic() of each SIGKILL
+    acknowledged: int
+    delivered_ids: int
+    duplicates: list[str]  # delivery ids the app took more than once
+    unexplained: list[str]  # duplicates with no kill between the app's first 2xx and the next
+    missing: int  # acknowledged bodies the app never took
+    split: int  # bodies the app took under more than one delivery id (a dedupe failure)
+
+
+def crash_loop(tmp: Path, *, events: int, kills: int, seed: int = 7, drain_timeout: float = 60.0,
+               between: tuple[float, float] = (0.2, 0.8)) -> CrashReport:
+    """SIGKILL the relay at random moments while ``InsperaLike`` sends and the app goes up and
+    down; restart it each time; then, app up, drain and compare what the app took."""
+    rng = random.Random(seed)
+    app = AppStub().start()
+    queue = tmp / "crash.sqlite"
+    port, admin = free_port(), free_port()
+    argv = relay_argv(queue, app.url, port, admin, "--max-backoff", "1s", "--concurrency", "4")
+    sender = InsperaLike(port, events).start()
+    kill_times: list[float] = []
+    proc = start_relay(argv)
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(*between))
+            if rng.random() < 0.3:  # the app goes down (or comes back) now and then
+                app.stop() if app._server is not None else app.start()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kill_times.append(time.monotonic())
+            proc = start_relay(argv)
+        if app._server is None:
+            app.start()
+        assert sender.join(drain_timeout), "the sender did not get every event acknowledged"
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline and queue_status(queue)["pending"]:
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        app.stop()
+    return _compare(app, sender, kill_times)
+
+
+def _compare(app: AppStub, sender: InsperaLike, kill_times: list[float]) -> CrashReport:
+    taken = app.taken()
+    first_taken: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    unexplained = []
+    for delivery in sorted(taken, key=lambda d: d.at):
+        key = delivery.delivery_id or ""
+        seen[key] = seen.get(key, 0) + 1
+        if key in first_taken:
+            if not any(first_taken[key] <= kill <= delivery.at for kill in kill_times):
+                unexplained.append(key)
+        else:
+            first_taken[key] = delivery.at
+    bodies = {d.body for d in taken}
+    ids_of: dict[bytes, set[str]] = {}
+    for delivery in taken:
+        ids_of.setdefault(delivery.body, set()).add(delivery.delivery_id or "")
+    return CrashReport(
+        kills=kill_times, acknowledged=len(sender.acknowledged), delivered_ids=len(seen),
+        duplicates=[key for key, n in seen.items() if n > 1], unexplained=unexplained,
+        missing=len(sender.acknowledged - bodies), split=sum(len(ids) > 1 for ids in ids_of.values()),
+    )
