@@ -157,18 +157,27 @@ def start_relay(argv: list[str], timeout: float = 20.0) -> subprocess.Popen[str]
     """Start a relay child and return once it said Ready (its stdout is read on a thread)."""
     proc = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=relay_env(), text=True)
     assert proc.stderr is not None and proc.stdout is not None
-    threading.Thread(target=lambda s=proc.stdout: [None for _ in s], daemon=True).start()
+    threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
     deadline = time.monotonic() + timeout
     lines = []
     for line in proc.stderr:
         lines.append(line)
         if line.startswith("Ready:"):
-            threading.Thread(target=lambda s=proc.stderr: [None for _ in s], daemon=True).start()
+            threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
             return proc
         if time.monotonic() > deadline:
             break
     proc.kill()
+    proc.wait()
+    proc.stderr.close()
     raise AssertionError("relay did not start:\n" + "".join(lines))
+
+
+def _drain(stream: Any) -> None:
+    """Read a child's output to its end (a pipe nobody reads would fill up), then close it."""
+    with stream:
+        for _ in stream:
+            pass
 
 
 def queue_status(queue: Path) -> dict[str, Any]:

@@ -27,10 +27,12 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @contextmanager
-def running(tmp_path: Path, routes: dict[str | None, str], *, clock: Any = None, **more: Any) -> Iterator[Relay]:
+def running(
+    tmp_path: Path, routes: dict[str | None, str], *, clock: Any = None, **more: Any
+) -> Iterator[Relay]:
     changes: list[Change] = []
-    config = RelayConfig(routes=routes, queue=more.pop("queue", tmp_path / "relay.sqlite"), port=0, admin_port=0,
-                         secret=SECRET, **more)
+    queue = more.pop("queue", tmp_path / "relay.sqlite")
+    config = RelayConfig(routes=routes, queue=queue, port=0, admin_port=0, secret=SECRET, **more)
     relay = Relay(config, clock=clock, rng=random.Random(5), on_change=changes.append)
     relay.changes = changes  # type: ignore[attr-defined]
     relay.start()
@@ -58,7 +60,9 @@ def app() -> Iterator[AppStub]:
     test_app.stop()
 
 
-def test_the_app_gets_the_original_body_and_signature_plus_id_and_attempt(tmp_path: Path, app: AppStub) -> None:
+def test_the_app_gets_the_original_body_and_signature_plus_id_and_attempt(
+    tmp_path: Path, app: AppStub
+) -> None:
     with running(tmp_path, {None: app.url}) as relay:
         body = event_body(35199862)
         assert signed_post(port_of(relay), body) == 200
@@ -74,7 +78,9 @@ def test_the_app_gets_the_original_body_and_signature_plus_id_and_attempt(tmp_pa
     assert kinds == [ChangeKind.RECEIVED, ChangeKind.DUPLICATE, ChangeKind.DELIVERED]
 
 
-def test_unsigned_or_forged_events_are_refused_and_validation_is_not_queued(tmp_path: Path, app: AppStub) -> None:
+def test_unsigned_or_forged_events_are_refused_and_validation_is_not_queued(
+    tmp_path: Path, app: AppStub
+) -> None:
     import http.client
 
     with running(tmp_path, {None: app.url}) as relay:
@@ -114,7 +120,8 @@ def test_with_concurrency_first_attempts_start_in_arrival_order(tmp_path: Path, 
     queue = SQLiteQueue(tmp_path / "relay.sqlite", create=True)
     from inspera_cli.relay.queue import NewEvent
 
-    queue.enqueue([NewEvent(event_body(n), app.url, "e", n) for n in range(40)], now=time.time(), dedupe_since=0)
+    backlog = [NewEvent(event_body(n), app.url, "e", n) for n in range(40)]
+    queue.enqueue(backlog, now=time.time(), dedupe_since=0)
     queue.close()
     started: list[int] = []
     app.answer = lambda d: started.append(json.loads(d.body)["contextObjectId"]) or 200  # type: ignore[func-returns-value]
@@ -127,7 +134,8 @@ def test_with_concurrency_first_attempts_start_in_arrival_order(tmp_path: Path, 
 
 def test_retry_after_is_honoured(tmp_path: Path, app: AppStub) -> None:
     clock = VirtualClock(time.time())
-    answers = iter([(503, {"Retry-After": "120"}), (429, {"Retry-After": formatdate(clock.t + 3000, usegmt=True)})])
+    date = formatdate(clock.t + 3000, usegmt=True)
+    answers = iter([(503, {"Retry-After": "120"}), (429, {"Retry-After": date})])
     app.answer = lambda d: next(answers, 200)
     with running(tmp_path, {None: app.url}, clock=clock, max_backoff=1800) as relay:
         assert signed_post(port_of(relay), event_body(1)) == 200
@@ -139,7 +147,9 @@ def test_retry_after_is_honoured(tmp_path: Path, app: AppStub) -> None:
     assert [d.attempt for d in app.deliveries] == [1, 2, 3]
 
 
-def test_dead_after_max_age_on_an_injected_clock_then_retry_dead(tmp_path: Path, app: AppStub, cli: Any) -> None:
+def test_dead_after_max_age_on_an_injected_clock_then_retry_dead(
+    tmp_path: Path, app: AppStub, cli: Any
+) -> None:
     clock = VirtualClock(time.time())
     app.answer = lambda d: 500
     queue = tmp_path / "relay.sqlite"

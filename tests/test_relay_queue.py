@@ -39,7 +39,8 @@ def test_durations(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "72", "h", "10x", "-5m", "5m3", "0s", "1 d e"])
 def test_bad_durations_say_what_is_expected(text: str) -> None:
-    with pytest.raises(ValueError, match=r"(not a duration: give a number and a unit, s, m, h or d|more than zero)"):
+    expected = r"(not a duration: give a number and a unit, s, m, h or d|more than zero)"
+    with pytest.raises(ValueError, match=expected):
         parse_duration(text)
 
 
@@ -121,8 +122,10 @@ def test_outcomes_counts_and_routes(queue: SQLiteQueue) -> None:
     stats = queue.stats(now=T0 + 10)
     assert stats.to_json() == {
         "pending": 1, "delivered": 1, "dead": 1, "oldestPendingSeconds": 10.0,
-        "routes": [{"url": "http://127.0.0.1:5000/hooks", "pending": 0, "dead": 1, "lastError": "answered 500"},
-                   {"url": "http://127.0.0.1:6000/", "pending": 1, "dead": 0, "lastError": None}],
+        "routes": [
+            {"url": "http://127.0.0.1:5000/hooks", "pending": 0, "dead": 1, "lastError": "answered 500"},
+            {"url": "http://127.0.0.1:6000/", "pending": 1, "dead": 0, "lastError": None},
+        ],
     }
     listed = queue.events(state=State.DEAD)
     assert [e.to_json() for e in listed] == [{

@@ -21,7 +21,7 @@ Schema (``PRAGMA user_version`` = 1, ``application_id`` = 0x49485259 "IHRY")::
       attempts INTEGER, failures INTEGER,      -- all attempts; failures in a row since `since`
       next_attempt_at REAL,          -- pending: when it is due (NULL otherwise)
       last_error TEXT, finished_at REAL)       -- delivered or dead: when
-    routes(url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL)
+    routes(url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL)   -- the latest failure per app
     meta(key TEXT PRIMARY KEY, value)          -- the /health probe writes here
 
 Indexes: pending events by (url, next_attempt_at, seq) -- "what is due", in order; events by
@@ -335,6 +335,8 @@ class SQLiteQueue:
     def enqueue(self, events: Sequence[NewEvent], *, now: float, dedupe_since: float) -> list[Stored]:
         stored = []
         with self.transaction():
+            for url in {new.url for new in events}:
+                self._db.execute("INSERT OR IGNORE INTO routes (url) VALUES (?)", (url,))
             for new in events:
                 digest = body_digest(new.body)
                 row = self._db.execute(
@@ -374,14 +376,11 @@ class SQLiteQueue:
         return next((due for seq, due in rows if seq not in held), None)
 
     def delivered(self, seq: int, *, now: float) -> None:
-        with self.transaction():
-            url = self._finish(seq, "UPDATE events SET state = 'delivered', attempts = attempts + 1,"
-                               " failures = 0, next_attempt_at = NULL, last_error = NULL, finished_at = ?"
-                               " WHERE seq = ? RETURNING url", (now, seq))
-            if url is not None:
-                self._db.execute(
-                    "UPDATE routes SET last_error = NULL WHERE url = ? AND last_error IS NOT NULL", (url,)
-                )
+        self._db.execute(
+            "UPDATE events SET state = 'delivered', attempts = attempts + 1, failures = 0,"
+            " next_attempt_at = NULL, last_error = NULL, finished_at = ? WHERE seq = ?",
+            (now, seq),
+        )
 
     def retry_later(self, seq: int, *, next_at: float, error: str, now: float) -> None:
         with self.transaction():
@@ -420,6 +419,8 @@ class SQLiteQueue:
                     "UPDATE events SET url = ? WHERE state != 'delivered' AND event = ? AND url != ?",
                     (url, event, url),
                 ).rowcount
+            for url in routes.values():
+                self._db.execute("INSERT OR IGNORE INTO routes (url) VALUES (?)", (url,))
             if default is not None:
                 placeholders = ", ".join("?" for _ in named)
                 moved += self._db.execute(

@@ -1,0 +1,172 @@
+"""`inspera-hooks relay` as a user runs it: a child process, its exit codes and lines, the
+queue subcommands while it runs, SIGTERM, an outage, and SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.processes import CLI
+from tests.relay_harness import (
+    AppStub,
+    InsperaLike,
+    crash_loop,
+    event_body,
+    free_port,
+    http_get,
+    queue_status,
+    relay_argv,
+    relay_env,
+    signed_post,
+    start_relay,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=relay_env())
+
+
+def test_help_documents_the_relay_and_its_subcommands(cli: Any) -> None:
+    text = cli("relay", "--help").stdout
+    assert "Usage: inspera-hooks relay [OPTIONS] [COMMAND [ARGS]...]" in text
+    for name in ("--forward-to", "--queue", "--max-age", "--max-backoff", "--admin-port", "--log-format",
+                 "--concurrency", "--tls-cert", "status", "events", "retry", "purge", "Example:"):
+        assert name in text
+    assert "DURATION" in text and "TEXT" not in text and "INTEGER" not in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["relay"], "relay needs --forward-to URL"),
+    (["relay", "--forward-to", "grades=http://127.0.0.1:1/"], "relay needs --forward-to URL"),
+    (["relay", "--forward-to", "http://127.0.0.1:1/", "--max-age", "72x"],
+     "--max-age: '72x' is not a duration: give a number and a unit, s, m, h or d"),
+    (["relay", "--forward-to", "ftp://x/"], "not an http:// or https:// URL"),
+    (["relay", "purge", "--older-than", "7d"], "pass --delivered"),
+    (["relay", "purge", "--delivered", "--older-than", "soon"], "--older-than: 'soon' is not a duration"),
+    (["relay", "retry"], "give event ids or --dead"),
+])
+def test_usage_errors_are_one_line_exit_2(cli: Any, args: list[str], message: str) -> None:
+    done = cli(*args, expect=2)
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("error:") == 1
+
+
+def test_subcommands_on_a_missing_queue_say_so(cli: Any, tmp_path: Path) -> None:
+    done = cli("relay", "status", "--queue", str(tmp_path / "none.sqlite"), expect=1)
+    assert done.stderr.startswith("inspera-hooks: error: no relay queue at ")
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_one_relay_per_queue_and_the_subcommands_work_while_it_runs(
+    cli: Any, tmp_path: Path, isolated_home: Path
+) -> None:
+    app = AppStub(answer=lambda d: 500).start()
+    data = isolated_home / ".local" / "share" / "inspera-hooks"
+    port, admin = free_port(), free_port()
+    argv = [*CLI, "relay", "--secret-env", "RELAY_SECRET", "--forward-to", app.url, "--port", str(port),
+            "--admin-port", str(admin), "--max-backoff", "1s"]
+    proc = start_relay(argv)
+    try:
+        queue = data / "relay.sqlite"  # the default: the user data directory
+        for name in ("relay.sqlite", "relay.sqlite-wal", "relay.sqlite-shm"):
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600
+        second = run("relay", "--forward-to", app.url, "--port", "0", "--admin-port", "0")
+        assert second.returncode == 1
+        assert f"another relay (pid {proc.pid}) is already using the queue {queue}" in second.stderr
+        for n in range(3):
+            assert signed_post(port, event_body(n)) == 200
+        app.answer = lambda d: 200 if json.loads(d.body)["contextObjectId"] == 0 else 500
+        deadline = time.monotonic() + 20
+        while not app.taken() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = cli("relay", "status", "--json").json
+        assert set(status) == {"pending", "delivered", "dead", "oldestPendingSeconds", "routes"}
+        assert (status["pending"], status["delivered"], status["dead"]) == (2, 1, 0)
+        assert status["routes"] == [{"url": app.url, "pending": 2, "dead": 0, "lastError": "answered 500"}]
+        assert isinstance(status["oldestPendingSeconds"], float)
+        listed = cli("relay", "events", "--json", "--state", "pending").json
+        assert [set(item) for item in listed] == [{"id", "event", "contextObjectId", "receivedAt", "state",
+                                                   "attempts", "nextAttemptAt", "lastError"}] * 2
+        assert [item["contextObjectId"] for item in listed] == [2, 1]  # newest first
+        assert cli("relay", "events", "--event", "nope", "--json").json == []
+        app.answer = lambda d: 500 if json.loads(d.body)["contextObjectId"] == 1 else 200
+        assert listed[0]["id"] in cli("relay", "retry", listed[0]["id"][:8]).stderr
+        assert "no such event" in cli("relay", "retry", "0123456789", expect=4).stderr
+        deadline = time.monotonic() + 10
+        while cli("relay", "status", "--json").json["delivered"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.1)
+        purged = cli("relay", "purge", "--delivered", "--older-than", "1s").stderr
+        assert purged.startswith("Removed 2 delivered events older than 1s")
+        after = cli("relay", "status", "--json").json
+        assert (after["pending"], after["delivered"], after["dead"]) == (1, 0, 0)  # pending kept
+        assert "pending 1, delivered 0, dead 0" in cli("relay", "status").stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        app.stop()
+
+
+def test_sigterm_finishes_deliveries_in_flight_and_exits_0(tmp_path: Path) -> None:
+    app = AppStub(delay=2.0).start()
+    port, admin = free_port(), free_port()
+    proc = start_relay(relay_argv(tmp_path / "q.sqlite", app.url, port, admin))
+    try:
+        assert signed_post(port, event_body(1)) == 200
+        time.sleep(0.5)  # the delivery is in flight: the app answers after 2 s
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        app.stop()
+    assert len(app.taken()) == 1
+    assert queue_status(tmp_path / "q.sqlite")["delivered"] == 1
+
+
+def test_app_down_while_sending_then_up_everything_is_delivered(tmp_path: Path) -> None:
+    app = AppStub()
+    app.port = free_port()
+    port, admin = free_port(), free_port()
+    queue = tmp_path / "q.sqlite"
+    proc = start_relay(relay_argv(queue, app.url, port, admin, "--max-backoff", "1s"))
+    try:
+        sender = InsperaLike(port, 200).start()
+        assert sender.join(30)
+        assert queue_status(queue)["pending"] == 200
+        app.start()
+        deadline = time.monotonic() + 30
+        while (status := queue_status(queue))["pending"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (status["pending"], status["delivered"], status["dead"]) == (0, 200, 0)
+        metrics = dict(line.rsplit(" ", 1) for line in http_get(admin, "/metrics")[1].splitlines()
+                       if not line.startswith("#"))
+        assert metrics["inspera_relay_received_total"] == "200"
+        assert metrics["inspera_relay_delivered_total"] == "200"
+        assert metrics["inspera_relay_pending"] == "0"
+        assert float(metrics["inspera_relay_delivery_seconds_count"]) >= 400  # failed attempts count too
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        app.stop()
+    ids = [d.delivery_id for d in app.taken()]
+    assert len(ids) == len(set(ids)) == 200
+    assert {d.body for d in app.taken()} == sender.acknowledged
+
+
+def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+    report = crash_loop(tmp_path, events=300, kills=6, seed=11)
+    print(f"crash loop: {len(report.kills)} kills, {report.acknowledged} acknowledged, "
+          f"{report.delivered_ids} delivered, duplicates after a kill: {len(report.duplicates)}")
+    assert report.acknowledged == 300
+    assert report.missing == 0
+    assert report.split == 0
+    assert report.unexplained == []
+    assert len(report.duplicates) <= 4 * len(report.kills)  # at most the attempts in flight per kill
