@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -245,10 +244,16 @@ def default_queue_path() -> Path:
     return Path(user_data_dir(APP_NAME)) / "relay.sqlite"
 
 
+_second: tuple[int, str] = (0, "")
+
+
 def iso_time(seconds: float) -> str:
     """UTC with milliseconds and a Z, as `listen` prints times: 2024-05-01T12:00:00.123Z."""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    global _second
+    whole = int(seconds // 1)
+    if _second[0] != whole or not _second[1]:  # one strftime per second: a log line per event
+        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{_second[1]}{int(seconds % 1 * 1000):03d}Z"
 
 
 def body_digest(body: bytes) -> bytes:
@@ -277,6 +282,7 @@ class SQLiteQueue:
         except (OSError, sqlite3.Error) as exc:
             raise QueueError(f"cannot open the relay queue {self.path}: {_describe(exc)}") from exc
         self._depth = 0
+        self._known_routes: set[str] = set()
         try:
             self._prepare(create)
         except sqlite3.Error as exc:
@@ -335,8 +341,9 @@ class SQLiteQueue:
     def enqueue(self, events: Sequence[NewEvent], *, now: float, dedupe_since: float) -> list[Stored]:
         stored = []
         with self.transaction():
-            for url in {new.url for new in events}:
+            for url in {new.url for new in events} - self._known_routes:
                 self._db.execute("INSERT OR IGNORE INTO routes (url) VALUES (?)", (url,))
+                self._known_routes.add(url)
             for new in events:
                 digest = body_digest(new.body)
                 row = self._db.execute(
@@ -346,7 +353,7 @@ class SQLiteQueue:
                 if row is not None:
                     stored.append(Stored(row[0], True))
                     continue
-                event_id = uuid.uuid4().hex
+                event_id = os.urandom(16).hex()
                 self._db.execute(
                     "INSERT INTO events (id, digest, event, context_object_id, url, body, content_type,"
                     " signature, received_at, state, since, next_attempt_at)"

@@ -1,0 +1,295 @@
+"""How `inspera-hooks relay` holds up: accept rate, backlog drain, a 60-second outage, SIGKILLs.
+
+    python tests/bench_relay.py [--duration S] [--outage S] [--backlog N] [--kills N]
+
+In one run:
+
+1. accept rate: `relay` (its app up and taking every event) beside `listen --record` on the same
+   machine, with bench_listen's load generator (wrk with one thread, else its Python generator),
+   at 32 and 256 connections. Goal: relay >= 0.8 x listen --record.
+2. drain: a backlog of N events (10,000) already in the queue, delivered to an app that answers at
+   once. Goal: >= 500 events/s.
+3. outage: events keep coming (Inspera-like: each sent until answered 200) while the app is down for
+   60 s; after it returns, every acknowledged event is delivered, each X-Inspera-Delivery-Id seen at
+   least once and counted once.
+4. crash loop: SIGKILL at random moments while events come and the app goes up and down (the long
+   form of the suite's test).
+
+Compare ratios within one run: other work on the machine moves absolute numbers. Not a pytest test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_listen import SECRET, Server, python_load, wrk  # noqa: E402
+
+from inspera_cli.relay.queue import NewEvent, SQLiteQueue  # noqa: E402
+from tests import relay_harness  # noqa: E402
+from tests.relay_harness import crash_loop, event_body, free_port, signed_post  # noqa: E402
+
+# An app that answers 200 at once and appends "delivery-id contextObjectId" per POST to a file
+# (kept across its restarts), in a process of its own.
+COUNTING_APP = r"""
+import json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = open(sys.argv[2], "a", buffering=1)
+lock = threading.Lock()
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            object_id = json.loads(body)["contextObjectId"]
+        except ValueError:
+            object_id = None
+        with lock:
+            log.write(f"{self.headers.get('X-Inspera-Delivery-Id')} {object_id}\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer.allow_reuse_address = True
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+server.daemon_threads = True
+server.request_queue_size = 1024
+print(f"Ready: http://127.0.0.1:{server.server_address[1]}/", file=sys.stderr, flush=True)
+server.serve_forever()
+"""
+
+
+def relay_argv(queue: Path, app_port: int, *more: str) -> list[str]:
+    return [sys.executable, "-m", "inspera_cli", "relay", "--port", "0", "--admin-port", "0",
+            "--secret-env", "BENCH_SECRET", "--forward-to", f"http://127.0.0.1:{app_port}/",
+            "--queue", str(queue), "--log-format", "json", *more]
+
+
+def app_server(port: int, log: Path, env: dict[str, str]) -> Server:
+    return Server([sys.executable, "-c", COUNTING_APP, str(port), str(log)], env)
+
+
+def pending(queue: Path) -> int:
+    opened = SQLiteQueue(queue)
+    try:
+        return opened.pending_count()
+    finally:
+        opened.close()
+
+
+def wait_drained(queue: Path, timeout: float) -> float:
+    """Seconds until nothing is pending (or the timeout)."""
+    started = time.monotonic()
+    while pending(queue) and time.monotonic() - started < timeout:
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+# -- 1. accept rate -------------------------------------------------------------------------------------
+
+
+def accept_rates(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> bool:
+    print(f"-- accept rate: {args.duration:g} s per measurement, load from {args.generator}")
+    app_port = free_port()
+    app = app_server(app_port, tmp / "accept-app.log", env)
+    listen = [sys.executable, "-m", "inspera_cli", "listen", "--port", "0", "--secret-env", "BENCH_SECRET"]
+    rates: dict[tuple[str, int], float] = {}
+    first_id = 0
+    try:
+        for connections in (32, 256):
+            for name in ("listen --record", "relay"):
+                for leftover in tmp.glob("accept*.sqlite*"):
+                    leftover.unlink()
+                (tmp / "accept.jsonl").unlink(missing_ok=True)
+                argv = (relay_argv(tmp / "accept.sqlite", app_port) if name == "relay"
+                        else [*listen, "--record", str(tmp / "accept.jsonl")])
+                server = Server(argv, env)
+                first_id += 1_000_000
+                try:
+                    if args.generator == "wrk":
+                        rate, p99 = wrk(server.port, connections, args.duration, first_id, tmp)
+                    else:
+                        rate, p99 = python_load(server.port, connections, args.duration, first_id)
+                finally:
+                    server.stop()
+                rates[name, connections] = rate
+                print(f"{name:>16} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms",
+                      flush=True)
+    finally:
+        app.stop()
+    ok = True
+    for connections in (32, 256):
+        ratio = rates["relay", connections] / rates["listen --record", connections]
+        met = ratio >= 0.8
+        ok = ok and met
+        verdict = "met" if met else "NOT met"
+        print(f"relay / listen --record @{connections}: {ratio:.2f}  (goal >= 0.8: {verdict})")
+    return ok
+
+
+# -- 2. drain -------------------------------------------------------------------------------------------
+
+
+def drain(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> bool:
+    print(f"-- drain: a backlog of {args.backlog} events to an app that answers at once")
+    queue = tmp / "drain.sqlite"
+    app_port = free_port()
+    backlog = SQLiteQueue(queue, create=True)
+    now = time.time()
+    url = f"http://127.0.0.1:{app_port}/"
+    backlog.enqueue([NewEvent(event_body(n), url, "confirm_final_grades", n, "application/json", "0" * 40)
+                     for n in range(args.backlog)], now=now, dedupe_since=now)
+    backlog.close()
+    log = tmp / "drain-app.log"
+    app = app_server(app_port, log, env)
+    try:
+        relay = Server(relay_argv(queue, app_port), env)
+        try:
+            seconds = wait_drained(queue, 300)
+        finally:
+            relay.stop()
+    finally:
+        app.stop()
+    ids = Counter(line.split()[0] for line in log.read_text().splitlines())
+    rate = args.backlog / seconds
+    met = rate >= 500 and len(ids) == args.backlog
+    print(f"drained {len(ids)} of {args.backlog} in {seconds:.1f} s: {rate:.0f} events/s, "
+          f"{sum(ids.values()) - len(ids)} sent twice  (goal >= 500/s: {'met' if met else 'NOT met'})")
+    return met
+
+
+# -- 3. outage ------------------------------------------------------------------------------------------
+
+
+class SteadySender:
+    """Sends distinct signed events at ``rate`` per second, each until answered 200 (Inspera with
+    unlimited retries, so that every event counts)."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.port, self.rate = port, rate
+        self.acknowledged: list[int] = []
+        self.sent = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> SteadySender:
+        ticker = threading.Thread(target=self._tick, daemon=True)
+        ticker.start()
+        self._threads.append(ticker)
+        return self
+
+    def _tick(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set():
+            due = started + self.sent / self.rate
+            time.sleep(max(0.0, due - time.monotonic()))
+            n = self.sent
+            self.sent += 1
+            worker = threading.Thread(target=self._send, args=(n,), daemon=True)
+            worker.start()
+            self._threads.append(worker)
+
+    def _send(self, n: int) -> None:
+        body = event_body(n)
+        while signed_post(self.port, body, timeout=10) != 200:
+            time.sleep(0.2)
+        with self._lock:
+            self.acknowledged.append(n)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(60)
+
+
+def outage(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> bool:
+    rate = 50.0
+    print(f"-- outage: {rate:g} events/s; the app is down for {args.outage:g} s in the middle")
+    queue = tmp / "outage.sqlite"
+    app_port = free_port()
+    log = tmp / "outage-app.log"
+    app = app_server(app_port, log, env)
+    relay = Server(relay_argv(queue, app_port), env)
+    try:
+        sender = SteadySender(relay.port, rate).start()
+        time.sleep(5)
+        app.stop()
+        down_at = time.monotonic()
+        time.sleep(args.outage)
+        queued = pending(queue)
+        app = app_server(app_port, log, env)
+        print(f"app back after {time.monotonic() - down_at:.0f} s; {queued} events waiting", flush=True)
+        back_at = time.monotonic()
+        time.sleep(5)
+        sender.stop()
+        drained = wait_drained(queue, 900) + (time.monotonic() - back_at)
+    finally:
+        relay.stop()
+        app.stop()
+    lines = [line.split() for line in log.read_text().splitlines()]
+    per_id = Counter(delivery_id for delivery_id, _ in lines)
+    ids_per_event: dict[str, set[str]] = {}
+    for delivery_id, object_id in lines:
+        ids_per_event.setdefault(object_id, set()).add(delivery_id)
+    acknowledged = {str(n) for n in sender.acknowledged}
+    missing = acknowledged - set(ids_per_event)
+    split = [event for event, ids in ids_per_event.items() if len(ids) > 1]
+    ok = not missing and not split
+    print(f"{len(acknowledged)} events acknowledged, {len(ids_per_event)} delivered under {len(per_id)} ids "
+          f"({sum(per_id.values()) - len(per_id)} POSTs of an id seen before); all delivered "
+          f"{drained:.0f} s after the app returned; missing {len(missing)}, events under two ids "
+          f"{len(split)}  ({'met' if ok else 'NOT met'})")
+    return ok
+
+
+# -- 4. crash loop --------------------------------------------------------------------------------------
+
+
+def crashes(args: argparse.Namespace, tmp: Path) -> bool:
+    print(f"-- crash loop: {args.kills} SIGKILLs while 2,000 events come and the app goes up and down")
+    report = crash_loop(tmp, events=2000, kills=args.kills, seed=3, drain_timeout=300)
+    ok = report.missing == 0 and report.split == 0 and not report.unexplained
+    print(f"{len(report.kills)} kills; {report.acknowledged} acknowledged, {report.delivered_ids} delivered; "
+          f"taken twice (a kill fell between the app's 2xx and the commit): {len(report.duplicates)}; "
+          f"missing {report.missing}; unexplained duplicates {len(report.unexplained)}  "
+          f"({'met' if ok else 'NOT met'})")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per accept measurement")
+    parser.add_argument("--generator", choices=["wrk", "python"],
+                        default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--backlog", type=int, default=10_000)
+    parser.add_argument("--outage", type=float, default=60.0, help="seconds the app is down")
+    parser.add_argument("--kills", type=int, default=30)
+    args = parser.parse_args()
+    env = {**os.environ, "BENCH_SECRET": SECRET}
+    relay_harness.SECRET = SECRET  # the outage's sender signs as the relay verifies
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [accept_rates(args, Path(tmp), env), drain(args, Path(tmp), env),
+                   outage(args, Path(tmp), env), crashes(args, Path(tmp))]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
