@@ -98,6 +98,21 @@ def tls_context() -> ssl.SSLContext:
     return context
 
 
+class OriginTls:
+    """The TLS context for https origins, made on first use (one per sender: it reads the CA
+    bundle settings of its time)."""
+
+    def __init__(self) -> None:
+        self._context: ssl.SSLContext | None = None
+
+    def __call__(self, origin: Origin) -> ssl.SSLContext | None:
+        if origin.scheme != "https":
+            return None
+        if self._context is None:
+            self._context = tls_context()
+        return self._context
+
+
 class AnswerError(Exception):
     """The peer's bytes are not an HTTP/1.1 answer we can read; the message says why."""
 

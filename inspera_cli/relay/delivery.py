@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -78,7 +77,7 @@ class DeliveryEngine:
         self.lanes = {url: _Lane(url, _target(url)) for url in dict.fromkeys(urls)}
         self._wake = asyncio.Event()
         self._stopping = False
-        self._tls: ssl.SSLContext | None = None
+        self._tls_for = sender.OriginTls()
 
     def notify(self, url: str | None = None) -> None:
         """On the loop: events were queued (for ``url``, or any lane): look for due work now."""
@@ -241,13 +240,6 @@ class DeliveryEngine:
     @property
     def in_flight(self) -> int:
         return sum(len(lane.running) for lane in self.lanes.values())
-
-    def _tls_for(self, origin: sender.Origin) -> ssl.SSLContext | None:
-        if origin.scheme != "https":
-            return None
-        if self._tls is None:
-            self._tls = sender.tls_context()
-        return self._tls
 
 
 def _claim(queue: EventQueue, url: str, *, now: float, limit: int, held: frozenset[int]

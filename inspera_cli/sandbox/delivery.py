@@ -16,7 +16,6 @@ import concurrent.futures
 import heapq
 import itertools
 import math
-import ssl
 import threading
 import time
 from collections import deque
@@ -250,7 +249,7 @@ class DeliveryLoop:
         self._thread = threading.Thread(target=self._run, name="sandbox-delivery", daemon=True)
         self._lanes: dict[wire.Origin, _Lane] = {}
         self._order = itertools.count()
-        self._tls: ssl.SSLContext | None = None
+        self._tls_for = wire.OriginTls()
         self._stopped = False
 
     # -- any thread --------------------------------------------------------------------------------
@@ -431,13 +430,6 @@ class DeliveryLoop:
             return None, PostResult(None, error)
         status = answer.status
         return connection, PostResult(status, None if status == 200 else f"answered {status}")
-
-    def _tls_for(self, origin: wire.Origin) -> ssl.SSLContext | None:
-        if origin.scheme != "https":
-            return None
-        if self._tls is None:
-            self._tls = wire.tls_context()
-        return self._tls
 
 
 def _settle(waiter: asyncio.Future[bool], value: bool) -> None:
