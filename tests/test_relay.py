@@ -178,6 +178,23 @@ def test_dead_after_max_age_on_an_injected_clock_then_retry_dead(
     assert {d.delivery_id for d in taken} == set(received)
 
 
+@pytest.mark.parametrize("taken", ["port", "admin_port"])
+def test_a_port_in_use_is_one_error_and_leaves_the_queue_free(tmp_path: Path, taken: str) -> None:
+    import socket
+
+    from inspera_cli.errors import InsperaError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = {"port": 0, "admin_port": 0, taken: busy.getsockname()[1]}
+        config = RelayConfig(routes={None: "http://127.0.0.1:1/"}, queue=tmp_path / "q.sqlite", **ports)
+        with pytest.raises(InsperaError, match=r"(cannot listen on|cannot serve the admin port on) .*in use"):
+            Relay(config).start()
+    with running(tmp_path, {None: "http://127.0.0.1:1/"}, queue=tmp_path / "q.sqlite") as relay:
+        assert relay.url  # the lock and the queue were given back
+
+
 def test_admin_health_and_metrics(tmp_path: Path, app: AppStub) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

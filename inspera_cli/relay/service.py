@@ -108,6 +108,8 @@ class Relay:
             self.rerouted = self._queue.reroute(cfg.routes)
             self._listen()
             self._start_admin_and_delivery()
+            assert self._listener is not None
+            self.url = self._listener.url  # set once everything runs
         except BaseException:
             self._abandon()
             raise
@@ -125,7 +127,6 @@ class Relay:
         )
         self._listener = Listener(listener_config, policy=policy)
         self._listener.start()
-        self.url = self._listener.url
 
     def _start_admin_and_delivery(self) -> None:
         assert self._listener is not None and self._admin is not None and self._engine is not None
@@ -190,7 +191,7 @@ class Relay:
                 future.result(STOP_GRACE + 5)
             except (concurrent.futures.TimeoutError, Exception):
                 log.warning("the relay did not stop cleanly", exc_info=True)
-        self._abandon()
+        self._close_queue()
 
     async def _finish(self) -> None:
         remaining = max(0.0, self._stop_deadline - time.monotonic()) if self._stop_deadline else STOP_GRACE
@@ -203,7 +204,15 @@ class Relay:
             await self._admin.close()
 
     def _abandon(self) -> None:
-        """Close what is open, in order; used on the way out, or when start() fails half-way."""
+        """When start() fails half-way: stop the listener if it started (its policy's close
+        finishes the rest), then close what is still open."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.shutdown(0.0)
+        self._close_queue()
+
+    def _close_queue(self) -> None:
+        """Commit what is queued, close the queue, release the lock (idempotent)."""
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.close()
@@ -211,9 +220,6 @@ class Relay:
         if queue is not None:
             queue.close()
         self._lock.release()
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.shutdown(0.0)
 
     def listener_stats(self) -> ListenerStats | None:
         return self._listener.stats() if self._listener is not None else None
