@@ -127,9 +127,31 @@ def test_with_concurrency_first_attempts_start_in_arrival_order(tmp_path: Path, 
     app.answer = lambda d: started.append(json.loads(d.body)["contextObjectId"]) or 200  # type: ignore[func-returns-value]
     with running(tmp_path, {None: app.url}, concurrency=4):
         app.wait_taken(40, 15)
-    # Four at a time: each event starts no later than the three after it.
+    # Four at a time, in arrival order: event n starts only once n - 3 earlier ones were answered,
+    # so the app has seen at least n - 3 events before it (it records each before answering).
     assert sorted(started) == list(range(40))
-    assert all(n >= i - 3 for i, n in enumerate(started))
+    assert all(n <= i + 3 for i, n in enumerate(started))
+
+
+def test_when_the_app_returns_what_waited_for_it_goes_at_once_in_order(
+    tmp_path: Path, app: AppStub
+) -> None:
+    from inspera_cli.relay.queue import NewEvent
+
+    queue = SQLiteQueue(tmp_path / "relay.sqlite", create=True)
+    now = time.time()
+    queue.enqueue([NewEvent(event_body(n), app.url, "e", n) for n in range(6)], now=now, dedupe_since=0)
+    for event in queue.claim_due(app.url, now=now, limit=6, held=()):
+        refused = event.context_object_id != 5  # 0-4: the app was down; 5: the app said 500
+        error = "connection refused" if refused else "answered 500"
+        queue.retry_later(event.seq, next_at=now + 500, error=error, now=now, app_down=refused)
+    queue.close()
+    with running(tmp_path, {None: app.url}, concurrency=1) as relay:
+        assert signed_post(port_of(relay), event_body(99)) == 200
+        taken = app.wait_taken(6, 10)
+        time.sleep(0.3)
+    assert [json.loads(d.body)["contextObjectId"] for d in taken] == [99, 0, 1, 2, 3, 4]
+    assert len(app.deliveries) == 6  # the one the app refused keeps its schedule
 
 
 def test_retry_after_is_honoured(tmp_path: Path, app: AppStub) -> None:

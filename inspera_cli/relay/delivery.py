@@ -10,7 +10,10 @@ Each POST carries the original body, ``X-Inspera-Signature`` and ``Content-Type`
 answer is delivered; anything else, no answer within 10 s or no connection is retried on the
 ``RetryPolicy`` (the app's ``Retry-After`` honoured) until ``--max-age``, then the event is dead.
 Outcomes are written back through the ``QueueWorker`` (group commit); an event stays claimed until
-its outcome is committed, so it is never started twice at once.
+its outcome is committed, so it is never started twice at once. When the app takes an event after
+it was unreachable (no answer, or 502/503/504 without Retry-After), the events that were waiting
+only for it are due at once, in arrival order: a backlog drains when the app returns, not over
+the next --max-backoff.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ DELIVERY_ID_HEADER = "X-Inspera-Delivery-Id"
 ATTEMPT_HEADER = "X-Inspera-Attempt"
 USER_AGENT = f"inspera-hooks/{__version__} (relay)"
 _KEEP = (b"retry-after",)
+_APP_DOWN = frozenset({502, 503, 504})
 
 
 @dataclass
@@ -49,6 +53,8 @@ class _Lane:
     running: set[asyncio.Task[None]] = field(default_factory=set)
     held: set[int] = field(default_factory=set)  # claimed: ready, running, or outcome not saved
     idle: list[sender.Connection] = field(default_factory=list)
+    # An attempt found the app unreachable since its last 2xx (at start: maybe, in an earlier run).
+    app_down: bool = True
     next_due: float | None = 0.0  # None: nothing pending; 0: look now
 
 
@@ -178,7 +184,17 @@ class DeliveryEngine:
         change = Change(ChangeKind.DELIVERED, now, event.id, event.event, event.context_object_id, lane.url,
                         attempt, reply.status if reply else None, seconds=seconds)
         if reply is not None and 200 <= reply.status < 300:
-            self._save(lane, event, change, lambda q: q.delivered(event.seq, now=now))
+            if lane.app_down:  # the app is back: what waited for it goes now, in arrival order
+                lane.app_down = False
+
+                def deliver_and_resume(queue: EventQueue) -> None:
+                    queue.delivered(event.seq, now=now)
+                    queue.resume(lane.url, now=now)
+
+                self._save(lane, event, change, deliver_and_resume)
+                lane.next_due = 0.0
+            else:
+                self._save(lane, event, change, lambda q: q.delivered(event.seq, now=now))
             return
         retry_after = retry_after_seconds(reply.headers.get("retry-after"), now) if reply else None
         if reply is not None:
@@ -188,13 +204,17 @@ class DeliveryEngine:
         reason = error or "no answer"
         next_at = self.retry.next_attempt(now=now, since=event.since, failures=event.failures + 1,
                                           retry_after=retry_after)
+        # No answer, or a gateway's "the app is not there": not about this event, so it may go as
+        # soon as the app takes another one (an app's own Retry-After is kept).
+        down = retry_after is None and (reply is None or reply.status in _APP_DOWN)
+        lane.app_down = lane.app_down or down
         if next_at is None:
             change = replace(change, kind=ChangeKind.DEAD, error=reason)
             self._save(lane, event, change, lambda q: q.dead(event.seq, error=reason, now=now))
         else:
             change = replace(change, kind=ChangeKind.RETRYING, error=reason, next_attempt_at=next_at)
-            self._save(lane, event, change,
-                       lambda q: q.retry_later(event.seq, next_at=next_at, error=reason, now=now))
+            self._save(lane, event, change, lambda q: q.retry_later(
+                event.seq, next_at=next_at, error=reason, now=now, app_down=down))
 
     def _save(
         self, lane: _Lane, event: QueuedEvent, change: Change, write: Callable[[EventQueue], None]

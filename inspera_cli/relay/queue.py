@@ -19,6 +19,7 @@ Schema (``PRAGMA user_version`` = 1, ``application_id`` = 0x49485259 "IHRY")::
       state TEXT,                    -- pending | delivered | dead
       since REAL,                    -- start of the --max-age window: receipt, or the last `retry`
       attempts INTEGER, failures INTEGER,      -- all attempts; failures in a row since `since`
+      app_down INTEGER,              -- the last failure was the app being unreachable (resumed early)
       next_attempt_at REAL,          -- pending: when it is due (NULL otherwise)
       last_error TEXT, finished_at REAL)       -- delivered or dead: when
     routes(url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL)   -- the latest failure per app
@@ -68,6 +69,7 @@ CREATE TABLE events (
     since REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
+    app_down INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
     last_error TEXT,
     finished_at REAL
@@ -204,7 +206,14 @@ class EventQueue(Protocol):
 
     def delivered(self, seq: int, *, now: float) -> None: ...
 
-    def retry_later(self, seq: int, *, next_at: float, error: str, now: float) -> None: ...
+    def retry_later(
+        self, seq: int, *, next_at: float, error: str, now: float, app_down: bool = False
+    ) -> None:
+        """``app_down``: the failure was the app being unreachable, not a refusal of this event."""
+
+    def resume(self, url: str, *, now: float) -> int:
+        """The app at ``url`` answers again: its events waiting only because it was unreachable
+        are due now (in arrival order); how many."""
 
     def dead(self, seq: int, *, error: str, now: float) -> None: ...
 
@@ -389,12 +398,22 @@ class SQLiteQueue:
             (now, seq),
         )
 
-    def retry_later(self, seq: int, *, next_at: float, error: str, now: float) -> None:
+    def retry_later(
+        self, seq: int, *, next_at: float, error: str, now: float, app_down: bool = False
+    ) -> None:
         with self.transaction():
             url = self._finish(seq, "UPDATE events SET attempts = attempts + 1, failures = failures + 1,"
-                               " next_attempt_at = ?, last_error = ? WHERE seq = ? AND state = 'pending'"
-                               " RETURNING url", (next_at, error, seq))
+                               " next_attempt_at = ?, last_error = ?, app_down = ? WHERE seq = ?"
+                               " AND state = 'pending' RETURNING url", (next_at, error, int(app_down), seq))
             self._route_failed(url, error, now)
+
+    def resume(self, url: str, *, now: float) -> int:
+        with self.transaction():
+            return self._db.execute(
+                "UPDATE events SET next_attempt_at = ?, app_down = 0 WHERE state = 'pending' AND url = ?"
+                " AND app_down = 1 AND next_attempt_at > ?",
+                (now, url, now),
+            ).rowcount
 
     def dead(self, seq: int, *, error: str, now: float) -> None:
         with self.transaction():
