@@ -2,7 +2,9 @@
 
 # No `from __future__ import annotations` here: Typer would read the global options' annotations
 # from strings, compiling each twice on every run (tests/test_startup.py).
+import re
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -13,6 +15,7 @@ from inspera_cli import interrupts, output
 from inspera_cli._version import __version__
 from inspera_cli.commands.coercion import use_plain_values
 from inspera_cli.commands.common import AppState
+from inspera_cli.commands.help import MAX_HELP_WIDTH, HelpGroup
 from inspera_cli.commands.registry import LazyCommands
 from inspera_cli.errors import ExitCode, InsperaError
 
@@ -46,9 +49,10 @@ _click_exceptions = sys.modules[typer.BadParameter.__module__]
 _PASS_THROUGH: tuple[type[BaseException], ...] = (typer.Exit, _click_exceptions.ClickException)
 
 
-class InsperaGroup(TyperGroup):
-    """Maps domain exceptions to one-line errors and exit codes; ``--debug`` shows the traceback
-    (redacted) instead. Global options are accepted after the command too.
+class InsperaGroup(HelpGroup):
+    """Maps domain exceptions and Click's usage errors to one-line errors and exit codes;
+    ``--debug`` shows the traceback (redacted) instead. A reader that leaves (`| head`) ends a
+    command quietly. Global options are accepted after the command too.
 
     Its commands are built on first use (``COMMANDS``) and convert their values without pydantic.
     """
@@ -64,8 +68,47 @@ class InsperaGroup(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # the names, without building every command
 
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        output.setup_streams()
+        run = (args, prog_name, complete_var, False, windows_expand_args)
+        if not standalone_mode:
+            return super().main(*run, **extra)
+        try:
+            result = super().main(*run, **extra)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            output.discard_stdout()
+            sys.exit(ExitCode.OK)
+        except _click_exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except _click_exceptions.UsageError as exc:
+            output.error(usage_error_text(exc))
+            sys.exit(ExitCode.USAGE)
+        except _click_exceptions.ClickException as exc:
+            output.error(_sentence(exc.format_message()))
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            output.error("interrupted")
+            sys.exit(ExitCode.INTERRUPTED)
+        # Not standalone, Click hands back an exit code (typer.Exit) or the command's None.
+        sys.exit(result if isinstance(result, int) else ExitCode.OK)
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, _hoist_global_options(self, ctx, args))
+        try:
+            return super().parse_args(ctx, _hoist_global_options(self, ctx, args))
+        except BrokenPipeError:
+            # `--help | head -0`: printed while parsing, where Typer would exit 1.
+            output.discard_stdout()
+            raise typer.Exit(ExitCode.OK) from None
 
     def invoke(self, ctx: Any) -> Any:
         # One Ctrl-C/SIGTERM policy for every command (interrupts.py).
@@ -77,6 +120,10 @@ class InsperaGroup(TyperGroup):
             return super().invoke(ctx)
         except _PASS_THROUGH:
             raise
+        except BrokenPipeError:
+            # `list | head -1`: the reader has what it wanted.
+            output.discard_stdout()
+            ctx.exit(ExitCode.OK)
         except typer.Abort:
             output.error("interrupted")
             ctx.exit(ExitCode.INTERRUPTED)
@@ -94,6 +141,40 @@ class InsperaGroup(TyperGroup):
                 output.traceback(exc)
             output.error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)")
             ctx.exit(ExitCode.FAILURE)
+
+
+def usage_error_text(exc: Any) -> str:
+    """Click's usage error as one line: what was wrong, and where the command's help is."""
+    command = exc.ctx.command_path if exc.ctx is not None else output.PROG
+    if isinstance(exc, _click_exceptions.NoSuchOption) and exc.possibilities:
+        what = f"no such option: {exc.option_name}; did you mean {' or '.join(sorted(exc.possibilities))}?"
+    else:
+        what = _sentence(exc.format_message())
+    return f"{what} (see {command} --help)"
+
+
+# Typer words a bad value as its validation library does: "Input should be a valid integer,
+# unable to parse string as an integer", "Value error, 'x' is not one of …".
+_VALIDATION_WORDING = [
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"Value error, ", ""),
+        (r", unable to parse string as an? \w+", ""),
+        (r"Input should be a valid integer", "expected a whole number"),
+        (r"Input should be a valid number", "expected a number"),
+        (r"Input should be ", "expected "),
+    )
+]
+
+
+def _sentence(message: str) -> str:
+    """Click's message in the house style: one line, lower-case start, no final full stop."""
+    message = " ".join(message.split()).rstrip(".")
+    for pattern, replacement in _VALIDATION_WORDING:
+        message = pattern.sub(replacement, message)
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    return message
 
 
 def _debug(ctx: Any) -> bool:
@@ -158,12 +239,13 @@ app = typer.Typer(
     cls=InsperaGroup,
     name="inspera-hooks",
     help="Inspera Assessment webhooks from the command line: subscriptions, a verifying "
-    "local receiver, a signing toolkit and a sandbox tenant.",
+    "local receiver, a signing toolkit and a sandbox tenant.\n\n"
+    "Example:\n  inspera-hooks demo\n  inspera-hooks list --json",
     no_args_is_help=True,
     # `inspera-hooks completion SHELL` replaces Typer's --install-completion / --show-completion.
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": MAX_HELP_WIDTH},
     rich_markup_mode=None,
 )
 
@@ -178,14 +260,17 @@ def _version(value: bool) -> None:
 def main_callback(
     ctx: typer.Context,
     url: Annotated[
-        str | None, typer.Option("--url", help="Tenant URL, e.g. https://example.inspera.no.")
+        str | None, typer.Option("--url", metavar="URL", help="Tenant URL, e.g. https://example.inspera.no.")
     ] = None,
-    client_id: Annotated[str | None, typer.Option("--client-id", help="API client id.")] = None,
+    client_id: Annotated[
+        str | None, typer.Option("--client-id", metavar="ID", help="API client id.")
+    ] = None,
     profile: Annotated[
-        str | None, typer.Option("--profile", "-p", help="Profile in the config file.")
+        str | None, typer.Option("--profile", "-p", metavar="NAME", help="Profile in the config file.")
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option("--timeout", help="HTTP timeout in seconds.", min=0.1)
+        float | None,
+        typer.Option("--timeout", metavar="SECONDS", help="HTTP timeout of each API call.", min=0.1),
     ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Log HTTP exchanges (redacted) and show tracebacks.")

@@ -5,6 +5,8 @@ Data goes to stdout; messages, progress and errors go to stderr.
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -41,7 +43,64 @@ def console(stderr: bool = True) -> Console:
             highlight=False,
             soft_wrap=True,
         )
+        # Rich exits 1 on a closed pipe; let it reach cli.InsperaGroup, which ends quietly with 0.
+        _consoles[stderr].on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
     return _consoles[stderr]
+
+
+def _raise_broken_pipe() -> None:
+    raise BrokenPipeError
+
+
+# What a character a stream cannot encode becomes (✓ on a cp1252 or ASCII stdout, say); anything
+# else is written as a backslash escape, which keeps data honest (`b\xfccher`, not `bucher`).
+_ASCII_STAND_INS = {
+    "✓": "+", "✗": "x", "→": "->", "←": "<-", "…": "...", "—": "--", "–": "-", "•": "*",
+    "‘": "'", "’": "'", "“": '"', "”": '"', "\u00a0": " ",
+}
+_FALLBACK_ERRORS = "inspera-hooks-fallback"
+
+
+def _stand_in(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start : error.end]
+    return (
+        "".join(_ASCII_STAND_INS.get(c) or c.encode("ascii", "backslashreplace").decode() for c in text),
+        error.end,
+    )
+
+
+def setup_streams() -> None:
+    """stdout and stderr never fail on a character their encoding lacks (cp1252 when Windows
+    redirects, ASCII): symbols get ASCII stand-ins, other characters backslash escapes."""
+    try:
+        codecs.lookup_error(_FALLBACK_ERRORS)
+    except LookupError:
+        codecs.register_error(_FALLBACK_ERRORS, _stand_in)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors != _FALLBACK_ERRORS:
+            try:
+                stream.reconfigure(errors=_FALLBACK_ERRORS)
+            except (OSError, ValueError):
+                pass  # a closed stream: nothing will be written to it anyway
+
+
+def _ascii_only(stream: Any) -> bool:
+    """Whether ``stream`` cannot take every character (then JSON is written with \\u escapes)."""
+    encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("_", "-")
+    return not encoding.startswith("utf")
+
+
+def discard_stdout() -> None:
+    """Point stdout at /dev/null: its reader left (`| head`), and a later flush (at exit, say)
+    must not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def is_terminal(stream: Any = None) -> bool:
@@ -53,7 +112,7 @@ def print_json(data: Any) -> None:
     """Exactly one JSON document on stdout."""
     import json
 
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=_ascii_only(sys.stdout)) + "\n")
     sys.stdout.flush()
 
 
@@ -71,7 +130,7 @@ def print_json_line(data: Any) -> None:
     """One compact JSON object per line (listen --json)."""
     import json
 
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
+    sys.stdout.write(json.dumps(data, ensure_ascii=_ascii_only(sys.stdout), separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
 
@@ -158,17 +217,22 @@ def render_table(
     columns: Sequence[tuple[str, str] | Column],
     *,
     title: str | None = None,
+    empty: str = "Nothing to show.",
 ) -> None:
     """Rows as a boxed table on a terminal (``tables.terminal_table``), plain aligned text when
     stdout is piped.
 
     ``columns`` are (key, header) pairs or ``tables.Column``s; a ``no_wrap`` column's long values
-    are cut with an ellipsis on a terminal rather than folded (piped, every value is whole).
+    are cut with an ellipsis on a terminal rather than folded (piped, every value is whole). On a
+    terminal, no rows is the ``empty`` note on stderr rather than an empty box.
     """
     from inspera_cli.tables import Column, terminal_table
 
     shown = [c if isinstance(c, Column) else Column(*c) for c in columns]
     if is_terminal():
+        if not rows:
+            info(empty)
+            return
         terminal = console(stderr=False)
         lines = terminal_table(
             [[_cell(row.get(c.key)) for c in shown] for row in rows],
@@ -196,12 +260,14 @@ def render(
     *,
     json_mode: bool,
     title: str | None = None,
+    empty: str = "Nothing to show.",
 ) -> None:
-    """The one renderer for data commands: JSON document with --json, else a table."""
+    """The one renderer for data commands: JSON document with --json, else a table (see
+    ``render_table``)."""
     if json_mode:
         print_json(list(rows))
     else:
-        render_table(rows, columns, title=title)
+        render_table(rows, columns, title=title, empty=empty)
 
 
 @contextmanager

@@ -6,14 +6,23 @@
   job, a shell starts the test run with SIGINT ignored and children would inherit that, so a
   Ctrl-C test would signal a program that cannot hear it.
 - ``LineProcess`` reads a child's output as lines in the background, for tests that watch it.
+- ``Terminal`` runs the CLI on a pty of a given width, as a person runs it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -102,3 +111,55 @@ class LineProcess:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+class Terminal:
+    """The CLI on a pty of ``columns`` columns, as a person runs it; ``screen`` is what it printed.
+
+    The window size is set in the child before the CLI starts, and COLUMNS/LINES are dropped from
+    its environment, so the program sees the width a terminal reports.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], columns: int) -> None:
+        env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
+        pid, self.leader = pty.fork()
+        if pid == 0:  # the child: becomes the CLI
+            default_signals()
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+            os.execve(sys.executable, [*CLI, *args], env)
+        self.pid = pid
+        self.seen = b""
+
+    @property
+    def screen(self) -> str:
+        return self.seen.decode(errors="replace")
+
+    @property
+    def lines(self) -> list[str]:
+        """The lines as the terminal shows them: colours and cursor moves dropped, a line erased
+        with \\r showing only its last text."""
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", self.screen)
+        return [line.rsplit("\r", 1)[-1] for line in plain.split("\r\n")]
+
+    def read_until(self, text: str, timeout: float = 20) -> bool:
+        """Read output until ``text`` shows (True) or the program closed the terminal."""
+        deadline = time.monotonic() + timeout
+        while text not in self.screen and time.monotonic() < deadline:
+            if select.select([self.leader], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.leader, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self.seen += chunk
+        return text in self.screen
+
+    def ctrl_c(self) -> None:
+        os.write(self.leader, b"\x03")  # the terminal sends SIGINT to the program
+
+    def exit_code(self) -> int:
+        self.read_until("\0")  # to the end of the output
+        os.close(self.leader)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)

@@ -42,7 +42,7 @@ def apply(
         typer.Option("--detailed-exitcode", help="Exit 2 when changes were made or planned."),
     ] = False,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, max=32, help="Creates run at the same time.")
+        int, typer.Option("--concurrency", metavar="N", min=1, max=32, help="Creates run at the same time.")
     ] = 4,
     json: JsonOption = False,
 ) -> None:

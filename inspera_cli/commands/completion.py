@@ -98,7 +98,8 @@ def _detect_shell() -> Shell:
 def completion(
     shell: Annotated[
         Shell | None,
-        typer.Argument(help="bash, zsh or fish (default: the shell in $SHELL).", show_default=False),
+        typer.Argument(metavar="SHELL", help="bash, zsh or fish (default: the shell in $SHELL).",
+                       show_default=False),
     ] = None,
 ) -> None:
     """Print the shell completion script for bash, zsh or fish.
@@ -106,10 +107,10 @@ def completion(
     Commands and options complete offline; event names and subscription ids complete from the API
     when a profile or INSPERA_* variables are set (cached for a minute, silent when offline).
 
-    Example: inspera-hooks completion bash > ~/.local/share/bash-completion/completions/inspera-hooks
-
-    zsh: inspera-hooks completion zsh > ~/.zfunc/_inspera-hooks (with ~/.zfunc on $fpath)
-    fish: inspera-hooks completion fish > ~/.config/fish/completions/inspera-hooks.fish
+    Example:
+      inspera-hooks completion bash > ~/.local/share/bash-completion/completions/inspera-hooks
+      inspera-hooks completion zsh > ~/.zfunc/_inspera-hooks      # with ~/.zfunc on $fpath
+      inspera-hooks completion fish > ~/.config/fish/completions/inspera-hooks.fish
 
     Exit codes: 0 printed, 2 unknown shell (or none given and $SHELL is not bash, zsh or fish).
     """

@@ -125,14 +125,17 @@ def show(ctx: typer.Context, json: JsonOption = False) -> None:
         if value is not None and key in ("api_key", "token"):
             value = MASK
         rows.append({"key": key, "value": value, "source": settings.sources.get(key)})
-    output.render(rows, [("key", "Key"), ("value", "Value"), ("source", "Source")], json_mode=json)
+    from inspera_cli.tables import Column
+
+    columns = [Column("key", "Key"), Column("value", "Value", no_wrap=True), Column("source", "Source")]
+    output.render(rows, columns, json_mode=json)
 
 
 @config_app.command("set")
 def set_(
     ctx: typer.Context,
-    key: Annotated[str, typer.Argument(help="url, client_id or timeout.")],
-    value: Annotated[str, typer.Argument(help="The new value.")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="url, client_id or timeout.")],
+    value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],
 ) -> None:
     """Set one key of the profile (the API key only through `login`, never on the command line).
 

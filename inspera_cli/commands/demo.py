@@ -7,7 +7,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -27,7 +27,9 @@ def _say(text: str) -> None:
 
 
 def demo(
-    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the event.", min=1),
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="SECONDS", help="How long to wait for the event.", min=1)
+    ] = 10.0,
 ) -> None:
     """Run the whole story on an embedded sandbox: events, create, fire, receive, list, delete.
 

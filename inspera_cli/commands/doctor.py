@@ -35,7 +35,7 @@ def doctor(
     of that endpoint would pass: HTTPS, public DNS, a valid TLS certificate, and 200 to a signed
     verification POST within 10 s. The POST is signed with the given secret, or a throwaway one.
 
-    Each check is printed with ✓ or ✗ and how to fix it.
+    Each check is a line that starts with a check mark or a cross, with how to fix it.
 
     Example: inspera-hooks doctor --endpoint https://hooks.example.edu/inspera --secret-env HOOK_SECRET
 

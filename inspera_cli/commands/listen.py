@@ -342,8 +342,8 @@ def listen(
     ] = None,
     tunnel: Annotated[
         TunnelProgram | None,
-        typer.Option("--tunnel", help="Start this tunnel program and use its public URL plus --path "
-                     "as --public-url; stopped again on exit."),
+        typer.Option("--tunnel", metavar="PROGRAM", help="Start this tunnel program (cloudflared or "
+                     "ngrok) and use its public URL plus --path as --public-url; stopped again on exit."),
     ] = None,
     exit_after: Annotated[
         int | None, typer.Option("--exit-after", min=1, metavar="N", help="Exit 0 after N accepted events.")

@@ -17,6 +17,7 @@ import typer
 import typer.main
 
 from inspera_cli.commands.coercion import use_plain_values
+from inspera_cli.commands.help import use_help_classes
 
 
 class LazyCommands(MutableMapping[str, Any]):
@@ -62,6 +63,7 @@ class LazyCommands(MutableMapping[str, Any]):
             suggest_commands=root.suggest_commands,
         )
         module.register(app)
+        use_help_classes(app)
         # Only the one asked for; a callback makes Typer build a group around it, as for the root.
         app.registered_commands = [info for info in app.registered_commands if info.name == name]
         app.registered_groups = [info for info in app.registered_groups if info.name == name]

@@ -40,15 +40,16 @@ def _parse_resolve(values: list[str]) -> dict[str, tuple[str, int]]:
 
 @sandbox_app.command("serve")
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: a free one).")
+        int,
+        typer.Option("--port", metavar="PORT", min=0, max=65535, help="Port to listen on (0: a free one)."),
     ] = 8765,
     client_id: Annotated[
-        str, typer.Option("--client-id", help="The API client id the sandbox accepts.")
+        str, typer.Option("--client-id", metavar="ID", help="The API client id the sandbox accepts.")
     ] = "sandbox",
     api_key: Annotated[
-        str, typer.Option("--api-key", help="The API authorization code the sandbox accepts.")
+        str, typer.Option("--api-key", metavar="KEY", help="The API authorization code the sandbox accepts.")
     ] = "sandbox-key",
     state_file: Annotated[
         Path | None,
@@ -61,13 +62,15 @@ def serve(
     ] = None,
     token_ttl: Annotated[
         float,
-        typer.Option("--token-ttl", metavar="S", min=0.001, help="Access tokens expire after S seconds."),
+        typer.Option(
+            "--token-ttl", metavar="SECONDS", min=0.001, help="Access tokens expire after this long."
+        ),
     ] = 3600.0,
     validation_timeout: Annotated[
         float,
         typer.Option(
             "--validation-timeout",
-            metavar="S",
+            metavar="SECONDS",
             min=0.001,
             help="Seconds an endpoint has to answer the validation POST on create.",
         ),
@@ -76,7 +79,8 @@ def serve(
         int, typer.Option("--retries", metavar="N", min=0, help="Retries of a failed delivery.")
     ] = 3,
     retry_delay: Annotated[
-        float, typer.Option("--retry-delay", metavar="S", min=0, help="Seconds between delivery attempts.")
+        float,
+        typer.Option("--retry-delay", metavar="SECONDS", min=0, help="Pause between delivery attempts."),
     ] = 1.0,
     resolve: Annotated[
         list[str] | None,
@@ -257,14 +261,15 @@ def fire(
     )
 
 
+# (key, header, never split: cut with an ellipsis on a terminal instead)
 DELIVERY_COLUMNS = [
-    ("deliveryId", "Delivery"),
-    ("attempt", "Attempt"),
-    ("subscriptionId", "Subscription"),
-    ("endpoint", "Endpoint"),
-    ("status", "Status"),
-    ("error", "Error"),
-    ("time", "Time"),
+    ("deliveryId", "Delivery", True),
+    ("attempt", "Attempt", True),
+    ("subscriptionId", "Subscription", True),
+    ("endpoint", "Endpoint", True),
+    ("status", "Status", True),
+    ("error", "Error", False),
+    ("time", "Time", True),
 ]
 
 
@@ -278,7 +283,10 @@ def deliveries(ctx: typer.Context, json: JsonOption = False) -> None:
     items = data.get("deliveries")
     if not isinstance(items, list):
         raise APIError("the sandbox answered without deliveries")
-    output.render(items, DELIVERY_COLUMNS, json_mode=json, title="Delivery attempts")
+    from inspera_cli.tables import Column
+
+    output.render(items, [Column(*c) for c in DELIVERY_COLUMNS], json_mode=json, title="Delivery attempts",
+                  empty="No delivery attempts yet.")
 
 
 def register(app: typer.Typer) -> None:
