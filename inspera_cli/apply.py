@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from inspera_cli.creating import explain_refusal
 from inspera_cli.endpoints import endpoint_problem
 from inspera_cli.errors import APIError, ConfigError, InsperaError
+from inspera_cli.event_names import did_you_mean
 from inspera_cli.files import loads_toml, read_small_text
 from inspera_cli.redaction import env_secret_problem
 
@@ -226,12 +227,12 @@ def _header_line(lines: list[str], key: str) -> int | None:
 
 def check_events(spec: SubscriptionsFile, supported: Iterable[str]) -> None:
     """Refuse events the tenant does not support, naming each one's line."""
-    known = set(supported)
+    known = sorted(set(supported))
     problems = [
         Problem(
             s.event_line,
-            f"event {s.event!r} is not supported by this tenant; valid events: "
-            f"{', '.join(sorted(known)) or '(none)'}",
+            f"event {s.event!r} is not supported by this tenant{did_you_mean(s.event, known)}; valid "
+            f"events: {', '.join(known) or '(none)'}",
         )
         for s in spec.subscriptions
         if s.event not in known

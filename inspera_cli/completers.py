@@ -51,6 +51,12 @@ def complete_subscription_id(ctx: Any, incomplete: str) -> list[Candidate]:
     return [(sid, help_) for sid, help_ in items if sid.startswith(incomplete)]
 
 
+def tenant_event_names(ctx: Any) -> list[str]:
+    """The tenant's event names when it is configured and answers within the deadline (or a
+    minute-old answer is cached), else none."""
+    return [name for name, _ in _cached(ctx, "events")]
+
+
 def cache_path() -> Path:
     from inspera_cli.config import cache_dir
 

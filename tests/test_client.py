@@ -76,6 +76,7 @@ def test_list_plain_text_when_piped_and_event_filter(cli, stub):
             ]
         ),
     )
+    stub.on("GET", EVENTS, Reply(body=["a", "b"]))
     out = cli("list", "--event", "b").stdout
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "EVENT", "ENDPOINT", "LAST", "MODIFIED"]
@@ -216,16 +217,25 @@ def test_create_with_empty_answer_finds_the_new_one_by_listing(cli, stub):
 
 
 def test_delete_404_after_lost_answer_counts_as_deleted(cli, stub):
+    stub.on("GET", SUBS, Reply(body=[{"subscriptionId": 5, "event": "complete_grading", "endpoint": "https://h/"}]))
     stub.on("DELETE", f"{SUBS}/5", Reply(drop=True), Reply(404, {"error": "not found"}))
     assert cli("delete", "5", "--json").json == [{"subscriptionId": 5, "deleted": True}]
     assert stub.count("DELETE", f"{SUBS}/5") == 2
 
 
 def test_delete_unknown_id_exit_4_unless_missing_ok(cli, stub):
-    stub.on("DELETE", f"{SUBS}/9", Reply(404, {"error": "not found"}))
+    stub.on("GET", SUBS, Reply(body=[{"subscriptionId": 5, "event": "complete_grading", "endpoint": "https://h/"}]))
     r = cli("delete", "9", "--yes", expect=4)
-    assert "9" in r.stderr
+    assert "no subscription with id 9" in r.stderr
     assert cli("delete", "9", "--missing-ok", "--json").json == [{"subscriptionId": 9, "deleted": False}]
+    # a mistyped id among good ones deletes nothing: each id is checked before any is deleted
+    r = cli("delete", "5", "9", "--yes", "--json", expect=4)
+    assert r.json == [{"subscriptionId": 5, "deleted": False}, {"subscriptionId": 9, "deleted": False}]
+    assert stub.count("DELETE", f"{SUBS}/5") == 0 and stub.count("DELETE", f"{SUBS}/9") == 0
+    stub.on("DELETE", f"{SUBS}/5", Reply(204))
+    assert cli("delete", "5", "9", "--missing-ok", "--json").json == [
+        {"subscriptionId": 5, "deleted": True}, {"subscriptionId": 9, "deleted": False}
+    ]
 
 
 def test_connection_refused_message(cli, monkeypatch):
@@ -471,8 +481,8 @@ def test_create_accepted_but_not_listed_keeps_the_generated_secret(cli, stub, mo
 
 
 def test_delete_by_pair_not_found_prints_an_empty_json_list(cli, stub):
-    r = cli("delete", "--event", "e", "--endpoint", "https://none/", "--json", expect=4)
-    assert r.json == [] and "no subscription to e at https://none/" in r.stderr
+    r = cli("delete", "--event", "complete_grading", "--endpoint", "https://none/", "--json", expect=4)
+    assert r.json == [] and "no subscription to complete_grading at https://none/" in r.stderr
 
 
 def test_piped_login_reads_answers_without_getpass_and_fails_cleanly_on_eof(cli, stub, monkeypatch):

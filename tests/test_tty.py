@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pty
 import re
 import select
-import struct
 import sys
 import termios
 import time
@@ -16,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests import processes
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID
-from tests.processes import default_signals
 from tests.stub_server import Reply
 from tests.test_listen import EVENT, App, closed_port, openssl_sign
 
@@ -69,54 +67,30 @@ def test_secret_stdin_on_a_terminal_is_a_hidden_prompt(stub, tmp_path):
 
 
 def test_declining_delete_deletes_nothing_and_exits_1(stub, tmp_path):
+    stub.on("GET", "/api/v1/subscription", Reply(body=[
+        {"subscriptionId": 5, "event": "complete_grading", "endpoint": "https://hooks.example.edu/a"},
+        {"subscriptionId": 6, "event": "confirm_final_grades", "endpoint": "https://hooks.example.edu/b"},
+    ]))
     code, out = run_in_pty(
-        ["delete", "5"], stub.subprocess_env(tmp_path), [("Delete subscription(s) 5?", "n", False)]
+        ["delete", "5", "6"], stub.subprocess_env(tmp_path), [("Delete these 2 subscriptions?", "n", False)]
     )
     assert code == 1 and "Nothing deleted." in out and "interrupted" not in out
+    # the prompt shows what each id is
+    assert "5  complete_grading      https://hooks.example.edu/a" in out
+    assert "6  confirm_final_grades  https://hooks.example.edu/b" in out
     assert stub.count("DELETE", "/api/v1/subscription/5") == 0
+
+
+def test_delete_checks_the_id_before_it_asks(stub, tmp_path):
+    code, out = run_in_pty(["delete", "7"], stub.subprocess_env(tmp_path), [])
+    assert code == 4 and "no subscription with id 7" in out and "Delete" not in out
 
 
 # -- generated secrets, copied from a terminal ---------------------------------------------------
 
 
-class Terminal:
-    """The CLI on a pty of ``columns`` columns, as a person runs it; ``screen`` is what it printed."""
-
-    def __init__(self, args: list[str], env: dict[str, str], columns: int) -> None:
-        pid, self.leader = pty.fork()
-        if pid == 0:  # the child: becomes the CLI
-            default_signals()
-            os.execve(sys.executable, [sys.executable, "-m", "inspera_cli", *args], env)
-        fcntl.ioctl(self.leader, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-        self.pid = pid
-        self.seen = b""
-
-    @property
-    def screen(self) -> str:
-        return self.seen.decode(errors="replace")
-
-    def read_until(self, text: str, timeout: float = 20) -> bool:
-        """Read output until ``text`` shows (True) or the program closed the terminal."""
-        deadline = time.monotonic() + timeout
-        while text not in self.screen and time.monotonic() < deadline:
-            if select.select([self.leader], [], [], 0.1)[0]:
-                try:
-                    chunk = os.read(self.leader, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                self.seen += chunk
-        return text in self.screen
-
-    def ctrl_c(self) -> None:
-        os.write(self.leader, b"\x03")  # the terminal sends SIGINT to the program
-
-    def exit_code(self) -> int:
-        self.read_until("\0")  # to the end of the output
-        os.close(self.leader)
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
+class Terminal(processes.Terminal):
+    """The CLI on a pty, as a person runs it, copying a secret from the screen."""
 
     def copy_secret(self) -> str:
         """The secret as a person copies it: the rest of its line as the terminal shows it (control

@@ -59,12 +59,43 @@ SecretEnvOption = Annotated[
 SecretOption = Annotated[
     str | None,
     typer.Option(
-        "--secret", metavar="S", help="The webhook secret (leaks into shell history: prefer --secret-env)."
+        "--secret",
+        metavar="SECRET",
+        help="The webhook secret (leaks into shell history: prefer --secret-env).",
     ),
 ]
 SecretStdinOption = Annotated[
     bool, typer.Option("--secret-stdin", help="Read the webhook secret from the first line of stdin.")
 ]
+
+
+def require_known_events(client: InsperaClient, names: list[str], *, hint: str = "") -> None:
+    """Refuse (exit 2) event names the tenant does not list, with "did you mean …" and the valid
+    ones; ``hint`` says how to go on anyway."""
+    from inspera_cli.event_names import unknown_events
+
+    problem = unknown_events(names, [e.event for e in client.events()])
+    if problem:
+        raise UsageError(f"{problem}{hint}")
+
+
+def warn_unknown_events(ctx: typer.Context, names: list[str]) -> None:
+    """For offline commands: warn about an event name that the tenant (when that is cheap to ask:
+    see completers) or else the built-in list does not know, with "did you mean …"; go on."""
+    from inspera_cli.completers import tenant_event_names
+    from inspera_cli.event_names import BUILT_IN_NAMES, unknown_events
+    from inspera_cli.payload import VERIFICATION
+
+    names = [name for name in names if name != VERIFICATION]
+    if not names:
+        return
+    tenant = tenant_event_names(ctx)
+    problem = unknown_events(names, tenant or BUILT_IN_NAMES)
+    if problem:
+        from inspera_cli import output
+
+        whose = "the tenant's list" if tenant else "the built-in list"
+        output.warn(f"{problem} ({whose}); going on with it")
 
 
 def split_names(values: list[str] | None) -> list[str]:

@@ -12,12 +12,14 @@ from inspera_cli.commands.common import (
     JsonOption,
     SecretEnvOption,
     SecretStdinOption,
+    require_known_events,
     resolve_secret,
     split_names,
     state,
 )
 from inspera_cli.completers import complete_event, complete_subscription_id
 from inspera_cli.errors import APIError, ExitCode, NotFoundError, UsageError
+from inspera_cli.models import Subscription
 
 if TYPE_CHECKING:
     from inspera_cli.creating import CreateOutcome
@@ -39,14 +41,16 @@ def events(ctx: typer.Context, json: JsonOption = False) -> None:
     """
     client = state(ctx).client()
     rows = [e.to_json() for e in client.events()]
-    output.render(rows, [("event", "Event"), ("description", "Description")], json_mode=json)
+    output.render(rows, [("event", "Event"), ("description", "Description")], json_mode=json,
+                  empty="The tenant lists no event types.", cut_first=("description",))
 
 
 def list_(
     ctx: typer.Context,
     event: Annotated[
         str | None,
-        typer.Option("--event", help="Only subscriptions to this event.", autocompletion=complete_event),
+        typer.Option("--event", metavar="EVENT", help="Only subscriptions to this event.",
+                     autocompletion=complete_event),
     ] = None,
     json: JsonOption = False,
 ) -> None:
@@ -54,10 +58,15 @@ def list_(
 
     Example: inspera-hooks list --event confirm_final_grades
 
-    Exit codes: 0 ok, 1 API or network error, 3 credentials missing or rejected.
+    Exit codes: 0 ok, 1 API or network error, 2 unknown --event, 3 credentials missing or rejected.
     """
-    subs = state(ctx).client().subscriptions(event)
-    output.render([s.to_json() for s in subs], SUBSCRIPTION_COLUMNS, json_mode=json)
+    client = state(ctx).client()
+    if event is not None:
+        require_known_events(client, [event])
+    subs = client.subscriptions(event)
+    empty = f"No subscriptions to {event}." if event else "No subscriptions."
+    output.render([s.to_json() for s in subs], SUBSCRIPTION_COLUMNS, json_mode=json, empty=empty,
+                  cut_first=("endpoint",))
 
 
 def check_endpoint(endpoint: str, *, allow_http: bool) -> None:
@@ -106,8 +115,9 @@ def create(
     subscribed is refused unless --if-not-exists or --allow-duplicate. Ctrl-C while Inspera
     validates waits for its answer (Ctrl-C again stops waiting), then shows what was made.
 
-    Example: inspera-hooks create --event confirm_final_grades --endpoint https://hooks.example.edu/in
-    --secret-env HOOK_SECRET
+    Example:
+      inspera-hooks create --event confirm_final_grades,complete_grading \\
+          --endpoint https://hooks.example.edu/inspera --secret-env HOOK_SECRET
 
     Exit codes: 0 created (or existing with --if-not-exists), 1 refused (validation failed, the
     pair exists), 2 bad arguments (unknown event, http endpoint, unset --secret-env), 3 credentials,
@@ -127,13 +137,7 @@ def create(
     secret = given or secrets.token_hex(32)
     client = state(ctx).client()
     if not force:
-        known = [e.event for e in client.events()]
-        unknown = [e for e in events_wanted if e not in known]
-        if unknown:
-            raise UsageError(
-                f"unknown event {', '.join(unknown)}; valid events: {', '.join(known) or '(none)'} "
-                "(--force to send it anyway)"
-            )
+        require_known_events(client, events_wanted, hint=" (--force to send it anyway)")
     duplicates = Duplicates.REFUSE
     if if_not_exists or allow_duplicate:
         duplicates = Duplicates.SKIP if if_not_exists else Duplicates.ALLOW
@@ -186,7 +190,8 @@ def _render_created(outcomes: list[CreateOutcome], *, json: bool, generated: str
     else:
         rows = [o.to_json() for o in outcomes if o.in_place]
         if rows:
-            output.render(rows, [*SUBSCRIPTION_COLUMNS[:3], ("created", "Created")], json_mode=False)
+            output.render(rows, [*SUBSCRIPTION_COLUMNS[:3], ("created", "Created")], json_mode=False,
+                          cut_first=("endpoint",))
     if generated and holding:
         show_secret(generated)
         output.info(
@@ -230,9 +235,13 @@ def delete(
     ] = None,
     event: Annotated[
         str | None,
-        typer.Option("--event", help="Delete the subscription to this event…", autocompletion=complete_event),
+        typer.Option("--event", metavar="EVENT", autocompletion=complete_event,
+                     help="Delete the subscription to this event (with --endpoint)."),
     ] = None,
-    endpoint: Annotated[str | None, typer.Option("--endpoint", help="…at this endpoint.")] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", metavar="URL", help="Delete the subscription at this URL (with --event)."),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Delete every subscription.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     missing_ok: Annotated[bool, typer.Option("--missing-ok", help="An unknown id is not an error.")] = False,
@@ -240,8 +249,9 @@ def delete(
 ) -> None:
     """Delete subscriptions by id, by (event, endpoint), or all of them.
 
-    Asks for confirmation on a terminal unless --yes; never prompts when stdin is not a terminal
-    (then --all needs --yes).
+    Every id is checked first (a mistyped one deletes nothing). Asks for confirmation on a terminal,
+    showing each subscription's event and endpoint, unless --yes; never prompts when stdin is not
+    a terminal (then --all needs --yes).
 
     Example: inspera-hooks delete 1234 1235 --yes
 
@@ -257,32 +267,47 @@ def delete(
     if all_ and not yes and not interactive:
         raise UsageError("--all without --yes: refusing to delete every subscription without a terminal")
     client = state(ctx).client()
-    missing: list[int] = []
+    if event is not None:
+        require_known_events(client, [event])
+    live = client.subscriptions(event)
+    wanted = list(dict.fromkeys(ids))
     if ids:
-        targets = list(dict.fromkeys(ids))
+        by_id = {s.subscription_id: s for s in live}
+        targets = [by_id[sid] for sid in wanted if sid in by_id]
     else:
-        subs = client.subscriptions(event)
-        if not all_:
-            subs = [s for s in subs if s.endpoint == endpoint]
-            if not subs and not missing_ok:
-                if json:
-                    output.print_json([])
-                raise NotFoundError(f"no subscription to {event} at {endpoint}")
-        targets = [s.subscription_id for s in subs]
-    if targets and interactive and not yes:
-        what = "every subscription" if all_ else f"subscription(s) {', '.join(map(str, targets))}"
-        if not typer.confirm(f"Delete {what}?", err=True):
-            output.info("Nothing deleted.")
-            raise typer.Exit(ExitCode.FAILURE)
-    results = []
-    for sid in targets:
-        deleted = client.delete(sid, missing_ok=True)
-        if not deleted:
-            missing.append(sid)
-        results.append({"subscriptionId": sid, "deleted": deleted})
-    output.render(results, [("subscriptionId", "ID"), ("deleted", "Deleted")], json_mode=json)
-    if missing and not missing_ok:
-        raise NotFoundError(f"no subscription with id {', '.join(map(str, missing))}")
+        targets = [s for s in live if all_ or s.endpoint == endpoint]
+    missing = [sid for sid in wanted if sid not in {t.subscription_id for t in targets}]
+    if (missing or not (ids or all_ or targets)) and not missing_ok:
+        # Checked before anything is asked or deleted: a mistyped id deletes nothing.
+        if json:
+            output.print_json([{"subscriptionId": sid, "deleted": False} for sid in wanted])
+        raise NotFoundError(f"no subscription with id {', '.join(map(str, missing))}" if ids
+                            else f"no subscription to {event} at {endpoint}")
+    if targets and interactive and not yes and not _confirmed(targets, every=all_):
+        output.info("Nothing deleted.")
+        raise typer.Exit(ExitCode.FAILURE)
+    deleted = {t.subscription_id: client.delete(t.subscription_id, missing_ok=True) for t in targets}
+    results = [{"subscriptionId": sid, "deleted": deleted.get(sid, False)} for sid in wanted or deleted]
+    output.render(results, [("subscriptionId", "ID"), ("deleted", "Deleted")], json_mode=json,
+                  empty="No subscriptions to delete.")
+    gone = [sid for sid, done in deleted.items() if not done]
+    if gone and not missing_ok:
+        raise NotFoundError(f"no subscription with id {', '.join(map(str, gone))} (deleted meanwhile?)")
+
+
+def _confirmed(targets: list[Subscription], *, every: bool) -> bool:
+    """Ask on the terminal, showing what each subscription is."""
+    width = max(len(t.event) for t in targets)
+    for t in targets[:_SHOWN_BEFORE_ASKING]:
+        output.info(f"  {t.subscription_id}  {t.event:<{width}}  {t.endpoint}")
+    if len(targets) > _SHOWN_BEFORE_ASKING:
+        output.info(f"  … and {len(targets) - _SHOWN_BEFORE_ASKING} more")
+    count = f"{len(targets)} subscription{'s' if len(targets) != 1 else ''}"
+    return typer.confirm(f"Delete {'all ' if every else ''}{'this' if len(targets) == 1 else 'these'} "
+                         f"{count}?", err=True)
+
+
+_SHOWN_BEFORE_ASKING = 20
 
 
 def register(app: typer.Typer) -> None:

@@ -26,22 +26,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from inspera_cli.errors import NetworkError
+from inspera_cli.event_names import BUILT_IN_EVENTS
 from inspera_cli.payload import verification_body
 from inspera_cli.sandbox.burst import MAX_DELIVERIES, Burst, Recipient, burst_problem
 from inspera_cli.sandbox.delivery import Attempt, DeliveryLog, DeliveryLoop
 from inspera_cli.sandbox.log_writer import LogWriter, printable
 from inspera_cli.sandbox.store import SubscriptionStore
 
-DEFAULT_EVENTS: tuple[tuple[str, str], ...] = (
-    ("confirm_final_grades", "Final grades for a test were confirmed"),
-    ("complete_grading", "A grader marked the grading of a test as complete"),
-    ("candidate_started", "A candidate started a test"),
-    ("candidate_submitted", "A candidate submitted their answers"),
-    ("test_published", "A test was published to its candidates"),
-    ("test_closed", "A test closed for submissions"),
-    ("resource_created", "A question or question set was created"),
-    ("resource_updated", "A question or question set was changed"),
-)
+# The event types a sandbox offers unless told otherwise.
+DEFAULT_EVENTS = BUILT_IN_EVENTS
 
 MAX_BODY = 1024 * 1024
 REQUEST_HISTORY = 10_000  # (method, path) pairs kept for Sandbox.requests
