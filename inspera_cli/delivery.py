@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from inspera_cli.network import describe_network_error
+from inspera_cli.network import describe_network_error, is_connection_refused
 from inspera_cli.redaction import redact
 from inspera_cli.signing import SIGNATURE_HEADER, sign
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # Inspera gives a subscriber 10 s to answer; anything but 200 counts as a failed delivery.
 DELIVERY_TIMEOUT = 10.0
 CONTENT_TYPE = "application/json"
+# How often a refused first request is tried again while the receiver starts.
+REFUSED_RETRY_PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class DeliveryResult:
     reason: str = ""
     answer_excerpt: str = ""
     event: str | None = None
+    refused: bool = False  # nothing listened: the request reached no server
 
     @property
     def ok(self) -> bool:
@@ -88,7 +91,8 @@ def post(
     except requests.RequestException as exc:
         latency = (time.perf_counter() - started) * 1000
         error = describe_network_error(exc, timeout, url=url)
-        return DeliveryResult(attempt, None, round(latency, 1), error, event=event)
+        return DeliveryResult(attempt, None, round(latency, 1), error, event=event,
+                              refused=is_connection_refused(exc))
     latency = (time.perf_counter() - started) * 1000
     # A receiver that echoes what it got must not show the secret (`redact`).
     excerpt = redact(" ".join(response.text.split())[:200]) if response.status_code != 200 else ""
@@ -111,14 +115,24 @@ def send_repeated(
     repeat: int = 1,
     timeout: float = DELIVERY_TIMEOUT,
     session: requests.Session | None = None,
+    wait: float = 0.0,
 ) -> Iterable[DeliveryResult]:
-    """Send the identical signed bytes ``repeat`` times, as Inspera's retries would; yield each answer."""
+    """Send the identical signed bytes ``repeat`` times, as Inspera's retries would; yield each answer.
+
+    A first request that finds nothing listening is sent again for up to ``wait`` seconds, so a
+    receiver started just before (`listen … & trigger …`) is not raced.
+    """
     own_session = session is None
     session = session or new_session()
     headers = signed_headers(body, secret)
+    deadline = time.monotonic() + wait
     try:
         for attempt in range(1, repeat + 1):
-            yield post(session, url, body, headers, attempt=attempt, timeout=timeout)
+            result = post(session, url, body, headers, attempt=attempt, timeout=timeout)
+            while attempt == 1 and result.refused and time.monotonic() < deadline:
+                time.sleep(min(REFUSED_RETRY_PAUSE, max(deadline - time.monotonic(), 0)))
+                result = post(session, url, body, headers, attempt=attempt, timeout=timeout)
+            yield result
     finally:
         if own_session:
             session.close()

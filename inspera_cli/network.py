@@ -235,6 +235,12 @@ def host_of(url: str) -> str:
         return url
 
 
+def is_connection_refused(exc: BaseException) -> bool:
+    """Whether nothing listens where a request went: it never reached a server, so it is safe
+    to send again."""
+    return any(isinstance(e, ConnectionRefusedError) for e in _chain(exc))
+
+
 def describe_network_error(exc: BaseException, timeout: float, *, url: str | None = None) -> str:
     """One short reason for a request that got no HTTP answer, the same wording everywhere:
     e.g. ``connection refused`` rather than urllib3's essay. Callers add the host and what the

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +102,31 @@ def sandbox_env(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("INSPERA_CLIENT_ID", SANDBOX_CLIENT_ID)
     monkeypatch.setenv("INSPERA_API_KEY", SANDBOX_API_KEY)
     return sandbox
+
+
+DEFAULT_LISTEN_PORT = 8000
+
+
+@pytest.fixture
+def default_listen_port() -> Iterator[int]:
+    """Port 8000, where `listen` receives and `trigger` sends by default: held by one test at a
+    time across the test runs on this machine (a file lock), and free when it is handed over."""
+    from filelock import FileLock
+
+    lock = FileLock(os.path.join(tempfile.gettempdir(), "inspera-hooks-tests-port-8000.lock"))
+    with lock.acquire(timeout=600):
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", DEFAULT_LISTEN_PORT))
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        pytest.fail("port 8000 stays in use by a program outside the test suite")
+            time.sleep(0.2)
+        yield DEFAULT_LISTEN_PORT
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ def test_a_netrc_entry_never_replaces_the_bearer_token(cli, stub, isolated_home)
 
 def test_userinfo_in_any_url_is_never_shown(cli):
     to = "http://user:pa55word@127.0.0.1:9/"
-    r = cli("--debug", "trigger", "confirm_final_grades", "--to", to, expect=1)
+    r = cli("--debug", "trigger", "confirm_final_grades", "--to", to, "--wait", "0", expect=1)
     assert "pa55word" not in r.stdout + r.stderr and "http://***@127.0.0.1:9/" in r.stderr
 
 

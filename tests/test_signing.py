@@ -132,6 +132,34 @@ def test_verify_wrong_secret(cli: Cli, body_file: Path) -> None:
     assert "different secret" in stderr
 
 
+def test_sign_json(cli: Cli, body_file: Path) -> None:
+    result = cli("sign", "--secret-env", "K", str(body_file), "--json", env={"K": SECRET})
+    assert result.json == {"signature": sign(BODY, SECRET)}
+
+
+@pytest.mark.parametrize(
+    ("signature", "secret", "code", "valid", "reason", "notes"),
+    [
+        (sign(BODY, SECRET), SECRET, 0, True, None, 0),
+        ("sha1=" + sign(BODY, SECRET).upper(), SECRET, 0, True, None, 2),
+        (sign(BODY, "another-secret"), SECRET, 1, False, "different secret", 0),
+    ],
+    ids=["valid", "valid-with-notes", "wrong-secret"],
+)
+def test_verify_json(cli: Cli, body_file: Path, signature: str, secret: str, code: int, valid: bool,
+                     reason: str | None, notes: int) -> None:
+    result = cli("verify", "--secret-env", "K", "--signature", signature, str(body_file), "--json",
+                 env={"K": secret}, expect=code)
+    data = result.json
+    assert set(data) == {"valid", "reason", "notes"} and data["valid"] is valid
+    assert len(data["notes"]) == notes and all(isinstance(n, str) for n in data["notes"])
+    if reason is None:
+        assert data["reason"] is None and result.stderr == ""
+    else:
+        assert reason in data["reason"]
+        assert result.stderr == f"inspera-hooks: error: {data['reason']}\n"  # the reason, once
+
+
 def test_verify_trailing_newline_added_to_body(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "echoed.json"
     path.write_bytes(BODY + b"\n")

@@ -39,7 +39,9 @@ class Receiver:
     does not verify is answered 401 first, like a real receiver. ``delay`` slows every answer.
     """
 
-    def __init__(self, statuses: tuple[int, ...] = (), secret: str | None = None, delay: float = 0.0):
+    def __init__(
+        self, statuses: tuple[int, ...] = (), secret: str | None = None, delay: float = 0.0, port: int = 0
+    ):
         self.statuses = list(statuses)
         self.secret = secret
         self.delay = delay
@@ -66,7 +68,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
         self._thread = threading.Thread(
@@ -183,13 +185,45 @@ def test_trigger_redirect_is_not_followed(cli: Cli) -> None:
 
 def test_trigger_connection_refused(cli: Cli) -> None:
     url = f"http://127.0.0.1:{closed_port()}/"
-    result = trigger(cli, "confirm_final_grades", "--to", url, "--repeat", "2", "--json", expect=1)
+    result = trigger(cli, "confirm_final_grades", "--to", url, "--repeat", "2", "--json", "--wait", "0",
+                     expect=1)
     for item in result.json:
         assert item["status"] is None
         assert item["error"] == "connection refused"
-    human = trigger(cli, "confirm_final_grades", "--to", url, expect=1)
+    human = trigger(cli, "confirm_final_grades", "--to", url, "--wait", "0", expect=1)
     assert "no answer: connection refused" in human.stdout
     assert "Traceback" not in human.stderr
+
+
+def test_trigger_sends_to_a_default_listen_when_to_is_left_out(cli: Cli, default_listen_port: int) -> None:
+    with Receiver(port=default_listen_port) as r:
+        result = trigger(cli, "confirm_final_grades", "--json")
+    assert result.json[0]["status"] == 200
+    assert [got.path for got in r.received] == ["/"]
+    assert "POST http://127.0.0.1:8000/ " in result.stderr
+
+
+def test_trigger_waits_for_a_receiver_that_is_still_starting(cli: Cli) -> None:
+    port = closed_port()
+    receivers: list[Receiver] = []
+    starting = threading.Timer(1.0, lambda: receivers.append(Receiver(port=port).__enter__()))
+    starting.start()
+    try:
+        result = trigger(cli, "confirm_final_grades", "--to", f"http://127.0.0.1:{port}/", "--json")
+    finally:
+        starting.join()
+        for r in receivers:
+            r.__exit__(None, None, None)
+    assert [item["status"] for item in result.json] == [200]
+    assert len(receivers[0].received) == 1  # a refused try reaches no one: sent once
+
+
+def test_trigger_stops_waiting_after_wait_seconds(cli: Cli) -> None:
+    started = time.monotonic()
+    result = trigger(cli, "confirm_final_grades", "--to", f"http://127.0.0.1:{closed_port()}/",
+                     "--wait", "1", "--json", expect=1)
+    assert 1.0 <= time.monotonic() - started < 8
+    assert [item["error"] for item in result.json] == ["connection refused"]
 
 
 def test_post_reports_a_timeout() -> None:

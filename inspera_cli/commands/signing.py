@@ -16,6 +16,7 @@ from inspera_cli.commands.common import (
     SecretOption,
     SecretStdinOption,
     resolve_secret,
+    warn_unknown_events,
 )
 from inspera_cli.completers import complete_event
 from inspera_cli.errors import InsperaError, UsageError
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 # The contextObjectId of the example in Inspera's documentation.
 DEFAULT_OBJECT_ID = 35199862
+
+# Where `listen` receives by default.
+DEFAULT_RECEIVER = "http://127.0.0.1:8000/"
 
 ToOption = Annotated[
     str,
@@ -38,7 +42,7 @@ BodyArgument = Annotated[
 
 
 def trigger(
-    to: ToOption,
+    ctx: typer.Context,
     event: Annotated[
         str | None,
         typer.Argument(
@@ -70,6 +74,15 @@ def trigger(
             "--repeat", metavar="N", min=1, help="Send the identical bytes N times, like Inspera's retries."
         ),
     ] = 1,
+    to: Annotated[
+        str,
+        typer.Option("--to", metavar="URL", help="The receiver to POST to (default: a default `listen`)."),
+    ] = DEFAULT_RECEIVER,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", metavar="SECONDS", min=0,
+                     help="While nothing listens at --to, keep trying this long (a receiver starting)."),
+    ] = 5.0,
     json_mode: JsonOption = False,
 ) -> None:
     """Send one signed event to a receiver exactly as Inspera would, and show each answer.
@@ -80,10 +93,13 @@ def trigger(
     is idempotent. Without a secret the request goes unsigned (with a warning): a receiver that
     verifies signatures should then answer 401.
 
-    \b
+    --to defaults to where a default `listen` receives, and a refused connection is tried again
+    for up to --wait seconds, so `listen --exit-after 1 & trigger EVENT` never races. An event
+    name the tenant (or, offline, the built-in list) does not know is sent with a warning.
+
     Example:
-      inspera-hooks trigger confirm_final_grades --to http://127.0.0.1:8000/ --secret-env S
-      inspera-hooks trigger --verification --to http://127.0.0.1:8000/ --secret-env S --json
+      inspera-hooks trigger confirm_final_grades --secret-env S
+      inspera-hooks trigger --verification --to http://127.0.0.1:5000/hooks --secret-env S --json
 
     Exit codes: 0 every answer was 200; 1 any other answer, or none; 2 usage error.
     """
@@ -98,6 +114,8 @@ def trigger(
             raise UsageError("--verification always has contextObjectId 0: drop --object-id")
     elif event is None or not event.strip():
         raise UsageError("missing EVENT (e.g. confirm_final_grades), or pass --verification")
+    else:
+        warn_unknown_events(ctx, [event])
     _check_url(to)
     key = _secret_or_unsigned(secret_env, secret, secret_stdin)
 
@@ -114,7 +132,7 @@ def trigger(
         f"POST {to} ({len(body)} bytes, {'signed' if key else 'unsigned'}"
         f"{f', {repeat} times' if repeat > 1 else ''}): {body.decode('utf-8')}"
     )
-    results = delivery.send_repeated(to, body, key, repeat=repeat)
+    results = delivery.send_repeated(to, body, key, repeat=repeat, wait=wait)
     _report(results, json_mode=json_mode, with_event=False)
 
 
@@ -216,8 +234,9 @@ def sign_body(
     secret_env: SecretEnvOption = None,
     secret: SecretOption = None,
     secret_stdin: SecretStdinOption = False,
+    json_mode: JsonOption = False,
 ) -> None:
-    """Print the X-Inspera-Signature (hex HMAC-SHA1) of a body, e.g. to send it with curl.
+    """Print the X-Inspera-Signature (hex HMAC-SHA1) of a body, to send it with curl, say.
 
     The body is read as raw bytes: mind that echo and most editors add a trailing newline,
     which changes the signature (printf '%s' does not).
@@ -225,13 +244,18 @@ def sign_body(
     \b
     Example:
       inspera-hooks sign --secret-env S body.json
+      inspera-hooks sign --secret-env S body.json --json      # {"signature": "..."}
 
     Exit codes: 0 printed; 1 the file cannot be read; 2 usage error (e.g. no secret).
     """
     from inspera_cli.signing import sign
 
     body, key = _body_and_secret(file, secret_env, secret, secret_stdin)
-    typer.echo(sign(body, key))
+    signature = sign(body, key)
+    if json_mode:
+        output.print_json({"signature": signature})
+    else:
+        typer.echo(signature)
 
 
 def verify(
@@ -243,6 +267,7 @@ def verify(
     secret_env: SecretEnvOption = None,
     secret: SecretOption = None,
     secret_stdin: SecretStdinOption = False,
+    json_mode: JsonOption = False,
 ) -> None:
     """Check a signature against a body; when it does not match, say the most likely reason.
 
@@ -253,6 +278,9 @@ def verify(
     \b
     Example:
       inspera-hooks verify --secret-env S --signature "$SIGNATURE" body.json
+      inspera-hooks verify --secret-env S --signature "$SIGNATURE" body.json --json
+
+    With --json: {"valid": bool, "reason": str|null, "notes": [str]} on stdout.
 
     Exit codes: 0 valid; 1 invalid (or the file cannot be read); 2 usage error.
     """
@@ -260,14 +288,16 @@ def verify(
 
     body, key = _body_and_secret(file, secret_env, secret, secret_stdin)
     diagnosis = diagnose_signature(body, signature, key)
-    for note in diagnosis.notes:
-        output.info(f"note: {note}")
-    if diagnosis.valid:
-        typer.echo("valid")
-        return
-    typer.echo("invalid")
-    output.error(diagnosis.reason or "the signature is not valid")
-    raise typer.Exit(1)
+    reason = None if diagnosis.valid else diagnosis.reason or "the signature is not valid"
+    if json_mode:
+        output.print_json({"valid": diagnosis.valid, "reason": reason, "notes": list(diagnosis.notes)})
+    else:
+        for note in diagnosis.notes:
+            output.info(f"note: {note}")
+        typer.echo("valid" if diagnosis.valid else "invalid")
+    if reason is not None:
+        output.error(reason)
+        raise typer.Exit(1)
 
 
 def _check_url(url: str) -> None:
