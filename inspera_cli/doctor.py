@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from inspera_cli.errors import APIError, CredentialsError, InsperaError, NetworkError
 from inspera_cli.network import ca_bundle as network_ca_bundle
-from inspera_cli.network import check_http_url, verifying_context
+from inspera_cli.network import check_http_url, is_loopback_url, verifying_context
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient
@@ -43,26 +44,37 @@ ENDPOINT_VALIDATION = "endpoint answers validation"
 CheckStream = Generator["Check", None, bool]
 
 
+class CheckStatus(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"  # could not run because an earlier check failed
+
+
+PASS, FAIL, SKIP = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.SKIP
+
+
 @dataclass(frozen=True)
 class Check:
-    """One line of the checklist: what was checked, whether it passed, what was seen, how to fix it."""
+    """One line of the checklist: what was checked, how it went, what was seen, how to fix it
+    (or, for a check that passed, a note)."""
 
     check: str
-    ok: bool
+    status: CheckStatus
     detail: str
     fix: str | None = None
 
     @property
-    def skipped(self) -> bool:
-        return not self.ok and self.detail.startswith("skipped:")
+    def ok(self) -> bool:
+        return self.status is PASS
 
     def to_json(self) -> dict[str, Any]:
-        return {"check": self.check, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+        return {"check": self.check, "status": self.status.value, "ok": self.ok, "detail": self.detail,
+                "fix": self.fix}
 
 
 def skipped(check: str, why: str) -> Check:
     """A check that could not run because an earlier one failed."""
-    return Check(check, False, f"skipped: {why}")
+    return Check(check, SKIP, f"skipped: {why}")
 
 
 def run_checks(
@@ -131,7 +143,7 @@ def tenant_checks(
             client = client_factory()
     except InsperaError as exc:
         fix = "fix the setting named above (see `inspera-hooks config show`)"
-        yield Check(SETTINGS, False, str(exc), fix)
+        yield Check(SETTINGS, FAIL, str(exc), fix)
         for name in later:
             yield skipped(name, "the settings could not be read")
         return None
@@ -181,11 +193,11 @@ def _settings_check(client: InsperaClient) -> Check:
     if missing:
         return Check(
             SETTINGS,
-            False,
+            FAIL,
             f"missing {', '.join(missing)}; found {', '.join(found)}",
             "run `inspera-hooks login`, or set INSPERA_URL, INSPERA_CLIENT_ID and INSPERA_API_KEY",
         )
-    return Check(SETTINGS, True, ", ".join(found))
+    return Check(SETTINGS, PASS, ", ".join(found))
 
 
 def _reachable_check(client: InsperaClient, ca_bundle: str | None) -> CheckStream:
@@ -220,37 +232,37 @@ def _reachable_check(client: InsperaClient, ca_bundle: str | None) -> CheckStrea
     except requests.RequestException as exc:
         yield Check(
             TENANT,
-            False,
+            FAIL,
             f"{url}: {describe_network_error(exc, timeout, url=url)}",
             "check the tenant URL (https://<your tenant>.inspera.no) and your network, proxy or VPN",
         )
         return False
     elapsed = (time.perf_counter() - started) * 1000
     answered = f"{url} answered {response.status_code} in {elapsed:.0f} ms"
-    yield Check(TENANT, True, "; ".join([answered, *notes]))
+    yield Check(TENANT, PASS, "; ".join([answered, *notes]))
     return True
 
 
 def _credentials_check(client: InsperaClient) -> CheckStream:
     settings = client.settings
     if settings.token:
-        yield Check(CREDENTIALS, True, "using the access token from INSPERA_TOKEN (the events call tests it)")
+        yield Check(CREDENTIALS, PASS, "using the access token from INSPERA_TOKEN (the events call tests it)")
         return True
     try:
         client.check_credentials()  # a real exchange: a cached token proves nothing about the key
     except CredentialsError as exc:
         yield Check(
             CREDENTIALS,
-            False,
+            FAIL,
             str(exc),
             "check INSPERA_API_KEY (the API authorization code from Inspera) and the client id, "
             "or run `inspera-hooks login` again",
         )
         return False
     except InsperaError as exc:
-        yield Check(CREDENTIALS, False, str(exc), _fix_for(exc))
+        yield Check(CREDENTIALS, FAIL, str(exc), _fix_for(exc))
         return False
-    yield Check(CREDENTIALS, True, f"the tenant issued an access token to client {settings.client_id}")
+    yield Check(CREDENTIALS, PASS, f"the tenant issued an access token to client {settings.client_id}")
     return True
 
 
@@ -258,17 +270,17 @@ def _events_check(client: InsperaClient) -> Check:
     try:
         events = client.events()
     except InsperaError as exc:
-        return Check(EVENTS, False, str(exc), _fix_for(exc))
+        return Check(EVENTS, FAIL, str(exc), _fix_for(exc))
     if not events:
         return Check(
             EVENTS,
-            False,
+            FAIL,
             "the tenant lists no event types",
             "ask Inspera support to enable webhooks for this tenant",
         )
     names = [e.event for e in events]
     shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
-    return Check(EVENTS, True, f"{len(names)} event types: {shown}")
+    return Check(EVENTS, PASS, f"{len(names)} event types: {shown}")
 
 
 def _fix_for(exc: InsperaError) -> str:
@@ -300,26 +312,32 @@ def endpoint_checks(
     """HTTPS, DNS, TLS certificate, and the validation POST, as Inspera would see the endpoint.
 
     ``tenant_on_loopback``: the tenant runs on this machine (the sandbox), so a private address
-    is reachable for it.
+    is reachable for it, and a plain-http endpoint on this machine is what the sandbox calls.
     """
     check_endpoint_url(endpoint)
     parts = urlsplit(endpoint)
     host = parts.hostname or ""
     https = parts.scheme == "https"
     port = parts.port or (443 if https else 80)
+    local_http = not https and tenant_on_loopback and is_loopback_url(endpoint)
     if https:
-        yield Check(ENDPOINT_HTTPS, True, "https")
+        yield Check(ENDPOINT_HTTPS, PASS, "https")
+    elif local_http:
+        yield Check(ENDPOINT_HTTPS, PASS, "plain http on this machine: fine with a tenant on "
+                    "this machine too (the sandbox); Inspera itself calls HTTPS endpoints only")
     else:
         yield Check(
             ENDPOINT_HTTPS,
-            False,
+            FAIL,
             "plain http: Inspera calls HTTPS endpoints only",
             f"serve it over HTTPS with a certificate from a public CA, or use {TUNNEL_HINT}",
         )
     dns, resolved = _dns(host, port, tenant_on_loopback)
     yield dns
     tls_ok = True
-    if not https:
+    if local_http:
+        yield Check(ENDPOINT_TLS, PASS, "none needed: plain http on this machine")
+    elif not https:
         yield skipped(ENDPOINT_TLS, "the endpoint is not HTTPS")
     elif not resolved:
         yield skipped(ENDPOINT_TLS, "the host does not resolve")
@@ -372,19 +390,19 @@ def _dns(host: str, port: int, tenant_on_loopback: bool) -> tuple[Check, bool]:
     except (OSError, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         fix = "check the host name, and that its DNS record is published"
-        return Check(ENDPOINT_DNS, False, f"cannot resolve {host}: {reason}", fix), False
+        return Check(ENDPOINT_DNS, FAIL, f"cannot resolve {host}: {reason}", fix), False
     shown = ", ".join(addresses)
     if any(_address(a).is_global for a in addresses):
-        return Check(ENDPOINT_DNS, True, f"{host} resolves to {shown}"), True
+        return Check(ENDPOINT_DNS, PASS, f"{host} resolves to {shown}"), True
     if tenant_on_loopback:
         detail = (
             f"{host} resolves only to private or loopback addresses ({shown}); fine here, since the "
             "tenant runs on this machine too"
         )
-        return Check(ENDPOINT_DNS, True, detail), True
+        return Check(ENDPOINT_DNS, PASS, detail), True
     detail = f"{host} resolves only to private or loopback addresses ({shown}): Inspera cannot reach it"
     fix = f"expose the receiver publicly: {TUNNEL_HINT}, or a public host name"
-    return Check(ENDPOINT_DNS, False, detail, fix), True
+    return Check(ENDPOINT_DNS, FAIL, detail, fix), True
 
 
 # -- TLS certificates ------------------------------------------------------------------------------
@@ -416,7 +434,7 @@ def certificate_check(
     except ssl.SSLError as exc:
         return Check(
             name,
-            False,
+            FAIL,
             f"the TLS handshake with {host}:{port} failed: {exc.reason or exc}",
             f"is {what} serving HTTPS on port {port}?",
         )
@@ -424,7 +442,7 @@ def certificate_check(
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or "timed out"
         return Check(
             name,
-            False,
+            FAIL,
             f"cannot connect to {host}:{port}: {reason}",
             f"is {what} running, and is port {port} open to the internet?",
         )
@@ -432,8 +450,8 @@ def certificate_check(
     days = math.floor((not_after - datetime.now(UTC)).total_seconds() / 86400)
     detail = f"valid, expires in {_days(days)} ({not_after:%Y-%m-%d})"
     if days < RENEW_WITHIN_DAYS:
-        return Check(name, True, detail, f"the certificate expires in {_days(days)}: renew it soon")
-    return Check(name, True, detail)
+        return Check(name, PASS, detail, f"the certificate expires in {_days(days)}: renew it soon")
+    return Check(name, PASS, detail)
 
 
 def _peer_certificate(host: str, port: int, context: ssl.SSLContext, timeout: float) -> bytes:
@@ -469,19 +487,19 @@ def _certificate_failure(
             when = "today" if ago <= 0 else f"{_days(ago)} ago"
             return Check(
                 name,
-                False,
+                FAIL,
                 f"the certificate of {host} expired on {not_after:%Y-%m-%d %H:%M} UTC",
                 f"certificate expired {when}: renew it and reload {what}",
             )
-        return Check(name, False, f"the certificate of {host} has expired", f"renew it and reload {what}")
+        return Check(name, FAIL, f"the certificate of {host} has expired", f"renew it and reload {what}")
     if code == _NOT_YET_VALID:
         return Check(
-            name, False, f"the certificate of {host} is not valid yet", f"is the clock of {what} right?"
+            name, FAIL, f"the certificate of {host} is not valid yet", f"is the clock of {what} right?"
         )
     if code in _SELF_SIGNED:
         return Check(
             name,
-            False,
+            FAIL,
             f"the certificate of {host} is self-signed",
             "Inspera trusts only certificates from public CAs: get one (e.g. Let's Encrypt), "
             f"or use {TUNNEL_HINT}, which brings its own",
@@ -489,7 +507,7 @@ def _certificate_failure(
     if code in _UNKNOWN_ISSUER:
         return Check(
             name,
-            False,
+            FAIL,
             f"the certificate of {host} is not issued by a trusted CA, or the server does not send its "
             "intermediate certificates",
             "serve the full chain (e.g. fullchain.pem) of a certificate from a public CA",
@@ -497,13 +515,13 @@ def _certificate_failure(
     if code == _HOSTNAME_MISMATCH:
         return Check(
             name,
-            False,
+            FAIL,
             f"the certificate is not for {host}",
             f"use a certificate whose names include {host}",
         )
     return Check(
         name,
-        False,
+        FAIL,
         f"the certificate of {host} did not verify: {exc.verify_message or exc.reason}",
         "use a valid certificate from a public CA",
     )
@@ -583,20 +601,20 @@ def validation_check(
     if status is None:
         error = result.error or "no answer"
         if "within" in error:
-            return Check(ENDPOINT_VALIDATION, False, f"no answer: {error}", f"{limit}: {quick}")
+            return Check(ENDPOINT_VALIDATION, FAIL, f"no answer: {error}", f"{limit}: {quick}")
         return Check(
             ENDPOINT_VALIDATION,
-            False,
+            FAIL,
             f"no answer: {error}",
             "is the receiver running, and reachable at this URL?",
         )
     answered = f"answered {status} {result.reason}".rstrip() + f" in {_duration(seconds)}"
     if status == 200 and seconds > validation_timeout:
-        return Check(ENDPOINT_VALIDATION, False, answered, f"took {seconds:.1f} s: {limit}; {quick}")
+        return Check(ENDPOINT_VALIDATION, FAIL, answered, f"took {seconds:.1f} s: {limit}; {quick}")
     if status == 200:
-        return Check(ENDPOINT_VALIDATION, True, f"{answered} (signed with {signing})")
+        return Check(ENDPOINT_VALIDATION, PASS, f"{answered} (signed with {signing})")
     said = f" ({result.answer_excerpt[:80]})" if result.answer_excerpt else ""
-    return Check(ENDPOINT_VALIDATION, False, f"{answered}{said}", _status_fix(status, secret is not None))
+    return Check(ENDPOINT_VALIDATION, FAIL, f"{answered}{said}", _status_fix(status, secret is not None))
 
 
 def _status_fix(status: int, real_secret: bool) -> str:

@@ -190,7 +190,8 @@ def custom_context(
 
 def by_name(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     assert [c["check"] for c in checks] == NAMES[: len(checks)]
-    assert all(set(c) == {"check", "ok", "detail", "fix"} for c in checks)
+    assert all(set(c) == {"check", "status", "ok", "detail", "fix"} for c in checks)
+    assert all(c["status"] in ("pass", "fail", "skip") and c["ok"] is (c["status"] == "pass") for c in checks)
     return {c["check"]: c for c in checks}
 
 
@@ -281,7 +282,9 @@ def test_missing_settings_skip_the_tenant_checks(cli: Cli) -> None:
     assert "missing tenant URL" in checks[doctor.SETTINGS]["detail"]
     assert "inspera-hooks login" in checks[doctor.SETTINGS]["fix"]
     for name in (doctor.TENANT, doctor.CREDENTIALS, doctor.EVENTS):
-        assert checks[name] == {"check": name, "ok": False, "detail": "skipped: no tenant URL", "fix": None}
+        assert checks[name] == {"check": name, "status": "skip", "ok": False,
+                                "detail": "skipped: no tenant URL", "fix": None}
+    assert checks[doctor.SETTINGS]["status"] == "fail"
 
 
 def test_unreachable_tenant(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,15 +344,32 @@ def test_endpoint_that_never_answers(trusted: trustme.CA) -> None:
     assert check.fix is not None and check.fix.startswith("Inspera gives up after 0.2 s")
 
 
-def test_plain_http_endpoint(cli: Cli, sandbox_env: Any) -> None:
+def test_a_plain_http_endpoint_on_this_machine_passes_with_a_tenant_on_this_machine(
+    cli: Cli, sandbox_env: Any
+) -> None:
+    """The README's sandbox flow: `listen` on http://127.0.0.1, the sandbox as the tenant."""
     with receiver() as (url, _):
-        result = cli("doctor", "--endpoint", url, "--json", expect=1)
+        result = cli("doctor", "--endpoint", url, "--json")
     checks = by_name(result.json)
-    assert failing(result.json) == [doctor.ENDPOINT_HTTPS, doctor.ENDPOINT_TLS]
-    assert checks[doctor.ENDPOINT_HTTPS]["detail"] == "plain http: Inspera calls HTTPS endpoints only"
-    assert "--tunnel cloudflared" in checks[doctor.ENDPOINT_HTTPS]["fix"]
-    assert checks[doctor.ENDPOINT_TLS]["detail"] == "skipped: the endpoint is not HTTPS"
+    assert failing(result.json) == []
+    assert checks[doctor.ENDPOINT_HTTPS]["status"] == "pass"
+    assert "plain http on this machine" in checks[doctor.ENDPOINT_HTTPS]["detail"]
+    assert "Inspera itself calls HTTPS endpoints only" in checks[doctor.ENDPOINT_HTTPS]["detail"]
+    assert checks[doctor.ENDPOINT_TLS]["status"] == "pass"
     assert checks[doctor.ENDPOINT_VALIDATION]["ok"]  # the receiver itself answers
+
+
+def test_plain_http_endpoint_fails_for_a_real_tenant() -> None:
+    with receiver() as (url, _):
+        checks = {c.check: c for c in doctor.endpoint_checks(url, tenant_on_loopback=False)}
+    assert checks[doctor.ENDPOINT_HTTPS].status is doctor.CheckStatus.FAIL
+    assert checks[doctor.ENDPOINT_HTTPS].detail == "plain http: Inspera calls HTTPS endpoints only"
+    assert "--tunnel cloudflared" in (checks[doctor.ENDPOINT_HTTPS].fix or "")
+    assert checks[doctor.ENDPOINT_TLS].status is doctor.CheckStatus.SKIP
+    assert checks[doctor.ENDPOINT_TLS].detail == "skipped: the endpoint is not HTTPS"
+    # a plain-http endpoint elsewhere fails even with a tenant on this machine
+    first = next(iter(doctor.endpoint_checks("http://hooks.example.invalid/", tenant_on_loopback=True)))
+    assert first.status is doctor.CheckStatus.FAIL
 
 
 def test_self_signed_certificate(cli: Cli, sandbox_env: Any, trusted: trustme.CA, tmp_path: Path) -> None:

@@ -60,7 +60,9 @@ def doctor(
     failed = sum(not c.ok for c in results)
     if not json:
         if failed:
-            output.info(f"{failed} of {len(results)} checks failed.")
+            skipped = sum(c.status is checks.CheckStatus.SKIP for c in results)
+            could_not_run = f" ({skipped} of them could not run)" if skipped else ""
+            output.info(f"{failed} of {len(results)} checks failed{could_not_run}.")
         else:
             output.info(f"All {len(results)} checks passed.")
     if failed:
@@ -68,11 +70,14 @@ def doctor(
 
 
 def _show(check: Check) -> None:
+    from inspera_cli.doctor import CheckStatus
+
     out = output.console(stderr=False)
     if check.ok:
         out.print("✓", style="green", end=" ", markup=False, highlight=False)
     else:
-        out.print("✗", style="red" if not check.skipped else "dim", end=" ", markup=False, highlight=False)
+        style = "dim" if check.status is CheckStatus.SKIP else "red"
+        out.print("✗", style=style, end=" ", markup=False, highlight=False)
     out.print(f"{check.check}: {check.detail}", markup=False, highlight=False)
     if check.fix:
         out.print(f"  fix: {check.fix}", style="yellow", markup=False, highlight=False)
