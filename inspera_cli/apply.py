@@ -169,55 +169,62 @@ def _validate(
         if not isinstance(entry, dict):
             problems.append(Problem(line, f"each {ENTRY_TABLE} must be a table with {', '.join(FIELDS)}"))
             continue
-        entry_problems: list[Problem] = []
-        for key in entry:
-            if key not in FIELDS:
+        entry_problems, desired = _check_entry(finder, index, entry, env)
+        if desired is not None:
+            if desired.key in seen:
+                first = seen[desired.key]
+                where = f" (first at line {first})" if first else ""
                 entry_problems.append(
-                    Problem(
-                        finder.entry_key(index, key),
-                        f"unknown key {key!r} in [[{ENTRY_TABLE}]] (allowed: {', '.join(FIELDS)})",
-                    )
+                    Problem(line, f"duplicate subscription to {desired.event} at {desired.endpoint}{where}")
                 )
-        for key in FIELDS:
-            if key not in entry:
-                hint = " (the secret itself never goes in the file)" if key == "secret_env" else ""
-                entry_problems.append(Problem(line, f"[[{ENTRY_TABLE}]] is missing {key!r}{hint}"))
-            elif not isinstance(entry[key], str) or not entry[key].strip():
-                entry_problems.append(
-                    Problem(finder.entry_key(index, key), f"{key!r} must be a non-empty string")
-                )
-        if entry_problems:
-            problems += entry_problems
-            continue
-        event, endpoint, secret_env = (entry[k].strip() for k in FIELDS)
-        unreachable = endpoint_problem(endpoint)
-        if unreachable:
-            problems.append(Problem(finder.entry_key(index, "endpoint"), unreachable))
-        secret = env.get(secret_env, "")
-        secret_problem = env_secret_problem(secret_env, env)
-        if secret_problem:
-            line = finder.entry_key(index, "secret_env")
-            problems.append(Problem(line, f"secret_env {secret_env}: {secret_problem}"))
-        pair = (event, endpoint)
-        if pair in seen:
-            first = seen[pair]
-            where = f" (first at line {first})" if first else ""
-            problems.append(Problem(line, f"duplicate subscription to {event} at {endpoint}{where}"))
-            continue
-        seen[pair] = line
-        result.append(
-            DesiredSubscription(
-                event=event,
-                endpoint=endpoint,
-                secret_env=secret_env,
-                line=line,
-                event_line=finder.entry_key(index, "event"),
-                secret=secret,
-            )
-        )
+            seen.setdefault(desired.key, line)
+        problems += entry_problems
+        if desired is not None and not entry_problems:
+            result.append(desired)
     if problems:
         raise SubscriptionsFileError(path, problems)
     return SubscriptionsFile(path, result)
+
+
+def _check_entry(
+    finder: _LineFinder, index: int, entry: dict[str, Any], env: Mapping[str, str]
+) -> tuple[list[Problem], DesiredSubscription | None]:
+    """Every problem of one entry at once (an unknown key hides none of the others), and the
+    entry if its three fields are there (for the duplicate check, even when other things are wrong)."""
+    line = finder.entry(index)
+    allowed = ", ".join(FIELDS)
+    problems = [
+        Problem(
+            finder.entry_key(index, key),
+            f"unknown key {key!r} in [[{ENTRY_TABLE}]] (allowed: {allowed})",
+        )
+        for key in entry if key not in FIELDS
+    ]
+    values: dict[str, str] = {}
+    for key in FIELDS:
+        if key not in entry:
+            hint = " (the secret itself never goes in the file)" if key == "secret_env" else ""
+            problems.append(Problem(line, f"[[{ENTRY_TABLE}]] is missing {key!r}{hint}"))
+        elif not isinstance(entry[key], str) or not entry[key].strip():
+            problems.append(Problem(finder.entry_key(index, key), f"{key!r} must be a non-empty string"))
+        else:
+            values[key] = entry[key].strip()
+    if "endpoint" in values and (unreachable := endpoint_problem(values["endpoint"])):
+        problems.append(Problem(finder.entry_key(index, "endpoint"), unreachable))
+    if "secret_env" in values and (secret_problem := env_secret_problem(values["secret_env"], env)):
+        problems.append(Problem(finder.entry_key(index, "secret_env"),
+                                f"secret_env {values['secret_env']}: {secret_problem}"))
+    if len(values) < len(FIELDS):
+        return problems, None
+    desired = DesiredSubscription(
+        event=values["event"],
+        endpoint=values["endpoint"],
+        secret_env=values["secret_env"],
+        line=line,
+        event_line=finder.entry_key(index, "event"),
+        secret=env.get(values["secret_env"], ""),
+    )
+    return problems, desired
 
 
 def _header_line(lines: list[str], key: str) -> int | None:

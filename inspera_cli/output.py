@@ -103,6 +103,11 @@ def discard_stdout() -> None:
         pass
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 subscription``, ``2 subscriptions``, ``1 retry``/``2 retries`` (``plural`` given)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def is_terminal(stream: Any = None) -> bool:
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())

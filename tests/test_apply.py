@@ -181,7 +181,7 @@ def test_one_failed_validation_leaves_the_others_created(
     assert live(env) == set(good)
     assert f"test_closed → {receiver.url('/fail')} failed" in result.stderr
     assert "answered 500" in result.stderr
-    assert "1 of 4 change(s) failed" in result.stderr
+    assert "1 of 4 changes failed" in result.stderr
 
     data = run(cli, "-f", str(path), "--json", expect=1).json
     [failed] = data["create"]
@@ -283,6 +283,37 @@ def test_a_missing_file(cli: Cli, env: Any, tmp_path: Path) -> None:
     result = run(cli, "-f", str(tmp_path / "absent.toml"), expect=1)
     assert "cannot read the subscriptions file" in result.stderr
     assert env.requests == []
+
+
+def test_the_file_defaults_to_inspera_hooks_toml_here(
+    cli: Cli, env: Any, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = run(cli, expect=1)
+    expected = "inspera-hooks: error: no inspera-hooks.toml here: give the subscriptions file with -f FILE\n"
+    assert missing.stderr == expected
+    assert env.requests == []
+    write(tmp_path, [("confirm_final_grades", receiver.url("/a"))], name="inspera-hooks.toml")
+    assert "Applied: 1 created" in run(cli).stderr
+    assert live(env) == {("confirm_final_grades", receiver.url("/a"))}
+
+
+def test_the_summary_never_says_the_tenant_matches_when_it_has_more(
+    cli: Cli, env: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    path = write(tmp_path, [("confirm_final_grades", receiver.url("/a"))])
+    run(cli, "-f", str(path))
+    with client(env) as c:
+        c.create("test_closed", receiver.url("/other"), SECRET)
+    again = run(cli, "-f", str(path)).stderr
+    assert "1 live subscription not in the file is left alone (--prune deletes it)." in again
+    assert "Nothing to do: every subscription in the file is in place." in again
+    assert "matches" not in again
+    with client(env) as c:
+        c.create("complete_grading", receiver.url("/other"), SECRET)
+    assert "2 live subscriptions not in the file are left alone (--prune deletes them)." in run(
+        cli, "-f", str(path)
+    ).stderr
 
 
 def test_an_unsupported_event_is_refused_before_any_write(

@@ -147,7 +147,27 @@ def test_endpoint_that_is_not_a_url(tmp_path: Path) -> None:
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     text = GOOD.replace("https://", "http://").replace('event = "test_closed"', 'evnt = "test_closed"')
     found = problems(tmp_path, text, env={})
-    assert [line for line, _ in found] == [4, 5, 8, 7]
+    assert [line for line, _ in found] == [4, 5, 8, 7, 10]
+
+
+def test_an_entry_reports_all_of_its_problems_at_once(tmp_path: Path) -> None:
+    """An unknown key used to hide the entry's other problems until the next run."""
+    entry = ('[[subscription]]\nevent = "confirm_final_grades"\nendpoint = "http://hooks.example.edu/"\n'
+             'secret_env = "UNSET_SECRET"\nsecret = "oops"\n')
+    (unknown, unknown_line), (plain_http, http_line), (unset, unset_line) = (
+        (message, line) for line, message in problems(tmp_path, entry)
+    )
+    assert (unknown_line, http_line, unset_line) == (5, 3, 4)
+    assert "unknown key 'secret'" in unknown and "plain http" in plain_http
+    assert unset.startswith("secret_env UNSET_SECRET: ") and "not set" in unset
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "hooks.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode("utf-8"))  # what Windows editors write
+    spec = load_subscriptions_file(path, ENV)
+    assert [s.event for s in spec.subscriptions] == ["confirm_final_grades", "test_closed"]
+    assert spec.subscriptions[0].line == 2
 
 
 def test_entry_that_is_not_a_table(tmp_path: Path) -> None:

@@ -325,7 +325,7 @@ def test_apply_interrupted_while_the_answers_are_on_their_way(
     reported = {(int(line.rsplit("id ", 1)[1].rstrip(")")), line.split()[2]) for line in proc.stdout
                 if line.startswith("+ created")}
     assert {(sid, event) for sid, event, _ in live(sandbox)} == reported and len(reported) == 2
-    assert "Interrupted: 2 of 2 change(s) made" in proc.err_text
+    assert "Interrupted: 2 of 2 changes made" in proc.err_text
 
 
 def test_a_second_signal_stops_apply_waiting_and_a_rerun_converges(

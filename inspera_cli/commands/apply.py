@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient
 
 
+# The file `apply` reads unless -f names another.
+DEFAULT_FILE = Path("inspera-hooks.toml")
 # The outcome of a change abandoned by a second Ctrl-C.
 UNFINISHED = "outcome unknown: stopped waiting for it (apply again: it finds what was made)"
 
@@ -32,7 +34,7 @@ def apply(
         typer.Option(
             "--file", "-f", metavar="FILE", help="The subscriptions file (TOML, [[subscription]] entries)."
         ),
-    ],
+    ] = DEFAULT_FILE,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan and change nothing.")] = False,
     prune: Annotated[
         bool, typer.Option("--prune", help="Delete live subscriptions that are not in the file.")
@@ -53,9 +55,9 @@ def apply(
     its (event, endpoint) pair, so a second apply of the same file changes nothing. The file is
     checked before any API call; every problem is reported with its line. Ctrl-C lets the
     changes in flight finish (Ctrl-C again stops waiting), starts no other, and lists what was
-    made; running apply again finishes the job.
+    made; running apply again finishes the job. Without -f, the file is ./inspera-hooks.toml.
 
-    Example: inspera-hooks apply -f inspera-hooks.toml --prune --dry-run
+    Example: inspera-hooks apply --prune --dry-run
 
     Exit codes: 0 done (or nothing to do), 1 invalid file or a failed change (the others are made:
     run it again to finish), 2 with --detailed-exitcode when changes were made or planned,
@@ -63,6 +65,8 @@ def apply(
     """
     from inspera_cli.apply import check_events, load_subscriptions_file, make_plan
 
+    if file == DEFAULT_FILE and not file.exists():
+        raise InsperaError(f"no {DEFAULT_FILE} here: give the subscriptions file with -f FILE")
     spec = load_subscriptions_file(file)
     client = state(ctx).client()
     if spec.subscriptions:
@@ -82,8 +86,8 @@ def apply(
         _show_summary(plan, result, dry_run=dry_run)
     if failures:
         raise ApplyFailed(
-            f"{len(failures)} of {plan.changes} change(s) failed (see above); fix the cause and run "
-            "apply again to finish"
+            f"{len(failures)} of {output.counted(plan.changes, 'change')} failed (see above); fix the "
+            "cause and run apply again to finish"
         )
     if detailed_exitcode and plan.changes:
         raise typer.Exit(ExitCode.CHANGES)
@@ -131,9 +135,10 @@ def _show_plan(plan: Plan) -> None:
         f"Plan: {len(plan.create)} to create, {len(plan.delete)} to delete, {len(plan.unchanged)} unchanged."
     )
     if plan.unmanaged:
+        one = len(plan.unmanaged) == 1
         output.info(
-            f"{len(plan.unmanaged)} live subscription(s) not in the file are left alone "
-            "(--prune deletes them)."
+            f"{output.counted(len(plan.unmanaged), 'live subscription')} not in the file "
+            f"{'is' if one else 'are'} left alone (--prune deletes {'it' if one else 'them'})."
         )
 
 
@@ -147,7 +152,9 @@ def _show_summary(plan: Plan, result: ApplyResult | None, *, dry_run: bool) -> N
     if dry_run:
         output.info("Dry run: nothing was changed.")
     elif not plan.changes:
-        output.info("Nothing to do: the tenant matches the file.")
+        # With subscriptions the file does not name (left alone), the tenant does not "match" it.
+        output.info("Nothing to do: the tenant matches the file." if not plan.unmanaged
+                    else "Nothing to do: every subscription in the file is in place.")
     elif result is not None:
         created = sum(o.ok for o in result.created)
         deleted = sum(o.ok for o in result.deleted)
@@ -166,7 +173,7 @@ def _show_interrupted(plan: Plan, done: list[Outcome]) -> None:
             _show_failure(outcome)
     unfinished = plan.changes - len(done)
     not_started = sum(not o.started for o in done)
-    parts = [f"{len(made)} of {plan.changes} change(s) made"]
+    parts = [f"{len(made)} of {output.counted(plan.changes, 'change')} made"]
     if not_started:
         parts.append(f"{not_started} not started")
     if unfinished:

@@ -302,9 +302,11 @@ def _confirmed(targets: list[Subscription], *, every: bool) -> bool:
         output.info(f"  {t.subscription_id}  {t.event:<{width}}  {t.endpoint}")
     if len(targets) > _SHOWN_BEFORE_ASKING:
         output.info(f"  … and {len(targets) - _SHOWN_BEFORE_ASKING} more")
-    count = f"{len(targets)} subscription{'s' if len(targets) != 1 else ''}"
-    return typer.confirm(f"Delete {'all ' if every else ''}{'this' if len(targets) == 1 else 'these'} "
-                         f"{count}?", err=True)
+    if len(targets) == 1:
+        question = "Delete this subscription?"
+    else:
+        question = f"Delete {'all' if every else 'these'} {len(targets)} subscriptions?"
+    return typer.confirm(question, err=True)
 
 
 _SHOWN_BEFORE_ASKING = 20
