@@ -125,7 +125,7 @@ def print_json_items(items: Sequence[Any], *, first: bool, last: bool = False) -
     """Part of one JSON array on stdout, streamed: ``first`` opens it, ``last`` closes it."""
     import json
 
-    text = ",\n".join("  " + json.dumps(item, ensure_ascii=False) for item in items)
+    text = ",\n".join("  " + json.dumps(item, ensure_ascii=_ascii_only(sys.stdout)) for item in items)
     opening = "[\n" if first else (",\n" if items else "")
     sys.stdout.write(opening + text + ("\n]\n" if last else ""))
     sys.stdout.flush()

@@ -35,6 +35,21 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def fresh_redactions() -> Iterator[None]:
+    """Each test starts with the secrets registered before it: the registry is process-wide, and a
+    secret one test registers (hypothesis draws words of our own code, such as "create") would be
+    redacted from every later test's output."""
+    from inspera_cli import redaction
+
+    forms, ordered = set(redaction._forms), list(redaction._ordered)
+    yield
+    with redaction._lock:
+        redaction._forms.clear()
+        redaction._forms.update(forms)
+        redaction._ordered[:] = ordered
+
+
 @dataclass
 class Result:
     exit_code: int
