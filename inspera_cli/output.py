@@ -175,7 +175,8 @@ def styled_line(text: str, style: str | None = None, *, stderr: bool = False) ->
 
 
 def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
-    """One stdout line from (text, style) pieces: coloured on a terminal, plain text when piped.
+    """One stdout line from (text, style) pieces: coloured and cut to the terminal's width (its end
+    replaced by ``…``, so it never wraps) on a terminal, plain and whole text when piped.
 
     Each piece goes through Rich's ``Style.render`` for the console's colour system rather than a
     full ``Console.print``, which costs about 100 µs a line: `listen` prints one line per request
@@ -183,7 +184,10 @@ def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
     (bold and dim stay).
     """
     out = console(stderr=False)
-    if is_terminal() and out.color_system is not None:
+    terminal = is_terminal()
+    if terminal:
+        segments = _fit_line(segments, out.width)
+    if terminal and out.color_system is not None:
         from rich.color import ColorSystem
         from rich.style import Style
 
@@ -201,6 +205,21 @@ def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
         line = "".join(piece for piece, _ in segments)
     out.file.write(line + "\n")
     out.file.flush()
+
+
+def _fit_line(segments: Sequence[tuple[str, str | None]], width: int) -> Sequence[tuple[str, str | None]]:
+    """The pieces that fit in ``width`` columns, the last one cut with ``…`` when they do not."""
+    from rich.cells import cell_len, set_cell_size
+
+    used = 0
+    for index, (text, style) in enumerate(segments):
+        size = len(text) if text.isascii() else cell_len(text)
+        if used + size > width:
+            room = max(width - used - 1, 0)
+            cut = text[:room] if text.isascii() else set_cell_size(text, room)
+            return [*segments[:index], (cut + "…", style)]
+        used += size
+    return segments
 
 
 def _escape(text: str) -> str:

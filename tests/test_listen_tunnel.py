@@ -257,7 +257,7 @@ def test_without_tunnel_a_refused_create_is_not_retried(cli: Cli, monkeypatch: p
 
 @programs
 def test_a_missing_program_names_what_to_install(program: str, tmp_path: Path) -> None:
-    with Listen("--tunnel", program, "--timeout", "5", search_path=str(tmp_path)) as lp:
+    with Listen("--tunnel", program, "--max-time", "5", search_path=str(tmp_path)) as lp:
         assert lp.finish() == 1
     assert f"{program} is not installed" in lp.err_text
     assert INSTALL_URLS[program] in lp.err_text
@@ -284,7 +284,7 @@ def test_an_early_exit_says_why_and_debug_shows_the_programs_output(tmp_path: Pa
 
 def test_without_subscribe_the_url_is_shown_and_timeout_stops_the_tunnel(tmp_path: Path) -> None:
     with Listen(
-        "--timeout", "0.5", "--tunnel", "cloudflared", env=standin_env(tmp_path, "cloudflared")
+        "--max-time", "0.5", "--tunnel", "cloudflared", env=standin_env(tmp_path, "cloudflared")
     ) as lp:
         assert lp.finish() == 0
     assert "Public URL: https://listen-test.trycloudflare.com/" in lp.stderr
@@ -309,7 +309,7 @@ def test_without_subscribe_the_url_is_shown_and_timeout_stops_the_tunnel(tmp_pat
     ],
 )
 def test_usage_errors_exit_2(cli: Cli, args: list[str], message: str) -> None:
-    result = cli("listen", "--port", "0", "--timeout", "1", *args, expect=2)
+    result = cli("listen", "--port", "0", "--max-time", "1", *args, expect=2)
     assert message in result.stderr
 
 

@@ -299,7 +299,7 @@ def test_trigger_through_listen_then_replay_its_record(cli: Cli, tmp_path: Path)
         listen = subprocess.Popen(
             [sys.executable, "-m", "inspera_cli", "listen", "--port", "0", "--json",
              "--secret-env", "HOOK_SECRET", "--record", str(record), "--forward-to", app.url,
-             "--exit-after", "2", "--timeout", "30"],
+             "--exit-after", "2", "--max-time", "30"],
             env={**os.environ, "HOOK_SECRET": OLD_SECRET},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )

@@ -154,7 +154,7 @@ def test_listen_keeps_the_secret_out_of_output_and_record(sandbox_env, tmp_path)
             "--json",
             "--exit-after",
             "1",
-            "--timeout",
+            "--max-time",
             "20",
         ],
         env=env,

@@ -51,8 +51,7 @@ def demo(
     arrived = threading.Event()
 
     def on_report(report: Report) -> None:
-        output.console(stderr=False).print("   [dim]listener:[/] ", end="")
-        output.print_segments(request_line(report))
+        output.print_segments([("   ", None), ("listener: ", "dim"), *request_line(report)])
         if report.accepted:
             arrived.set()
 

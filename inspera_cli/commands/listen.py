@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -21,6 +18,7 @@ from inspera_cli.commands.common import (
     resolve_secret,
     split_names,
     state,
+    warn_unknown_events,
 )
 from inspera_cli.completers import complete_event_list
 from inspera_cli.errors import InsperaError, UsageError
@@ -35,6 +33,8 @@ AUDIENCE_NOTE = (
     "Inspera sends an event only to users who are contributors on the test, have write access to "
     "the content, or are User Administrators -- and never for actions that same user triggered."
 )
+# What the listener may not see of an app's failure: 502 when the app does not answer in time.
+_APP_DEADLINE = "unreachable, or slower than 9 s: 502"
 # Hosts a tunnel to 127.0.0.1 reaches.
 _TUNNEL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0"})
 
@@ -91,40 +91,62 @@ def _printer(json_mode: bool) -> Callable[[Report], None]:
         except BrokenPipeError:
             # `listen | head`: the reader left. Keep answering, recording and forwarding.
             broken = True
-            _stdout_to_devnull()
+            output.discard_stdout()
 
     return print_report
 
 
-def _stdout_to_devnull() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass
+def banner(config: ListenerConfig, *, secret_from: str, exit_after: int | None,
+           max_time: float | None) -> list[str]:
+    """What the listener does, in a line each, shown under `Ready:`."""
+    if config.skip_verify:
+        lines = ["Not verifying signatures (--skip-verify): every request is accepted"]
+    elif config.secret is None:
+        lines = ["Not verifying signatures: no secret given (pass --secret-env VAR)"]
+    else:
+        lines = [f"Verifying X-Inspera-Signature with {secret_from}"]
+    if config.events:
+        lines.append(f"Showing and forwarding only {', '.join(config.events)} (other events get 200)")
+    routes = dict(config.forward)
+    default = routes.pop(None, None)
+    lines += [f"Forwarding {event} to {url}" for event, url in routes.items()]
+    if default is not None:
+        lines.append(f"Forwarding {'every other event' if routes else 'every event'} to {default}")
+    if config.record is not None:
+        lines.append(f"Recording every verified request to {config.record}")
+    if exit_after is not None:
+        within = f" (exit 1 if they have not come within {max_time:g} s)" if max_time else ""
+        lines.append(f"Exiting after {output.counted(exit_after, 'accepted event')}{within}")
+    elif max_time is not None:
+        lines.append(f"Stopping after {max_time:g} s")
+    return lines
 
 
-def _summary(stats: ListenerStats, seconds: float, record: Path | None) -> str:
-    parts = [f"{stats.events} webhook request{'s' if stats.events != 1 else ''}",
-             f"{stats.accepted} accepted"]
-    for count, label in (
-        (stats.verifications, "verifications"),
-        (stats.retries, "retries"),
-        (stats.rejected, "rejected (401)"),
-        (stats.filtered, "filtered out"),
-        (stats.too_large, "too large (413)"),
-        (stats.forward_failures, "failed forwards"),
-        (stats.bad_requests, "malformed (400/501)"),
-        (stats.timed_out, "connections timed out"),
-        (stats.refused_connections, "connections refused (--max-connections)"),
-        (stats.dropped_lines, "lines not shown (stdout not read)"),
+def summary(stats: ListenerStats, seconds: float, record: Path | None) -> str:
+    """The line `listen` ends with: what came, and who refused what (the listener or the app)."""
+    app_unreachable = stats.forward_failures - stats.app_refusals
+    parts = [output.counted(stats.events, "webhook request"), f"{stats.accepted} accepted"]
+    for count, text in (
+        (stats.verifications, output.counted(stats.verifications, "verification")),
+        (stats.retries, output.counted(stats.retries, "retry", "retries")),
+        (stats.rejected, f"{stats.rejected} refused by listen (signature: 401)"),
+        (stats.app_refusals, f"{stats.app_refusals} refused by the app (its status relayed)"),
+        (app_unreachable, f"{app_unreachable} not answered by the app ({_APP_DEADLINE})"),
+        (stats.filtered, f"{stats.filtered} filtered out (--events)"),
+        (stats.too_large, f"{stats.too_large} too large (413)"),
+        (stats.bad_requests, f"{stats.bad_requests} malformed (400/501)"),
+        (stats.timed_out, f"{output.counted(stats.timed_out, 'connection')} timed out"),
+        (stats.refused_connections,
+         f"{output.counted(stats.refused_connections, 'connection')} refused (--max-connections)"),
+        (stats.dropped_lines, f"{output.counted(stats.dropped_lines, 'line')} not shown (stdout not read)"),
     ):
         if count:
-            parts.append(f"{count} {label}")
+            parts.append(text)
     text = f"Stopped after {seconds:.1f} s: " + ", ".join(parts) + "."
     if record is not None:
-        text += f" Recorded {stats.recorded} to {record}."
+        text += f" Recorded {output.counted(stats.recorded, 'request')} to {record}."
+    if not stats.accepted:
+        text += f"\nNo event was accepted. {AUDIENCE_NOTE}"
     return text
 
 
@@ -137,12 +159,14 @@ def serve(
     public_url: str | None = None,
     tunnel: str | None = None,
     exit_after: int | None = None,
-    timeout: float | None = None,
+    max_time: float | None = None,
     generated_secret: bool = False,
+    secret_from: str = "the secret given",
 ) -> None:
-    """Run the listener until --exit-after / --timeout / Ctrl-C / SIGTERM; subscriptions made
+    """Run the listener until --exit-after / --max-time / Ctrl-C / SIGTERM; subscriptions made
     for ``public_url`` are deleted, and the ``tunnel`` program (whose URL plus the path is then
-    the public URL) is stopped, on every way out (``session.Session``)."""
+    the public URL) is stopped, on every way out (``session.Session``). ``secret_from`` says
+    where the secret came from, for the lines under `Ready:`."""
     from inspera_cli.listener import Listener
 
     listener: Listener = Listener(config, on_report=_printer(json_mode))
@@ -151,10 +175,11 @@ def serve(
     try:
         listener.start()
         output.info(f"Ready: {listener.url}")
-        output.info(AUDIENCE_NOTE)
+        for line in banner(config, secret_from=secret_from, exit_after=exit_after, max_time=max_time):
+            output.info(f"  {line}")
         with _session(ctx, listener, subscribe_events or [], public_url, tunnel, config.secret,
                       secret_generated=generated_secret):
-            reached = _wait(listener, exit_after, timeout)
+            reached = _wait(listener, exit_after, max_time)
     except KeyboardInterrupt:
         pass  # Ctrl-C and SIGTERM are how a listener is meant to stop
     finally:
@@ -162,11 +187,11 @@ def serve(
             listener.shutdown()
             if listener.url:
                 record = Path(config.record) if config.record is not None else None
-                output.info(_summary(listener.stats(), time.monotonic() - started, record))
+                output.info(summary(listener.stats(), time.monotonic() - started, record))
     if not reached:
         raise InsperaError(
-            f"only {listener.stats().accepted} of {exit_after} events were accepted "
-            f"within {timeout:g} s"
+            f"only {listener.stats().accepted} of {output.counted(exit_after or 0, 'event')} "
+            f"{'was' if exit_after == 1 else 'were'} accepted within {max_time:g} s"
         )
 
 
@@ -248,10 +273,10 @@ def _session(
     )
 
 
-def _wait(listener: Listener, exit_after: int | None, timeout: float | None) -> bool:
-    """Block until --exit-after events came (True) or --timeout passed (True unless
+def _wait(listener: Listener, exit_after: int | None, max_time: float | None) -> bool:
+    """Block until --exit-after events came (True) or --max-time passed (True unless
     --exit-after was not reached). Polls in short slices so signals are handled promptly."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if max_time is None else time.monotonic() + max_time
     while True:
         remaining = 3600.0 if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
@@ -348,17 +373,25 @@ def listen(
     exit_after: Annotated[
         int | None, typer.Option("--exit-after", min=1, metavar="N", help="Exit 0 after N accepted events.")
     ] = None,
-    timeout: Annotated[
+    max_time: Annotated[
         float | None,
-        typer.Option("--timeout", min=0.001, metavar="SECONDS",
+        typer.Option("--max-time", min=0.001, metavar="SECONDS",
                      help="Stop after this long (exit 1 if --exit-after was not reached)."),
+    ] = None,
+    timeout: Annotated[
+        # SPEC §4's name for --max-time, kept working; the global --timeout is the HTTP timeout.
+        float | None, typer.Option("--timeout", min=0.001, metavar="SECONDS", hidden=True)
     ] = None,
 ) -> None:
     """Run a local receiver: answer Inspera's validation, verify signatures, show, forward and record events.
 
-    Prints one line per request (--json: one JSON object per line) and a summary on exit.
+    Prints what it does under the Ready: line, then one line per request (--json: one JSON object
+    per line), and a summary on exit. Event names given to --events and --forward-to EVENT=URL
+    that the tenant (or, offline, the built-in list) does not know are warned about.
 
-    Example: inspera-hooks listen --secret-env INSPERA_HOOK_SECRET --forward-to http://localhost:3000/hooks
+    Example:
+      inspera-hooks listen --secret-env INSPERA_HOOK_SECRET --forward-to http://localhost:3000/hooks
+      inspera-hooks listen --secret-env S --exit-after 1 --max-time 60 &   # in CI, with trigger
     """
     from inspera_cli.listener import ListenerConfig
 
@@ -380,7 +413,10 @@ def listen(
         raise UsageError("--public-url is only used with --subscribe EVENT")
     if public_url:
         _check_url(public_url, "--public-url")
+    max_time = _max_time(max_time, timeout)
     event_filter = split_names(events)
+    routes = parse_forward(forward_to)
+    warn_unknown_events(ctx, [*event_filter, *(name for name in routes if name is not None)])
     config = ListenerConfig(
         host=host,
         port=port,
@@ -388,7 +424,7 @@ def listen(
         secret=resolve_secret(secret_env, secret),
         skip_verify=skip_verify,
         events=event_filter or None,
-        forward=parse_forward(forward_to),
+        forward=routes,
         record=record,
         max_body=max_body,
         max_connections=max_connections,
@@ -396,13 +432,13 @@ def listen(
         tls_key=tls_key,
     )
     generated = False
+    secret_from = f"the secret in ${secret_env}" if secret_env else "the secret given with --secret"
     if subscribe_events and config.secret is None:
         import secrets
 
         config.secret = secrets.token_hex(32)
         generated = True
-    if config.secret is None and not skip_verify:
-        output.warn("no secret given: signatures are not checked (pass --secret-env VAR)")
+        secret_from = "a generated secret (shown once the subscriptions are made)"
     serve(
         ctx,
         config,
@@ -411,9 +447,21 @@ def listen(
         public_url=public_url,
         tunnel=tunnel.value if tunnel else None,
         exit_after=exit_after,
-        timeout=timeout,
+        max_time=max_time,
         generated_secret=generated,
+        secret_from=secret_from,
     )
+
+
+def _max_time(max_time: float | None, timeout: float | None) -> float | None:
+    """--max-time, or its old name `listen --timeout`."""
+    if timeout is None:
+        return max_time
+    if max_time is not None:
+        raise UsageError("--timeout is the old name of --max-time: give one of them")
+    output.info("note: listen --timeout is --max-time now (the global --timeout, before the command, "
+                "is the HTTP timeout)")
+    return timeout
 
 
 def register(app: typer.Typer) -> None:

@@ -33,29 +33,34 @@ def _status_style(status: int | None) -> str:
     return "green" if status is not None and 200 <= status < 300 else "bold red"
 
 
+# The event column: confirm_final_grades fits; a longer name pushes the line, whose end is then cut
+# to the terminal's width (output.print_segments).
+EVENT_WIDTH = 20
+
+
 def request_line(report: Report) -> list[tuple[str, str | None]]:
-    """The human view of one request: (text, style) pieces of one line."""
-    when = (_local_time(report.received_at) + "  ", "dim")
+    """The human view of one request: (text, style) pieces of one line, 80 columns or less up to
+    the answer and the app's (notes after that are cut on a narrower terminal)."""
+    when = (_local_time(report.received_at) + " ", "dim")
     status = report.status
     answer = (f"-> {status}", _status_style(status))
     if report.kind is not RequestKind.EVENT:
-        return [when, (f"{report.method} {report.path}".ljust(40), "dim"), answer,
-                (f"  {report.note}", "dim")]
+        return [when, (f"{report.method} {report.path} ", "dim"), answer, (f"  {report.note}", "dim")]
     if report.verification:
-        name = ("verification".ljust(28), "cyan")
+        name = ("verification".ljust(EVENT_WIDTH), "cyan")
     elif report.event is None:
-        name = ("(not an event)".ljust(28), "magenta")
+        name = ("(not an event)".ljust(EVENT_WIDTH), "magenta")
     else:
-        name = (report.event.ljust(28), "bold")
+        name = (report.event.ljust(EVENT_WIDTH), "bold")
     object_id = report.context_object_id
     delivery = report.delivery
     # Rejected requests (and unread bodies) are not counted as deliveries: no number to show.
     pieces = [
         when,
         name,
-        (f"{'-' if object_id is None else object_id:>10}  ", None),
+        (f" {'-' if object_id is None else object_id:>8} ", None),
         (report.signature.value.ljust(10), _SIGNATURE_STYLES.get(report.signature)),
-        ((f"retry #{delivery}" if delivery > 1 else "#1" if report.counted else "-").ljust(10),
+        ((f"retry #{delivery}" if delivery > 1 else "#1" if report.counted else "-").ljust(9),
          "yellow" if delivery > 1 else "dim"),
         answer,
     ]
@@ -64,7 +69,7 @@ def request_line(report: Report) -> list[tuple[str, str | None]]:
         if forward.status is None:
             pieces.append((f"  app failed: {forward.error} ({forward.latency_ms:.0f} ms)", "bold red"))
         else:
-            pieces.append((f"  app {forward.status} in {forward.latency_ms:.0f} ms",
+            pieces.append((f"  app {forward.status} {forward.latency_ms:.0f} ms",
                            _status_style(forward.status)))
     if report.verification and report.note is None:
         pieces.append(("  endpoint validation", "dim"))

@@ -70,11 +70,12 @@ class ListenerStats:
     events: int = 0  # POSTs on the path
     accepted: int = 0  # answered 2xx, not a verification, passed --events
     verifications: int = 0
-    rejected: int = 0  # answered 401: missing or wrong signature
+    rejected: int = 0  # answered 401 by the receiver: missing or wrong signature
     filtered: int = 0  # acknowledged but dropped by --events
     retries: int = 0  # a body seen before
     forwarded: int = 0
     forward_failures: int = 0  # the app answered non-2xx, or not at all
+    app_refusals: int = 0  # of those, the app answered (its status relayed, a 401 included)
     recorded: int = 0
     too_large: int = 0
     bad_requests: int = 0  # malformed HTTP, answered 400/501 and closed
@@ -270,7 +271,7 @@ class Listener:
             return
         stats.events += 1
         stats.retries += report.delivery > 1
-        if report.status == HTTPStatus.UNAUTHORIZED:
+        if report.status == HTTPStatus.UNAUTHORIZED and report.forward is None:
             stats.rejected += 1
         elif report.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             stats.too_large += 1
@@ -282,6 +283,7 @@ class Listener:
         if report.forward is not None:
             stats.forwarded += 1
             stats.forward_failures += not report.forward.ok
+            stats.app_refusals += not report.forward.ok and report.forward.status is not None
         if report.accepted:
             stats.accepted += 1
             if stats.accepted >= self._wake_at:
