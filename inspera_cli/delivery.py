@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from inspera_cli.network import describe_network_error, is_connection_refused
@@ -36,6 +36,7 @@ class DeliveryResult:
     reason: str = ""
     answer_excerpt: str = ""
     event: str | None = None
+    context_object_id: Any = None  # of a replayed record
     refused: bool = False  # nothing listened: the request reached no server
 
     @property
@@ -51,6 +52,7 @@ class DeliveryResult:
         }
         if with_event:
             data["event"] = self.event
+            data["contextObjectId"] = self.context_object_id
         return data
 
 
@@ -152,10 +154,11 @@ def replay(
     try:
         for attempt, record in enumerate(records, start=1):
             headers = signed_headers(record.body, secret, record.content_type)
-            yield post(
+            result = post(
                 session, url, record.body, headers, attempt=attempt, event=record.event,
                 timeout=timeout,
             )
+            yield replace(result, context_object_id=record.context_object_id)
     finally:
         if own_session:
             session.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -421,7 +422,12 @@ def matches(
 class Selection:
     """The records `replay` sends from a file: counted in a first pass (``total`` records,
     ``count`` chosen), streamed in a second when iterated -- one record in memory at a time.
-    Lines appended after the count are not part of it. ``last`` keeps the last N that match."""
+    Lines appended after the count are not part of it. ``last`` keeps the last N that match.
+
+    ``failed`` chooses each failed event once: the latest copy of each body (Inspera's retries
+    send the same bytes), when that copy was not answered 2xx -- an event a later retry delivered
+    is not failed. With ``all_attempts``, every copy that was not answered 2xx.
+    """
 
     def __init__(
         self,
@@ -432,17 +438,28 @@ class Selection:
         event: str | None = None,
         since: datetime | None = None,
         failed: bool = False,
+        all_attempts: bool = False,
         last: int | None = None,
     ) -> None:
         self.path = path
         self._event, self._since, self._failed = event, since, failed
+        self.once = failed and not all_attempts
+        self._chosen: set[int] | None = None  # offsets of the copies --failed sends once
+        latest: dict[bytes, tuple[int, bool]] = {}  # a body's digest: its latest copy's offset, 2xx
         counting = RecordReader(path, strict=strict, on_corrupt=on_corrupt)
         self.total = matching = 0
         for record in counting:
             self.total += 1
-            matching += self._wanted(record)
+            if self.once:
+                if matches(record, event=event, since=since):
+                    latest[_digest(record.body)] = (record.offset, record.answered_2xx)
+            else:
+                matching += self._wanted(record)
         if counting.corrupt and not self.total:
             raise RecordError(f"{path}: not a `listen --record` file (none of its lines is a record)")
+        if self.once:
+            self._chosen = {offset for offset, ok in latest.values() if not ok}
+            matching = len(self._chosen)
         self._end = counting.offset
         self._skip = max(0, matching - last) if last is not None else 0
         self.count = matching - self._skip
@@ -458,7 +475,14 @@ class Selection:
                     yield record
 
     def _wanted(self, record: RecordedRequest) -> bool:
+        if self._chosen is not None:
+            return record.offset in self._chosen
         return matches(record, event=self._event, since=self._since, failed=self._failed)
+
+
+def _digest(body: bytes) -> bytes:
+    """Which event a body is: its copies (Inspera's retries) have the same bytes."""
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 def _received_at(record: RecordedRequest) -> datetime:

@@ -68,3 +68,26 @@ def test_trigger_verification_is_not_an_unknown_event(cli) -> None:
     with Receiver() as r:
         result = cli("trigger", "verification", "--to", r.url)
     assert "unknown event" not in result.stderr and len(r.received) == 1
+
+
+def test_replay_warns_about_an_unknown_event(cli, tmp_path) -> None:
+    from tests.test_replay import event_body, record_line
+
+    path = tmp_path / "events.jsonl"
+    path.write_text(record_line(event_body("confirm_final_grades", 1)) + "\n")
+    with Receiver() as r:
+        result = cli("replay", str(path), "--to", r.url, "--event", TYPO)
+    assert "unknown event confirm_grades (did you mean confirm_final_grades?)" in result.stderr
+    assert "nothing to replay" in result.stderr and r.received == []
+
+
+def test_listen_warns_about_unknown_events_and_routes_and_serves_on() -> None:
+    from tests.test_listen import ListenProcess
+
+    with ListenProcess("--events", f"complete_grading,{TYPO}", "--forward-to",
+                       "complete_gradin=http://127.0.0.1:9/") as lp:
+        assert lp.stop() == 0
+    warning = next(line for line in lp.stderr if line.startswith("warning:"))
+    assert "unknown events confirm_grades (did you mean confirm_final_grades?), complete_gradin " \
+        "(did you mean complete_grading?)" in warning
+    assert any(line.startswith("Ready:") for line in lp.stderr)

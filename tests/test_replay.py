@@ -97,7 +97,8 @@ def test_replay_resends_bytes_in_order_re_signed(
         assert got.signature == sign(got.body, SECRET)
         assert got.headers["content-type"] == "application/json"
     assert result.json == [
-        {"attempt": i, "status": 200, "latencyMs": item["latencyMs"], "error": None, "event": event}
+        {"attempt": i, "status": 200, "latencyMs": item["latencyMs"], "error": None, "event": event,
+         "contextObjectId": i}
         for i, (item, event) in enumerate(
             zip(result.json, ["confirm_final_grades", "resource_created", "confirm_final_grades"],
                 strict=True),
@@ -111,8 +112,8 @@ def test_replay_human_output(cli: Cli, receiver: Receiver, recording: tuple[Path
     path, _ = recording
     result = replay(cli, path, receiver.url)
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("#1  confirm_final_grades  200 OK  ")
-    assert lines[1].startswith("#2  resource_created  200 OK  ")
+    assert lines[0].startswith("#1  confirm_final_grades 1  200 OK  ")  # with its contextObjectId
+    assert lines[1].startswith("#2  resource_created 2  200 OK  ")
     assert "Replaying 3 of 4 recorded requests" in result.stderr
 
 
@@ -134,6 +135,41 @@ def test_replay_filters(
     path, bodies = recording
     replay(cli, path, receiver.url, *args)
     assert [r.body for r in receiver.received] == [bodies[i] for i in expected]
+
+
+def test_replay_failed_sends_each_failed_event_once(cli: Cli, receiver: Receiver, tmp_path: Path) -> None:
+    """Inspera retries a failed delivery 3 times: four copies of one event in the record file."""
+    given_up = event_body("confirm_final_grades", 10)
+    delivered_later = event_body("complete_grading", 11)
+    failed_once = event_body("resource_created", 12)
+    lines = [
+        record_line(given_up, status=502, received_at="2024-05-01T12:00:00Z"),
+        record_line(delivered_later, status=500, received_at="2024-05-01T12:00:01Z"),
+        record_line(given_up, status=502, received_at="2024-05-01T12:00:10Z", delivery=2),
+        record_line(failed_once, status=401, received_at="2024-05-01T12:00:11Z"),
+        record_line(delivered_later, status=200, received_at="2024-05-01T12:00:12Z", delivery=2),
+        record_line(given_up, status=504, received_at="2024-05-01T12:00:20Z", delivery=3),
+    ]
+    path = tmp_path / "retries.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    once = replay(cli, path, receiver.url, "--failed")
+    assert [r.body for r in receiver.received] == [failed_once, given_up]  # in file order: latest copies
+    assert "Replaying 2 failed events (each once: its latest copy)" in once.stderr
+    assert [line.split("  ")[1] for line in once.stdout.splitlines()] == [
+        "resource_created 12", "confirm_final_grades 10"
+    ]
+
+    receiver.received.clear()
+    every = replay(cli, path, receiver.url, "--failed", "--all-attempts", "--json")
+    assert [r.body for r in receiver.received] == [given_up, delivered_later, given_up, failed_once, given_up]
+    assert [item["contextObjectId"] for item in every.json] == [10, 11, 10, 12, 10]
+
+    receiver.received.clear()
+    assert [item["contextObjectId"] for item in replay(
+        cli, path, receiver.url, "--failed", "--event", "confirm_final_grades", "--json"
+    ).json] == [10]
+    assert "goes with --failed" in replay(cli, path, receiver.url, "--all-attempts", expect=2).stderr
 
 
 def test_replay_nothing_matches_is_a_warning(

@@ -137,6 +137,7 @@ def trigger(
 
 
 def replay(
+    ctx: typer.Context,
     file: Annotated[str, typer.Argument(metavar="FILE", help="A file written by `listen --record`.")],
     to: ToOption,
     secret_env: SecretEnvOption = None,
@@ -145,7 +146,7 @@ def replay(
     event: Annotated[
         str | None,
         typer.Option(
-            "--event", metavar="NAME", help="Only events of this type.", autocompletion=complete_event
+            "--event", metavar="EVENT", help="Only events of this type.", autocompletion=complete_event
         ),
     ] = None,
     since: Annotated[
@@ -163,7 +164,13 @@ def replay(
     ] = None,
     failed: Annotated[
         bool,
-        typer.Option("--failed", help="Only events that were not answered 2xx when recorded."),
+        typer.Option("--failed", help="Each event whose latest recorded copy was not answered 2xx, "
+                     "once (that copy)."),
+    ] = False,
+    all_attempts: Annotated[
+        bool,
+        typer.Option("--all-attempts", help="With --failed: every copy that was not answered 2xx "
+                     "(each of Inspera's retries)."),
     ] = False,
     strict: Annotated[
         bool,
@@ -176,7 +183,9 @@ def replay(
 
     Verification requests are skipped. Each body is sent exactly as it was received, signed
     with the given secret (unsigned, with a warning, when none is given), with a 10 s timeout;
-    each answer is printed. Reproduce a delivery your app failed on, against a local app, at will.
+    each answer is printed with the event and its contextObjectId. Reproduce a delivery your app
+    failed on, against a local app, at will: --failed sends each failed event once (the copy
+    Inspera sent last), --all-attempts every failed copy.
     The file is streamed, never held in memory; a torn or corrupt line is skipped with a warning
     naming its line number (--strict: an error, before anything is sent).
 
@@ -190,6 +199,10 @@ def replay(
     from inspera_cli import delivery, recording
 
     _check_url(to)
+    if all_attempts and not failed:
+        raise UsageError("--all-attempts goes with --failed (without it every copy is sent anyway)")
+    if event is not None:
+        warn_unknown_events(ctx, [event])
     since_time = None
     if since is not None:
         try:
@@ -199,17 +212,16 @@ def replay(
                 f"--since {since!r} is not an ISO date or time (e.g. 2024-05-01T14:00:00Z)"
             ) from None
     chosen = recording.Selection(Path(file), strict=strict, on_corrupt=_CorruptWarnings(), event=event,
-                                 since=since_time, failed=failed, last=last)
+                                 since=since_time, failed=failed, all_attempts=all_attempts, last=last)
     if not chosen.count:
         output.warn(f"nothing to replay: none of the {chosen.total} requests in {file} match")
         if json_mode:
             output.print_json([])
         return
     key = _secret_or_unsigned(secret_env, secret, secret_stdin)
-    output.info(
-        f"Replaying {chosen.count} of {chosen.total} recorded requests to {to}"
-        f" ({'re-signed' if key else 'unsigned'})"
-    )
+    what = (f"{output.counted(chosen.count, 'failed event')} (each once: its latest copy)" if chosen.once
+            else f"{chosen.count} of {output.counted(chosen.total, 'recorded request')}")
+    output.info(f"Replaying {what} to {to} ({'re-signed' if key else 'unsigned'})")
     _report(delivery.replay(chosen, to, key), json_mode=json_mode, with_event=True)
 
 
@@ -371,7 +383,8 @@ def _print_result(result: DeliveryResult, *, with_event: bool) -> None:
         style = "green" if result.ok else "red"
     label = f"#{result.attempt}"
     if with_event:
-        label += f"  {result.event or '(unparsed body)'}"
+        object_id = "" if result.context_object_id is None else f" {result.context_object_id}"
+        label += f"  {result.event or '(unparsed body)'}{object_id}"
     output.console(stderr=False).print(
         f"{label}  {answer}  {result.latency_ms:.1f} ms", style=style, markup=False
     )
