@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -65,11 +65,6 @@ def summary(command: Any, limit: int) -> str:
     return text
 
 
-def usage_pieces(command: Any, ctx: Any) -> list[str]:
-    pieces = [command.options_metavar] if command.options_metavar else []
-    return pieces + [placeholder(p) for p in command.get_params(ctx) if p.param_type_name == "argument"]
-
-
 def write_parameters(command: Any, ctx: Any, formatter: Any) -> None:
     """Arguments, then options, each named by its placeholder (never its type)."""
     arguments: list[tuple[str, str]] = []
@@ -86,19 +81,23 @@ def write_parameters(command: Any, ctx: Any, formatter: Any) -> None:
                 formatter.write_dl(rows)
 
 
-def parse_naming_command(parse: Any, ctx: Any, args: list[str]) -> list[str]:
-    """``parse(ctx, args)``; a usage error raised without a context gets this one."""
-    try:
-        result: list[str] = parse(ctx, args)
-    except _click_exceptions.UsageError as exc:
-        exc.ctx = exc.ctx or ctx
-        raise
-    return result
+if TYPE_CHECKING:
+    # Type checkers see the mixin as the command it is mixed into; at run time it adds no base.
+    _Command = TyperCommand
+else:
+    _Command = object
 
 
-class HelpCommand(TyperCommand):
+class _HouseHelp(_Command):
+    """The help layout, and the context of a usage error, shared by commands and groups."""
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return parse_naming_command(super().parse_args, ctx, args)
+        try:
+            result: list[str] = super().parse_args(ctx, args)
+        except _click_exceptions.UsageError as exc:
+            exc.ctx = exc.ctx or ctx  # Click's parser raises some without one: name the command
+            raise
+        return result
 
     def get_short_help_str(self, limit: int = 45) -> str:
         return summary(self, limit)
@@ -107,27 +106,23 @@ class HelpCommand(TyperCommand):
         write_help_text(self, formatter)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return usage_pieces(self, ctx)
+        pieces = [self.options_metavar] if self.options_metavar else []
+        return pieces + [placeholder(p) for p in self.get_params(ctx) if p.param_type_name == "argument"]
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
         write_parameters(self, ctx, formatter)
 
 
-class HelpGroup(TyperGroup):
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return parse_naming_command(super().parse_args, ctx, args)
+class HelpCommand(_HouseHelp, TyperCommand):
+    pass
 
-    def get_short_help_str(self, limit: int = 45) -> str:
-        return summary(self, limit)
 
-    def format_help_text(self, ctx: Any, formatter: Any) -> None:
-        write_help_text(self, formatter)
-
+class HelpGroup(_HouseHelp, TyperGroup):
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return [*usage_pieces(self, ctx), self.subcommand_metavar]
+        return [*super().collect_usage_pieces(ctx), self.subcommand_metavar]
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
-        write_parameters(self, ctx, formatter)
+        super().format_options(ctx, formatter)
         self.format_commands(ctx, formatter)
 
 
