@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
     from inspera_cli.tables import Column
 
+    # A table column: (key, header), (key, header, no_wrap) or a tables.Column.
+    ColumnSpec = tuple[str, str] | tuple[str, str, bool] | Column
+
 PROG = "inspera-hooks"
 
 _no_color = False
@@ -238,7 +241,7 @@ def _cell(value: Any) -> str:
 
 def render_table(
     rows: Sequence[dict[str, Any]],
-    columns: Sequence[tuple[str, str] | Column],
+    columns: Sequence[ColumnSpec],
     *,
     title: str | None = None,
     empty: str = "Nothing to show.",
@@ -246,7 +249,7 @@ def render_table(
     """Rows as a boxed table on a terminal (``tables.terminal_table``), plain aligned text when
     stdout is piped.
 
-    ``columns`` are (key, header) pairs or ``tables.Column``s; a ``no_wrap`` column's long values
+    ``columns`` are (key, header[, no_wrap]) tuples or ``tables.Column``s; a ``no_wrap`` column's long values
     are cut with an ellipsis on a terminal rather than folded (piped, every value is whole). On a
     terminal, no rows is the ``empty`` note on stderr rather than an empty box.
     """
@@ -280,7 +283,7 @@ def render_table(
 
 def render(
     rows: Sequence[dict[str, Any]],
-    columns: Sequence[tuple[str, str] | Column],
+    columns: Sequence[ColumnSpec],
     *,
     json_mode: bool,
     title: str | None = None,

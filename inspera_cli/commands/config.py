@@ -125,10 +125,7 @@ def show(ctx: typer.Context, json: JsonOption = False) -> None:
         if value is not None and key in ("api_key", "token"):
             value = MASK
         rows.append({"key": key, "value": value, "source": settings.sources.get(key)})
-    from inspera_cli.tables import Column
-
-    columns = [Column("key", "Key"), Column("value", "Value", no_wrap=True), Column("source", "Source")]
-    output.render(rows, columns, json_mode=json)
+    output.render(rows, [("key", "Key"), ("value", "Value", True), ("source", "Source")], json_mode=json)
 
 
 @config_app.command("set")

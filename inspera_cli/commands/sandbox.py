@@ -283,9 +283,7 @@ def deliveries(ctx: typer.Context, json: JsonOption = False) -> None:
     items = data.get("deliveries")
     if not isinstance(items, list):
         raise APIError("the sandbox answered without deliveries")
-    from inspera_cli.tables import Column
-
-    output.render(items, [Column(*c) for c in DELIVERY_COLUMNS], json_mode=json, title="Delivery attempts",
+    output.render(items, DELIVERY_COLUMNS, json_mode=json, title="Delivery attempts",
                   empty="No delivery attempts yet.")
 
 

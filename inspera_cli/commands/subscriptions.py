@@ -19,16 +19,18 @@ from inspera_cli.commands.common import (
 )
 from inspera_cli.completers import complete_event, complete_subscription_id
 from inspera_cli.errors import APIError, ExitCode, NotFoundError, UsageError
-from inspera_cli.models import Subscription
 
 if TYPE_CHECKING:
     from inspera_cli.creating import CreateOutcome
+    from inspera_cli.models import Subscription
 
-SUBSCRIPTION_COLUMNS = [
-    ("subscriptionId", "ID"),
-    ("event", "Event"),
-    ("endpoint", "Endpoint"),
-    ("lastModified", "Last modified"),
+# (key, header, no_wrap): an id, a name, a URL or a timestamp is never split across lines on a
+# terminal, but cut with an ellipsis when the table is too wide.
+SUBSCRIPTION_COLUMNS: list[tuple[str, str, bool]] = [
+    ("subscriptionId", "ID", True),
+    ("event", "Event", True),
+    ("endpoint", "Endpoint", True),
+    ("lastModified", "Last modified", True),
 ]
 
 
@@ -41,8 +43,8 @@ def events(ctx: typer.Context, json: JsonOption = False) -> None:
     """
     client = state(ctx).client()
     rows = [e.to_json() for e in client.events()]
-    output.render(rows, [("event", "Event"), ("description", "Description")], json_mode=json,
-                  empty="The tenant lists no event types.", cut_first=("description",))
+    output.render(rows, [("event", "Event", True), ("description", "Description")], json_mode=json,
+                  empty="The tenant lists no event types.")
 
 
 def list_(
@@ -65,8 +67,7 @@ def list_(
         require_known_events(client, [event])
     subs = client.subscriptions(event)
     empty = f"No subscriptions to {event}." if event else "No subscriptions."
-    output.render([s.to_json() for s in subs], SUBSCRIPTION_COLUMNS, json_mode=json, empty=empty,
-                  cut_first=("endpoint",))
+    output.render([s.to_json() for s in subs], SUBSCRIPTION_COLUMNS, json_mode=json, empty=empty)
 
 
 def check_endpoint(endpoint: str, *, allow_http: bool) -> None:
@@ -190,8 +191,7 @@ def _render_created(outcomes: list[CreateOutcome], *, json: bool, generated: str
     else:
         rows = [o.to_json() for o in outcomes if o.in_place]
         if rows:
-            output.render(rows, [*SUBSCRIPTION_COLUMNS[:3], ("created", "Created")], json_mode=False,
-                          cut_first=("endpoint",))
+            output.render(rows, [*SUBSCRIPTION_COLUMNS[:3], ("created", "Created")], json_mode=False)
     if generated and holding:
         show_secret(generated)
         output.info(
