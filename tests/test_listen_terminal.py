@@ -47,11 +47,12 @@ def test_the_banner_says_what_listen_does(tmp_path: Path) -> None:
     ],
 )
 def test_the_banner_for_each_way_of_verifying(args: list[str], line: str) -> None:
-    with ListenProcess(*args) as lp:
-        assert lp.wait_for(lambda: line in lp.stderr), lp.err_text
-        lp.stop()
+    expected = [line]
     if "--forward-to" in args:
-        assert "  Forwarding every event to http://127.0.0.1:9/app" in lp.stderr
+        expected.append("  Forwarding every event to http://127.0.0.1:9/app")
+    with ListenProcess(*args) as lp:
+        assert lp.wait_for(lambda: all(e in lp.stderr for e in expected)), lp.err_text
+        lp.stop()
     assert "s3cret-on-the-line" not in lp.err_text
 
 

@@ -150,10 +150,11 @@ def test_a_table_never_splits_a_cell_on_a_terminal(stub: Any, tmp_path: Path, co
     assert len(rows) == 3, term.screen  # one line per subscription: no cell wrapped onto a second
     for row, sid in zip(rows, (1000, 1001, 1002), strict=True):
         assert len(row) <= columns
-        assert f" {sid} " in row and "2021-01-29T13:09:32.287Z" in row  # ids and timestamps whole
-        assert "https://hooks.exam" in row
+        assert f" {sid} " in row and "2021-01-29T13:09" in row and "https://hooks.exam" in row
+        if columns == 120:
+            assert "2021-01-29T13:09:32.287Z" in row
     if columns == 80:
-        assert all("…" in row for row in rows)  # the endpoint is cut, with …
+        assert all("…" in row for row in rows)  # the endpoint (and the timestamp) cut, with …
     # piped, every value is whole
     piped = run([*CLI, "list"], env=stub.subprocess_env(tmp_path), capture_output=True, text=True)
     assert f"{long_endpoint}/2" in piped.stdout
