@@ -224,6 +224,7 @@ def test_trigger_stops_waiting_after_wait_seconds(cli: Cli) -> None:
                      "--wait", "1", "--json", expect=1)
     assert 1.0 <= time.monotonic() - started < 8
     assert [item["error"] for item in result.json] == ["connection refused"]
+    assert "(tried for 1 s): start `inspera-hooks listen`, or give --to URL." in result.stderr
 
 
 def test_post_reports_a_timeout() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -133,7 +133,16 @@ def trigger(
         f"{f', {repeat} times' if repeat > 1 else ''}): {body.decode('utf-8')}"
     )
     results = delivery.send_repeated(to, body, key, repeat=repeat, wait=wait)
-    _report(results, json_mode=json_mode, with_event=False)
+    _report(_noting_refusals(results, to, wait), json_mode=json_mode, with_event=False)
+
+
+def _noting_refusals(results: Iterable[DeliveryResult], to: str, wait: float) -> Iterator[DeliveryResult]:
+    """The results, with a hint on stderr when nothing listened at all."""
+    for result in results:
+        if result.refused and result.attempt == 1:
+            waited = f" (tried for {wait:g} s)" if wait else ""
+            output.info(f"Nothing listens at {to}{waited}: start `inspera-hooks listen`, or give --to URL.")
+        yield result
 
 
 def replay(
