@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from inspera_cli import interrupts, output
-from inspera_cli.commands.common import JsonOption, SecretEnvOption, SecretOption, resolve_secret
+from inspera_cli.commands.common import (
+    JsonOption,
+    SecretEnvOption,
+    SecretOption,
+    resolve_secret,
+    warn_unknown_events,
+)
 from inspera_cli.commands.listen import parse_forward
 from inspera_cli.errors import UsageError
 
@@ -77,8 +83,6 @@ def _open_queue(path: Path) -> Iterator[SQLiteQueue]:
 
 
 def _change_printer(log_format: LogFormat) -> Callable[[Change], None]:
-    from inspera_cli.commands.listen import _stdout_to_devnull
-
     broken = False
 
     def print_change(change: Change) -> None:
@@ -92,7 +96,7 @@ def _change_printer(log_format: LogFormat) -> Callable[[Change], None]:
                 output.print_segments(change_line(change))
         except BrokenPipeError:  # the reader left: keep relaying
             broken = True
-            _stdout_to_devnull()
+            output.discard_stdout()
 
     return print_change
 
@@ -186,8 +190,8 @@ def run_relay(
     ] = 8001,
     log_format: Annotated[
         LogFormat | None,
-        typer.Option("--log-format", help="One line per state change on stdout; default: json when "
-                     "stdout is not a terminal."),
+        typer.Option("--log-format", metavar="FORMAT", help="text or json: one line per state change on "
+                     "stdout; default: json when stdout is not a terminal."),
     ] = None,
 ) -> None:
     """Receive Inspera's webhooks into a durable queue and deliver them to your app until it takes them.
@@ -204,6 +208,7 @@ def run_relay(
     from inspera_cli.relay.service import RelayConfig
 
     routes = parse_forward(forward_to)
+    warn_unknown_events(ctx, [name for name in routes if name is not None])
     if None not in routes:
         raise UsageError("relay needs --forward-to URL: the app that takes every event without a route "
                          "of its own (add --forward-to EVENT=URL for others)")
@@ -277,7 +282,10 @@ def status(ctx: typer.Context, queue: QueueOption = None, json_output: JsonOptio
 def events(
     ctx: typer.Context,
     queue: QueueOption = None,
-    state: Annotated[EventState | None, typer.Option("--state", help="Only events in this state.")] = None,
+    state: Annotated[
+        EventState | None,
+        typer.Option("--state", metavar="STATE", help="Only events in this state: pending, delivered, dead."),
+    ] = None,
     event: Annotated[
         str | None, typer.Option("--event", metavar="EVENT", help="Only this event type.")
     ] = None,
