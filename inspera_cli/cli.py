@@ -28,6 +28,7 @@ COMMANDS = {
     "create": "subscriptions",
     "delete": "subscriptions",
     "listen": "listen",
+    "inspect": "inspect",
     "relay": "relay",
     "trigger": "signing",
     "replay": "signing",

@@ -306,6 +306,46 @@ class RecordReader:
             self.on_corrupt(corrupt)
 
 
+def tail_start(path: str | os.PathLike[str], count: int) -> tuple[int, int]:
+    """Where the last ``count`` lines of a file start, as (offset, line number): pass both to
+    ``RecordReader`` to read only a long file's tail. Reads the file backwards to find them, then
+    counts the newlines before them (a fast scan, no JSON decoded). A missing file starts at 0."""
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return 0, 1
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with stream:
+        end = position = stream.seek(0, os.SEEK_END)
+        if end and _byte_at(stream, end - 1) == b"\n":
+            count += 1  # the newline that ends the last line does not start one
+        offset = 0
+        while position > 0 and count > 0:
+            size = min(_READ_SIZE, position)
+            position -= size
+            stream.seek(position)
+            chunk = stream.read(size)
+            cut = len(chunk)
+            while count > 0 and (cut := chunk.rfind(b"\n", 0, cut)) >= 0:
+                count -= 1
+            if count == 0:
+                offset = position + cut + 1
+        stream.seek(0)
+        newlines, remaining = 0, offset
+        while remaining > 0 and (chunk := stream.read(min(_READ_SIZE, remaining))):
+            newlines += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return offset, newlines + 1
+
+
+def _byte_at(stream: BinaryIO, offset: int) -> bytes:
+    stream.seek(offset)
+    return stream.read(1)
+
+
 def _lines(stream: BinaryIO, offset: int, number: int) -> Iterator[tuple[int, int, bytes | None, int, bool]]:
     """(offset, line number, bytes without the newline or None if longer than MAX_LINE, length,
     ended by a newline) for each line from the stream's position on."""

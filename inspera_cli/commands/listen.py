@@ -35,6 +35,8 @@ AUDIENCE_NOTE = (
 )
 # What the listener may not see of an app's failure: 502 when the app does not answer in time.
 _APP_DEADLINE = "unreachable, or slower than 9 s: 502"
+DEFAULT_INSPECT_PORT = 4041
+DEFAULT_INSPECT_KEEP = 1000
 # Hosts a tunnel to 127.0.0.1 reaches.
 _TUNNEL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0"})
 
@@ -162,19 +164,29 @@ def serve(
     max_time: float | None = None,
     generated_secret: bool = False,
     secret_from: str = "the secret given",
+    inspect: tuple[int, int] | None = None,
 ) -> None:
     """Run the listener until --exit-after / --max-time / Ctrl-C / SIGTERM; subscriptions made
     for ``public_url`` are deleted, and the ``tunnel`` program (whose URL plus the path is then
     the public URL) is stopped, on every way out (``session.Session``). ``secret_from`` says
-    where the secret came from, for the lines under `Ready:`."""
+    where the secret came from, for the lines under `Ready:`; ``inspect`` (port, keep) serves
+    the inspector page beside it."""
+    from inspera_cli.commands import inspect as inspect_command
     from inspera_cli.listener import Listener
 
     listener: Listener = Listener(config, on_report=_printer(json_mode))
+    inspector = None
+    if inspect is not None:
+        inspector = inspect_command.start_for_listener(listener, config, *inspect)
     started = time.monotonic()
     reached = True
     try:
         listener.start()
+        if inspector is not None:
+            inspector.start(listener)
         output.info(f"Ready: {listener.url}")
+        if inspector is not None:
+            inspect_command.announce(inspector)
         for line in banner(config, secret_from=secret_from, exit_after=exit_after, max_time=max_time):
             output.info(f"  {line}")
         with _session(ctx, listener, subscribe_events or [], public_url, tunnel, config.secret,
@@ -184,6 +196,8 @@ def serve(
         pass  # Ctrl-C and SIGTERM are how a listener is meant to stop
     finally:
         with interrupts.cleanup("closing connections and the record file"):
+            if inspector is not None:
+                inspector.close()
             listener.shutdown()
             if listener.url:
                 record = Path(config.record) if config.record is not None else None
@@ -382,6 +396,22 @@ def listen(
         # SPEC §4's name for --max-time, kept working; the global --timeout is the HTTP timeout.
         float | None, typer.Option("--timeout", min=0.001, metavar="SECONDS", hidden=True)
     ] = None,
+    inspect: Annotated[
+        bool,
+        typer.Option("--inspect", help="Also serve a web page on 127.0.0.1 that shows every request live, "
+                     "says why a signature failed, and replays (see `inspera-hooks inspect`)."),
+    ] = False,
+    inspect_port: Annotated[
+        int | None,
+        typer.Option("--inspect-port", min=0, max=65535, metavar="PORT",
+                     help="The page's port [default: 4041]; 0 picks a free one."),
+    ] = None,
+    inspect_keep: Annotated[
+        int | None,
+        typer.Option("--inspect-keep", min=1, metavar="N",
+                     help="Requests the page keeps [default: 1000]; with --record, read back from it "
+                     "at start."),
+    ] = None,
 ) -> None:
     """Run a local receiver: answer Inspera's validation, verify signatures, show, forward and record events.
 
@@ -414,6 +444,9 @@ def listen(
     if public_url:
         _check_url(public_url, "--public-url")
     max_time = _max_time(max_time, timeout)
+    for option, value in (("--inspect-port", inspect_port), ("--inspect-keep", inspect_keep)):
+        if value is not None and not inspect:
+            raise UsageError(f"{option} is only used with --inspect")
     event_filter = split_names(events)
     routes = parse_forward(forward_to)
     warn_unknown_events(ctx, [*event_filter, *(name for name in routes if name is not None)])
@@ -450,6 +483,8 @@ def listen(
         max_time=max_time,
         generated_secret=generated,
         secret_from=secret_from,
+        inspect=(DEFAULT_INSPECT_PORT if inspect_port is None else inspect_port,
+                 inspect_keep or DEFAULT_INSPECT_KEEP) if inspect else None,
     )
 
 

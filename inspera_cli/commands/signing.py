@@ -220,7 +220,7 @@ def replay(
             raise UsageError(
                 f"--since {since!r} is not an ISO date or time (e.g. 2024-05-01T14:00:00Z)"
             ) from None
-    chosen = recording.Selection(Path(file), strict=strict, on_corrupt=_CorruptWarnings(), event=event,
+    chosen = recording.Selection(Path(file), strict=strict, on_corrupt=CorruptWarnings(), event=event,
                                  since=since_time, failed=failed, all_attempts=all_attempts, last=last)
     if not chosen.count:
         output.warn(f"nothing to replay: none of the {chosen.total} requests in {file} match")
@@ -234,7 +234,7 @@ def replay(
     _report(delivery.replay(chosen, to, key), json_mode=json_mode, with_event=True)
 
 
-class _CorruptWarnings:
+class CorruptWarnings:
     """One warning per corrupt line, up to a point; then how many more there were."""
 
     LIMIT = 10

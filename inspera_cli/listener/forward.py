@@ -35,15 +35,15 @@ class Forwarder:
     with the app's answer to relay or a 502."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, timeout: float = 9.0,
-                 workers: int = WORKERS) -> None:
+                 workers: int = WORKERS, purpose: str = "listen --forward-to") -> None:
         self.loop = loop
         self.timeout = timeout
+        self._user_agent = f"inspera-hooks/{__version__} ({purpose})"
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forward")
         self._jobs: set[_Job] = set()
 
     def forward(self, url: str, body: bytes, headers: Mapping[str, str], done: Forwarded) -> None:
-        job = _Job(url, body, {**headers, "User-Agent": f"inspera-hooks/{__version__} (listen --forward-to)"},
-                   self.timeout)
+        job = _Job(url, body, {**headers, "User-Agent": self._user_agent}, self.timeout)
         self._jobs.add(job)
 
         def finish(result: ForwardResult, answer: Answer) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
@@ -242,7 +242,7 @@ class ListenPolicy(ReceiverPolicy):
         if self._recorder is None:
             respond(answer, report)
             return
-        line = {**report.to_json(), "headers": _header_dict(request.headers), **body_fields(request.body)}
+        line = record_of(report, request.headers)
 
         def recorded(error: BaseException | None) -> None:
             if error is None:
@@ -266,7 +266,13 @@ def _unrecorded(report: Report, error: BaseException) -> tuple[Answer, Report]:
     return Answer(status, b"could not record the event\n"), failed
 
 
-def _header_dict(headers: list[tuple[str, str]]) -> dict[str, str]:
+def record_of(report: Report, headers: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The `--record` line of a report: its `--json` object, the request headers (repeated ones
+    joined with ", ") and the raw body."""
+    return {**report.to_json(), "headers": _header_dict(headers), **body_fields(report.body)}
+
+
+def _header_dict(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     merged: dict[str, str] = {}
     for name, value in headers:
         merged[name] = f"{merged[name]}, {value}" if name in merged else value
