@@ -268,14 +268,7 @@ class RecordReader:
             return list(self._records(stream, final=False))
 
     def _open(self) -> BinaryIO:
-        try:
-            stream = open(self.path, "rb")  # noqa: SIM115 - closed by the caller's with
-        except FileNotFoundError:
-            raise RecordError(f"{self.path}: no such file (record one with `listen --record FILE`)") from None
-        except IsADirectoryError:
-            raise RecordError(f"{self.path}: is a directory, not a `listen --record` file") from None
-        except OSError as exc:
-            raise RecordError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        stream = _open_record(self.path)
         stream.seek(self.offset)
         return stream
 
@@ -306,19 +299,26 @@ class RecordReader:
             self.on_corrupt(corrupt)
 
 
+def _open_record(path: str | os.PathLike[str]) -> BinaryIO:
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller's with
+    except FileNotFoundError:
+        raise RecordError(f"{path}: no such file (record one with `listen --record FILE`)") from None
+    except IsADirectoryError:
+        raise RecordError(f"{path}: is a directory, not a `listen --record` file") from None
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def tail_start(path: str | os.PathLike[str], count: int) -> tuple[int, int]:
     """Where the last ``count`` lines of a file start, as (offset, line number): pass both to
     ``RecordReader`` to read only a long file's tail. Reads the file backwards to find them, then
     counts the newlines before them (a fast scan, no JSON decoded). A missing file starts at 0."""
     if count < 1:
         raise ValueError("count must be at least 1")
-    try:
-        stream = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return 0, 1
-    except OSError as exc:
-        raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    with stream:
+    with _open_record(path) as stream:
         end = position = stream.seek(0, os.SEEK_END)
         if end and _byte_at(stream, end - 1) == b"\n":
             count += 1  # the newline that ends the last line does not start one

@@ -30,6 +30,7 @@ HEADER_LIMIT = 32 << 10
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
+LINGER, LINGER_BYTES = 2.0, 8 << 20  # after refusing a request, what of it is still read (and dropped)
 
 SECURITY_HEADERS = (
     ("Content-Security-Policy",
@@ -130,15 +131,14 @@ class LoopbackServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT)
         except asyncio.LimitOverrunError:
-            writer.write(_encode(Response(431, b'{"error": "request headers too large"}\n'), close=True))
+            await _refuse(reader, writer, BadRequest(431, "request headers too large"))
             return False
         except (TimeoutError, asyncio.IncompleteReadError):
             return False
         try:
             request, keep_alive = await self._read(head, reader)
         except BadRequest as exc:
-            body = _error_body(str(exc))
-            writer.write(_encode(Response(exc.status, body), close=True))
+            await _refuse(reader, writer, exc)
             return False
         answer = await self.handler(request)
         if isinstance(answer, EventStream):
@@ -199,10 +199,25 @@ class LoopbackServer:
             stream.closed()
 
 
-def _error_body(message: str) -> bytes:
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: BadRequest) -> None:
+    """Answer, then read (and drop) what the client is still sending for a moment before closing:
+    closing with unread data resets the connection, and the client would lose the answer."""
     import json
 
-    return (json.dumps({"error": message}) + "\n").encode()
+    body = (json.dumps({"error": str(error)}) + "\n").encode()
+    writer.write(_encode(Response(error.status, body), close=True))
+    with contextlib.suppress(OSError, RuntimeError):
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    deadline = asyncio.get_running_loop().time() + LINGER
+    drained = 0
+    with contextlib.suppress(TimeoutError, OSError):
+        while drained < LINGER_BYTES:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - asyncio.get_running_loop().time())
+            if not chunk:
+                break
+            drained += len(chunk)
 
 
 def _head(status: int, content_type: str, length: int | None, *, close: bool,

@@ -34,6 +34,7 @@ from inspera_cli.inspector.curl import curl_command
 from inspera_cli.inspector.http import EventStream, LoopbackServer, Request, Response
 from inspera_cli.inspector.store import KEEP, Entry, Query, Store, from_exchange, from_record
 from inspera_cli.listener.report import Exchange, RequestKind
+from inspera_cli.redaction import register_secret
 
 if TYPE_CHECKING:
     from inspera_cli.listener import Listener
@@ -77,6 +78,7 @@ class Inspector:
         self.config = config
         self.store = Store(keep=config.keep)
         self.token = secrets.token_urlsafe(32)
+        register_secret(config.secret)  # an app that echoes it back shows *** on the page
         self._on_corrupt = on_corrupt
         self._static = {path: _static(name) for path, (name, _) in STATIC.items()}
         self._server = LoopbackServer(self._handle, max_body=MAX_REQUEST)
@@ -157,7 +159,8 @@ class Inspector:
         try:
             port = await self._server.open(HOST, self.config.port)
         except (OSError, OverflowError) as exc:
-            reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
+            # asyncio words a bind error in its own sentence around the system's reason.
+            reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else exc
             raise InsperaError(
                 f"cannot serve the inspector on {HOST}:{self.config.port}: {reason} (pick another "
                 f"{self.config.port_option}, or 0 for a free one)"

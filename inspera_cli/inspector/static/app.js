@@ -64,6 +64,13 @@ function timeOf(iso) {
   return today ? clock : `${when.getFullYear()}-${pad(when.getMonth() + 1)}-${pad(when.getDate())} ${clock}`;
 }
 
+function timeCell(iso) {
+  // The milliseconds apart, so that a narrow window can leave them out.
+  const text = timeOf(iso);
+  const dot = text.lastIndexOf(".");
+  return dot < 0 ? [text] : [text.slice(0, dot), el("span", { class: "millis", text: text.slice(dot) })];
+}
+
 function statusPill(status) {
   if (status === null || status === undefined) return el("span", { class: "pill none", text: "—" });
   const phrase = PHRASES[status];
@@ -114,7 +121,7 @@ function rowNode(row, fresh) {
     "aria-selected": state.selected === row.id ? "true" : "false",
     onclick: () => select(row.id, true),
   },
-  el("td", { class: "c-time", title: row.receivedAt, text: timeOf(row.receivedAt) }),
+  el("td", { class: "c-time", title: row.receivedAt }, timeCell(row.receivedAt)),
   el("td", { class: "c-event" }, eventCell(row)),
   el("td", { class: "c-object", text: row.contextObjectId === null ? "—" : String(row.contextObjectId) }),
   el("td", {}, signaturePill(row.signature)),
