@@ -295,7 +295,7 @@ function detailHead(d) {
       signaturePill(d.signature), statusPill(d.status),
       el("span", { text: timeOf(d.receivedAt) }),
       el("span", { text: `· object ${d.contextObjectId === null ? "—" : d.contextObjectId}` }),
-      el("span", { text: `· delivery ${d.delivery}` }),
+      el("span", { text: "· delivery" }), deliveryText(d),
       el("span", { text: `· ${d.size} bytes` })));
 }
 
