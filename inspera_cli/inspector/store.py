@@ -46,13 +46,13 @@ class Entry:
     answer: SeenAnswer | None = None
     replay_of: int | None = None
     diagnosis: dict[str, Any] | None = None
+    size: int = field(default=0, init=False)  # bytes held, about
     _row_json: bytes | None = field(default=None, repr=False)
 
-    @property
-    def size(self) -> int:
+    def __post_init__(self) -> None:
         forward = self.report.forward
-        return (len(self.report.body) + (len(forward.body) if forward else 0)
-                + (len(self.answer.body) if self.answer else 0) + _ENTRY_OVERHEAD)
+        self.size = (len(self.report.body) + (len(forward.body) if forward else 0)
+                     + (len(self.answer.body) if self.answer else 0) + _ENTRY_OVERHEAD)
 
     def header(self, name: str) -> str | None:
         """The last value of a request header (any case)."""
@@ -191,7 +191,6 @@ class Store:
     def __init__(self, *, keep: int = KEEP, max_bytes: int = MAX_BYTES) -> None:
         self.keep, self.max_bytes = keep, max_bytes
         self._entries: OrderedDict[int, Entry] = OrderedDict()
-        self._events: dict[str, int] = {}
         self._bytes = 0
         self._last_id = 0
         self._lock = threading.Lock()
@@ -202,17 +201,16 @@ class Store:
         return self._last_id
 
     def add(self, entry: Entry) -> Entry:
-        """Number the entry and keep it (dropping the oldest beyond the bounds)."""
+        """Number the entry and keep it (dropping the oldest beyond the bounds). Called once per
+        request the listener answers: kept to a few dictionary operations."""
+        entries = self._entries
         with self._lock:
             self._last_id += 1
             entry.id = self._last_id
-            self._entries[entry.id] = entry
+            entries[entry.id] = entry
             self._bytes += entry.size
-            self._count_event(entry.report.event, 1)
-            while len(self._entries) > 1 and (len(self._entries) > self.keep or self._bytes > self.max_bytes):
-                _, oldest = self._entries.popitem(last=False)
-                self._bytes -= oldest.size
-                self._count_event(oldest.report.event, -1)
+            while len(entries) > self.keep or (self._bytes > self.max_bytes and len(entries) > 1):
+                self._bytes -= entries.popitem(last=False)[1].size
         if self.on_added is not None:
             self.on_added()
         return entry
@@ -220,15 +218,6 @@ class Store:
     def add_all(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
             self.add(entry)
-
-    def _count_event(self, event: str | None, step: int) -> None:
-        if event is None:
-            return
-        count = self._events.get(event, 0) + step
-        if count:
-            self._events[event] = count
-        else:
-            del self._events[event]
 
     def get(self, entry_id: int) -> Entry | None:
         with self._lock:
@@ -240,7 +229,8 @@ class Store:
     def events(self) -> list[str]:
         """The event names among the rows kept, sorted."""
         with self._lock:
-            return sorted(self._events)
+            entries = list(self._entries.values())
+        return sorted({e.report.event for e in entries if e.report.event is not None})
 
     def newest(self, query: Query) -> list[Entry]:
         """Matching rows, newest first, at most ``query.limit``."""

@@ -19,6 +19,7 @@ const state = {
   selected: null, // id
   detail: null, // the selected row's detail
   stream: null,
+  reloading: null, // a list fetch planned after a gap
   lastId: 0,
   bodyView: "text",
 };
@@ -195,7 +196,10 @@ function openStream() {
     state.lastId = Math.max(state.lastId, row.id);
     addRow(row);
   });
-  stream.addEventListener("gap", () => loadList());
+  // More rows came than a page can show live: the list is fetched again, at most once a second.
+  stream.addEventListener("gap", () => {
+    if (!state.reloading) state.reloading = setTimeout(() => { state.reloading = null; loadList(); }, 1000);
+  });
 }
 
 function setLive(on) {
