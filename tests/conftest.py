@@ -157,3 +157,15 @@ def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def local_app() -> Iterator[Any]:
+    """A local app on 127.0.0.1 that keeps every POST it receives (tests/inspecting.py)."""
+    from tests.inspecting import LocalApp
+
+    local = LocalApp()
+    try:
+        yield local
+    finally:
+        local.close()

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -28,15 +27,6 @@ from tests.inspecting import SECRET, EventReader, LocalApp, call, inspecting, re
 from tests.processes import CLI, LineProcess, run
 
 STATIC = Path(__file__).resolve().parent.parent / "inspera_cli" / "inspector" / "static"
-
-
-@pytest.fixture
-def app() -> Iterator[LocalApp]:
-    local = LocalApp()
-    try:
-        yield local
-    finally:
-        local.close()
 
 
 def send(url: str, body: bytes, *, secret: str | None = SECRET, signature: str | None = None,
@@ -61,8 +51,8 @@ def wait_rows(inspector: object, count: int, timeout: float = 3.0) -> list[dict[
 # -- the list, the detail, filters -----------------------------------------------------------------
 
 
-def test_rows_come_newest_first_with_the_spec_fields(app: LocalApp) -> None:
-    with inspecting(forward=app.url) as (listener, inspector):
+def test_rows_come_newest_first_with_the_spec_fields(local_app: LocalApp) -> None:
+    with inspecting(forward=local_app.url) as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 101))
         send(listener.url, build_body("complete_grading", 102), secret="another-secret")
         found = wait_rows(inspector, 2)
@@ -72,7 +62,7 @@ def test_rows_come_newest_first_with_the_spec_fields(app: LocalApp) -> None:
                            "status", "forward"}
     assert (oldest["event"], oldest["contextObjectId"], oldest["signature"], oldest["status"]) == (
         "confirm_final_grades", 101, "valid", 200)
-    assert oldest["forward"]["url"] == app.url and oldest["forward"]["status"] == 200
+    assert oldest["forward"]["url"] == local_app.url and oldest["forward"]["status"] == 200
     assert (newest["signature"], newest["status"], newest["forward"]) == ("invalid", 401, None)
 
 
@@ -102,10 +92,10 @@ def test_filters_and_search_narrow_the_list() -> None:
     assert refused == [400, 400, 400, 400]
 
 
-def test_the_detail_holds_the_exact_body_headers_both_answers(app: LocalApp) -> None:
-    app.answer = b'{"took": "it", "note": "first 64 KiB kept"}'
+def test_the_detail_holds_the_exact_body_headers_both_answers(local_app: LocalApp) -> None:
+    local_app.answer = b'{"took": "it", "note": "first 64 KiB kept"}'
     body = b'{"contextObjectId": 7, "event": "confirm_final_grades", "timestamp": "t", "x": "\\u00e9"}'
-    with inspecting(forward=app.url) as (listener, inspector):
+    with inspecting(forward=local_app.url) as (listener, inspector):
         send(listener.url, body)
         binary = b"\xff\xfe\x00binary"
         send(listener.url, binary)
@@ -121,7 +111,7 @@ def test_the_detail_holds_the_exact_body_headers_both_answers(app: LocalApp) -> 
     assert ["X-Inspera-Signature", sign(body, SECRET)] in json_detail["requestHeaders"]
     assert json_detail["answer"]["status"] == 200
     forward = json_detail["forward"]
-    assert forward["status"] == 200 and forward["body"] == app.answer.decode()
+    assert forward["status"] == 200 and forward["body"] == local_app.answer.decode()
     assert ["X-App", "test-app"] in forward["headers"] and forward["latencyMs"] >= 0
     assert "body" not in binary_detail and base64.b64decode(binary_detail["bodyBase64"]) == binary
     assert binary_detail["format"] is None and binary_detail["payload"] is None
@@ -145,34 +135,34 @@ def test_an_invalid_signature_shows_verify_s_diagnosis() -> None:
     assert "includes the header name" in pasted["reason"]
 
 
-def test_without_a_secret_there_is_no_diagnosis_and_replays_go_unsigned(app: LocalApp) -> None:
-    with inspecting(secret=None, forward=app.url) as (listener, inspector):
+def test_without_a_secret_there_is_no_diagnosis_and_replays_go_unsigned(local_app: LocalApp) -> None:
+    with inspecting(secret=None, forward=local_app.url) as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 1), secret=None)
         wait_rows(inspector, 1)
         assert call(inspector, "GET", "/api/requests/1").json["diagnosis"] is None
         assert replay(inspector, 1).status == 200
         assert rows(inspector)[0]["signature"] == "unchecked"
-    assert "X-Inspera-Signature" not in app.wait(2)[1].headers
+    assert "X-Inspera-Signature" not in local_app.wait(2)[1].headers
 
 
 # -- replay ------------------------------------------------------------------------------------------
 
 
-def test_replay_resends_re_signed_and_adds_a_row_marked_replay(app: LocalApp) -> None:
+def test_replay_resends_re_signed_and_adds_a_row_marked_replay(local_app: LocalApp) -> None:
     body = build_body("confirm_final_grades", 35199862)
-    with inspecting(forward=app.url) as (listener, inspector):
+    with inspecting(forward=local_app.url) as (listener, inspector):
         stream = EventReader(inspector)
         send(listener.url, body)
         wait_rows(inspector, 1)
-        app.answer = b"thanks, again"
-        app.status = 202
+        local_app.answer = b"thanks, again"
+        local_app.status = 202
         outcome = replay(inspector, 1)
         edited = body.replace(b"35199862", b"42")
         edited_outcome = replay(inspector, 1, body=edited.decode())
         assert stream.wait(lambda events: len(events) >= 3)
         listed = rows(inspector)
         stream.close()
-    first, again, changed = app.wait(3)
+    first, again, changed = local_app.wait(3)
     assert again.body == body and again.headers["X-Inspera-Signature"] == sign(body, SECRET)
     assert changed.body == edited and changed.headers["X-Inspera-Signature"] == sign(edited, SECRET)
     assert first.headers["X-Inspera-Signature"] == again.headers["X-Inspera-Signature"]
@@ -186,7 +176,7 @@ def test_replay_resends_re_signed_and_adds_a_row_marked_replay(app: LocalApp) ->
     assert [r["id"] for r in stream.requests()] == [1, 2, 3]
 
 
-def test_replay_goes_to_a_typed_url_and_reports_an_app_that_is_down(app: LocalApp) -> None:
+def test_replay_goes_to_a_typed_url_and_reports_an_app_that_is_down(local_app: LocalApp) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{closed.getsockname()[1]}/hooks"
@@ -194,12 +184,12 @@ def test_replay_goes_to_a_typed_url_and_reports_an_app_that_is_down(app: LocalAp
         send(listener.url, build_body("confirm_final_grades", 1))
         wait_rows(inspector, 1)
         no_target = replay(inspector, 1)
-        typed = replay(inspector, 1, to=app.url)
+        typed = replay(inspector, 1, to=local_app.url)
         failed = replay(inspector, 1, to=down)
         after = rows(inspector)
     assert len(after) == 3 and after[0]["forward"]["error"] == "connection refused"
     assert no_target.status == 400 and "no target" in no_target.json["error"]
-    assert typed.json["status"] == 200 and len(app.wait(1)) == 1
+    assert typed.json["status"] == 200 and len(local_app.wait(1)) == 1
     assert failed.status == 200
     assert (failed.json["status"], failed.json["error"]) == (None, "connection refused")
 
@@ -260,8 +250,8 @@ def test_a_request_without_a_host_header_is_refused() -> None:
         assert sock.recv(100).startswith(b"HTTP/1.1 403 ")
 
 
-def test_a_replay_needs_this_page_s_origin_and_token(app: LocalApp) -> None:
-    with inspecting(forward=app.url) as (listener, inspector):
+def test_a_replay_needs_this_page_s_origin_and_token(local_app: LocalApp) -> None:
+    with inspecting(forward=local_app.url) as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 1))
         wait_rows(inspector, 1)
         port = inspector.port
@@ -282,7 +272,7 @@ def test_a_replay_needs_this_page_s_origin_and_token(app: LocalApp) -> None:
         accepted = replay(inspector, 1, X_Inspect_Token=from_page.group(1))
     assert [r.status for r in refused] == [403] * len(refused)
     assert accepted.status == 200
-    assert len(app.wait(2)) == 2  # the event and the one replay that was allowed
+    assert len(local_app.wait(2)) == 2  # the event and the one replay that was allowed
 
 
 def test_every_answer_carries_the_security_headers() -> None:
@@ -348,12 +338,12 @@ def test_the_script_never_turns_data_into_html() -> None:
     assert "https://" not in script
 
 
-def test_the_secret_is_in_no_answer_and_no_event(app: LocalApp) -> None:
+def test_the_secret_is_in_no_answer_and_no_event(local_app: LocalApp) -> None:
     """Canary: a distinctive secret, every route, every kind of row, and an app that echoes it."""
     canary = "canary-" + os.urandom(8).hex()
-    app.answer = f'{{"configured with": "{canary}"}}'.encode()
+    local_app.answer = f'{{"configured with": "{canary}"}}'.encode()
     body = build_body("confirm_final_grades", 35199862)
-    with inspecting(secret=canary, forward=app.url) as (listener, inspector):
+    with inspecting(secret=canary, forward=local_app.url) as (listener, inspector):
         stream = EventReader(inspector)
         send(listener.url, body, secret=canary)  # valid
         send(listener.url, body + b"\n", signature=sign(body, canary))  # invalid: diagnosed
@@ -543,7 +533,7 @@ CURL_BODIES = [
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 @pytest.mark.parametrize("shell", ["bash", "sh"])
-def test_copy_as_curl_reproduces_the_request_exactly(app: LocalApp, tmp_path: Path, shell: str) -> None:
+def test_copy_as_curl_reproduces_the_request_exactly(local_app: LocalApp, tmp_path: Path, shell: str) -> None:
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} is not installed")
     with inspecting() as (listener, inspector):
@@ -551,14 +541,14 @@ def test_copy_as_curl_reproduces_the_request_exactly(app: LocalApp, tmp_path: Pa
             send(listener.url, body)
         send(listener.url, CURL_BODIES[0], signature="sha1=" + sign(CURL_BODIES[0], "another").upper())
         wait_rows(inspector, len(CURL_BODIES) + 1)
-        target = requests.utils.quote(app.url, safe="")
+        target = requests.utils.quote(local_app.url, safe="")
         commands = [call(inspector, "GET", f"/api/requests/{n}/curl?to={target}").json["command"]
                     for n in range(1, len(CURL_BODIES) + 2)]
     for command in commands:
         assert SECRET not in command
         done = subprocess.run([shell, "-c", command], cwd=tmp_path, capture_output=True, timeout=30)
         assert done.returncode == 0, done.stderr
-    received = app.wait(len(commands))
+    received = local_app.wait(len(commands))
     assert [r.body for r in received] == [*CURL_BODIES, CURL_BODIES[0]]
     for body, got in zip(CURL_BODIES, received, strict=False):
         assert got.headers["X-Inspera-Signature"] == sign(body, SECRET)
@@ -615,11 +605,11 @@ def test_listen_inspect_options_need_inspect_and_a_free_port(cli: object) -> Non
     assert "Traceback" not in busy.stderr
 
 
-def test_inspect_follows_a_record_file_as_it_grows(tmp_path: Path, app: LocalApp) -> None:
+def test_inspect_follows_a_record_file_as_it_grows(tmp_path: Path, local_app: LocalApp) -> None:
     record = tmp_path / "events.jsonl"
     lines = [_line(n) for n in (1, 2)]
     record.write_bytes(b"".join(lines) + b"not json\n")
-    argv = [*CLI, "inspect", str(record), "--port", "0", "--to", app.url, "--secret-env", "HOOK_SECRET"]
+    argv = [*CLI, "inspect", str(record), "--port", "0", "--to", local_app.url, "--secret-env", "HOOK_SECRET"]
     with LineProcess(argv, _env()) as proc:
         assert proc.wait(lambda: any(line.startswith("Inspect:") for line in proc.stderr))
         page = _url(proc.stderr, "Inspect:")
@@ -641,7 +631,7 @@ def test_inspect_follows_a_record_file_as_it_grows(tmp_path: Path, app: LocalApp
                                headers={"Origin": page.rstrip("/"), "X-Inspect-Token": token.group(1)})
         assert answer.json()["status"] == 200
         assert proc.finish(2) == 0
-    (got,) = app.wait(1)
+    (got,) = local_app.wait(1)
     assert got.body == build_body("confirm_final_grades", 3, timestamp="2024-05-01T12:00:00Z")
     assert got.headers["X-Inspera-Signature"] == sign(got.body, SECRET)
     assert any("line 3: not valid JSON" in line for line in proc.stderr)

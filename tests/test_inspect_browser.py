@@ -49,15 +49,6 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-@pytest.fixture
-def app() -> Iterator[LocalApp]:
-    local = LocalApp()
-    try:
-        yield local
-    finally:
-        local.close()
-
-
 @pytest.fixture(scope="module")
 def tab(browser: Any) -> Iterator[Any]:
     """One tab for the module (a new profile costs half a second); each test opens its own
@@ -149,13 +140,13 @@ def test_a_wrongly_signed_event_shows_verify_s_diagnosis(page: Any) -> None:
     assert raw == body.decode() + "↵\n"  # the unsigned trailing newline, made visible
 
 
-def test_replay_reaches_the_app_and_the_answer_shows_inline(page: Any, app: LocalApp) -> None:
+def test_replay_reaches_the_app_and_the_answer_shows_inline(page: Any, local_app: LocalApp) -> None:
     body = build_body("confirm_final_grades", 35199862)
-    with inspecting(forward=app.url) as (listener, inspector):
+    with inspecting(forward=local_app.url) as (listener, inspector):
         post(listener.url, body)
         open_page(page, inspector)
         page.click("#rows tr[data-id='1']")
-        app.answer = b'{"replayed": "yes"}'
+        local_app.answer = b'{"replayed": "yes"}'
         page.click("#replay")
         outcome = page.inner_text("#replay-outcome")
         wait_rows(page, 2)
@@ -164,16 +155,16 @@ def test_replay_reaches_the_app_and_the_answer_shows_inline(page: Any, app: Loca
             page.click("#download")
         line = Path(download.value.path()).read_bytes()
         record_line = requests.get(inspector.url + "api/requests/1/record", timeout=5).content
-    first, again = app.wait(2)
+    first, again = local_app.wait(2)
     assert again.body == body and again.headers["X-Inspera-Signature"] == sign(body, SECRET)
     assert outcome.startswith("Replayed: 200 OK in ") and '{"replayed": "yes"}' in outcome
     assert "replay" in newest
     assert line == record_line and line.startswith(b'{"receivedAt":') and line.endswith(b"}\n")
 
 
-def test_edit_and_replay_sends_the_edited_body_signed(page: Any, app: LocalApp) -> None:
+def test_edit_and_replay_sends_the_edited_body_signed(page: Any, local_app: LocalApp) -> None:
     body = build_body("confirm_final_grades", 35199862)
-    with inspecting(forward=app.url) as (listener, inspector):
+    with inspecting(forward=local_app.url) as (listener, inspector):
         post(listener.url, body)
         open_page(page, inspector)
         page.click("#rows tr[data-id='1']")
@@ -184,7 +175,7 @@ def test_edit_and_replay_sends_the_edited_body_signed(page: Any, app: LocalApp) 
         page.wait_for_selector("#replay-outcome")
         wait_rows(page, 2)
         replay_row = page.inner_text("#rows tr:first-child")
-    received = app.wait(2)[1]
+    received = local_app.wait(2)[1]
     assert received.body == edited.encode()
     assert received.headers["X-Inspera-Signature"] == sign(edited.encode(), SECRET)
     assert "77777777" in replay_row and "replay" in replay_row
@@ -245,20 +236,20 @@ def test_filters_and_search_narrow_the_list(page: Any) -> None:
     assert len(searched) == 1 and "complete_grading" in searched[0]
 
 
-def test_copy_as_curl_gives_a_command_that_reproduces_the_request(page: Any, app: LocalApp) -> None:
+def test_copy_as_curl_gives_a_command_that_reproduces_the_request(page: Any, local_app: LocalApp) -> None:
     body = b'{"contextObjectId": 1, "event": "confirm_final_grades", "note": "it\'s $HOME `x` \\\\ \\n"}'
-    with inspecting(forward=app.url) as (listener, inspector):
+    with inspecting(forward=local_app.url) as (listener, inspector):
         post(listener.url, body)
         open_page(page, inspector)
         page.click("#rows tr[data-id='1']")
         page.click("#curl")
         command = page.inner_text("#curl-command")
         copied = page.evaluate("navigator.clipboard.readText()")
-        app.wait(1)
+        local_app.wait(1)
         done = subprocess.run(["bash", "-c", command], capture_output=True, timeout=30)
     assert copied == command and SECRET not in command
     assert done.returncode == 0, done.stderr
-    first, again = app.wait(2)
+    first, again = local_app.wait(2)
     assert again.body == body == first.body
     assert again.headers["X-Inspera-Signature"] == sign(body, SECRET)
 
@@ -295,10 +286,10 @@ def test_a_narrow_window_shows_the_list_then_the_detail_over_it(page: Any) -> No
     assert overflow <= 0 and closed is True
 
 
-def test_a_screenshot_of_a_realistic_session(page: Any, app: LocalApp, tmp_path: Path) -> None:
+def test_a_screenshot_of_a_realistic_session(page: Any, local_app: LocalApp, tmp_path: Path) -> None:
     """A session as the README shows it: several events, a retry, an app failing one, a Java-map
     body, a wrongly signed request with its diagnosis open, and a replay's answer."""
-    with inspecting(forward=app.url) as (listener, inspector):
+    with inspecting(forward=local_app.url) as (listener, inspector):
         bodies = [
             build_body("verification", 0, extra={"contextObjectTitle": "7f1c2b9e-3a41-4c7e-9d2f"}),
             build_body("confirm_final_grades", 35199862),
@@ -308,9 +299,9 @@ def test_a_screenshot_of_a_realistic_session(page: Any, app: LocalApp, tmp_path:
         for body in bodies:
             post(listener.url, body)
         post(listener.url, bodies[1])  # Inspera's retry
-        app.status, app.answer = 500, b'{"error": "grade sync failed: database is locked"}'
+        local_app.status, local_app.answer = 500, b'{"error": "grade sync failed: database is locked"}'
         post(listener.url, build_body("confirm_final_grades", 35199880))
-        app.status, app.answer = 200, b'{"status": "queued", "job": 4182}'
+        local_app.status, local_app.answer = 200, b'{"status": "queued", "job": 4182}'
         wrong = build_body("confirm_final_grades", 35199899)
         post(listener.url, wrong + b"\n", signature=sign(wrong, SECRET))
         open_page(page, inspector)
