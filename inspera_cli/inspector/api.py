@@ -85,8 +85,7 @@ def replay_entry(original: Entry, url: str, body: bytes, sent: dict[str, str], s
         SignatureState.VALID if signed else SignatureState.UNCHECKED, event, object_id, payload, body,
         forward=result, note=f"replay of #{original.id} to {url}",
     )
-    answer = SeenAnswer(result.status or 0, result.headers, result.body)
-    return Entry(0, report, tuple(sent.items()), answer=answer, replay_of=original.id)
+    return Entry(0, report, tuple(sent.items()), replay_of=original.id)
 
 
 def replay_outcome(entry: Entry) -> dict[str, Any]:

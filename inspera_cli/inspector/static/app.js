@@ -280,7 +280,7 @@ function renderDetail(d) {
     bodyBlock(d),
     payloadBlock(d),
     headersBlock("Request headers", d.requestHeaders),
-    answerBlock("Our answer", d.answer, d.status, d.note),
+    d.replayOf ? null : answerBlock("Our answer", d.answer, d.status, d.note),
     appBlock(d.forward),
   ]);
 }
