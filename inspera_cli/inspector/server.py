@@ -86,7 +86,6 @@ class Inspector:
         self._static = {path: _static(name) for path, (name, _) in STATIC.items()}
         self._server = LoopbackServer(self._handle, max_body=MAX_REQUEST)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._own_thread: threading.Thread | None = None
         self._listener: Listener | None = None
         self._streams: set[_Stream] = set()
@@ -160,7 +159,6 @@ class Inspector:
 
     async def _open(self) -> int:
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         try:
             port = await self._server.open(HOST, self.config.port)
         except (OSError, OverflowError) as exc:
@@ -212,7 +210,7 @@ class Inspector:
             except InsperaError as exc:  # gone or unreadable for now: look again later
                 log.debug("cannot read the followed file: %s", exc)
                 continue
-            self.store.add_all(from_record(record) for record in records)
+            self.store.add_all(from_record(record) for record in records)  # on the loop: the store's thread
 
     # -- routes --------------------------------------------------------------------------------
 
@@ -374,18 +372,10 @@ class Inspector:
         return EventStream(opened, lambda: self._streams.discard(stream))
 
     def _added(self) -> None:
-        """From any thread, after each new row: flush to the pages soon (once per flush)."""
-        loop = self._loop
-        if self._flush_pending or loop is None:
-            return
-        self._flush_pending = True
-        if threading.get_ident() == self._loop_thread:
-            loop.call_soon(self._schedule_flush)
-            return
-        try:
-            loop.call_soon_threadsafe(self._schedule_flush)  # from a record file's reader
-        except RuntimeError:
-            pass  # the loop closed
+        """On the loop, after each new row: flush to the pages soon (once per flush)."""
+        if not self._flush_pending and self._loop is not None:
+            self._flush_pending = True
+            self._loop.call_soon(self._schedule_flush)
 
     def _schedule_flush(self) -> None:
         wait = self._last_flush + FLUSH_EVERY - time.monotonic()

@@ -1,19 +1,23 @@
-"""The requests an inspector shows: bounded, numbered, filtered; fed from any thread.
+"""The requests an inspector shows: bounded, numbered, filtered.
 
 Every row is an ``Entry``: the receiver's ``Report`` of one request (from a live exchange, a
 record file line, or a replay) with the request headers and, when seen live, our answer. Rows are
 numbered in the order they arrive (``id``) and kept up to ``keep`` rows and ``max_bytes`` of
 bodies; the oldest go first.
+
+A ``Store`` lives on one thread -- the event loop the inspector serves on, where the listener adds
+a row as each answer goes out -- so it takes no lock, and adding a row is a few operations: it
+happens once per request the receiver answers.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import threading
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from inspera_cli.listener.report import Exchange, ForwardResult, Report, RequestKind, SignatureState
 from inspera_cli.payload import as_int
@@ -26,8 +30,7 @@ _ROW_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 _STATUS_CLASSES = frozenset({"1xx", "2xx", "3xx", "4xx", "5xx"})
 
 
-@dataclass(frozen=True, slots=True)
-class SeenAnswer:
+class SeenAnswer(NamedTuple):
     """An HTTP answer as it went out: status, headers, body."""
 
     status: int
@@ -185,15 +188,14 @@ def _split(value: str | None) -> list[str]:
 
 
 class Store:
-    """Rows by id, oldest first. ``add`` may be called from any thread; ``on_added`` (set by the
-    server) is called after each, on the adding thread, and must return at once."""
+    """Rows by id, oldest first, on one thread (see the module docstring). ``on_added`` (set by
+    the server) is called after each new row and must return at once."""
 
     def __init__(self, *, keep: int = KEEP, max_bytes: int = MAX_BYTES) -> None:
         self.keep, self.max_bytes = keep, max_bytes
-        self._entries: OrderedDict[int, Entry] = OrderedDict()
+        self._entries: deque[Entry] = deque()  # ids are consecutive: the first's + position
         self._bytes = 0
         self._last_id = 0
-        self._lock = threading.Lock()
         self.on_added: Callable[[], None] | None = None
 
     @property
@@ -204,13 +206,11 @@ class Store:
         """Number the entry and keep it (dropping the oldest beyond the bounds). Called once per
         request the listener answers: kept to a few dictionary operations."""
         entries = self._entries
-        with self._lock:
-            self._last_id += 1
-            entry.id = self._last_id
-            entries[entry.id] = entry
-            self._bytes += entry.size
-            while len(entries) > self.keep or (self._bytes > self.max_bytes and len(entries) > 1):
-                self._bytes -= entries.popitem(last=False)[1].size
+        self._last_id = entry.id = self._last_id + 1
+        entries.append(entry)
+        self._bytes += entry.size
+        while len(entries) > self.keep or (self._bytes > self.max_bytes and len(entries) > 1):
+            self._bytes -= entries.popleft().size
         if self.on_added is not None:
             self.on_added()
         return entry
@@ -220,24 +220,21 @@ class Store:
             self.add(entry)
 
     def get(self, entry_id: int) -> Entry | None:
-        with self._lock:
-            return self._entries.get(entry_id)
+        entries = self._entries
+        index = entry_id - entries[0].id if entries else -1
+        return entries[index] if 0 <= index < len(entries) else None
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def events(self) -> list[str]:
         """The event names among the rows kept, sorted."""
-        with self._lock:
-            entries = list(self._entries.values())
-        return sorted({e.report.event for e in entries if e.report.event is not None})
+        return sorted({e.report.event for e in self._entries if e.report.event is not None})
 
     def newest(self, query: Query) -> list[Entry]:
         """Matching rows, newest first, at most ``query.limit``."""
-        with self._lock:
-            entries = list(self._entries.values())
         found: list[Entry] = []
-        for entry in reversed(entries):
+        for entry in reversed(self._entries):
             if query.matches(entry):
                 found.append(entry)
                 if len(found) >= query.limit:
@@ -246,13 +243,7 @@ class Store:
 
     def after(self, entry_id: int) -> list[Entry]:
         """Rows newer than ``entry_id``, oldest first."""
-        with self._lock:
-            if entry_id >= self._last_id:
-                return []
-            newer: list[Entry] = []
-            for entry in reversed(self._entries.values()):
-                if entry.id <= entry_id:
-                    break
-                newer.append(entry)
-        newer.reverse()
-        return newer
+        entries = self._entries
+        if entry_id >= self._last_id or not entries:
+            return []
+        return list(itertools.islice(entries, max(0, entry_id + 1 - entries[0].id), None))
