@@ -10,14 +10,13 @@ import typer
 
 from inspera_cli import output
 from inspera_cli.commands.common import SecretEnvOption, SecretOption, resolve_secret
-from inspera_cli.commands.listen import DEFAULT_INSPECT_KEEP, DEFAULT_INSPECT_PORT
 
 if TYPE_CHECKING:
     from inspera_cli.inspector import Inspector
     from inspera_cli.listener import Listener, ListenerConfig
 
-DEFAULT_PORT = DEFAULT_INSPECT_PORT
-DEFAULT_KEEP = DEFAULT_INSPECT_KEEP
+DEFAULT_PORT = 4041  # also listen --inspect-port's
+DEFAULT_KEEP = 1000  # also listen --inspect-keep's
 
 KeepOption = Annotated[
     int,

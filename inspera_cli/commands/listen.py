@@ -35,8 +35,6 @@ AUDIENCE_NOTE = (
 )
 # What the listener may not see of an app's failure: 502 when the app does not answer in time.
 _APP_DEADLINE = "unreachable, or slower than 9 s: 502"
-DEFAULT_INSPECT_PORT = 4041
-DEFAULT_INSPECT_KEEP = 1000
 # Hosts a tunnel to 127.0.0.1 reaches.
 _TUNNEL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0"})
 
@@ -444,9 +442,6 @@ def listen(
     if public_url:
         _check_url(public_url, "--public-url")
     max_time = _max_time(max_time, timeout)
-    for option, value in (("--inspect-port", inspect_port), ("--inspect-keep", inspect_keep)):
-        if value is not None and not inspect:
-            raise UsageError(f"{option} is only used with --inspect")
     event_filter = split_names(events)
     routes = parse_forward(forward_to)
     warn_unknown_events(ctx, [*event_filter, *(name for name in routes if name is not None)])
@@ -483,8 +478,7 @@ def listen(
         max_time=max_time,
         generated_secret=generated,
         secret_from=secret_from,
-        inspect=(DEFAULT_INSPECT_PORT if inspect_port is None else inspect_port,
-                 inspect_keep or DEFAULT_INSPECT_KEEP) if inspect else None,
+        inspect=_inspect_options(inspect, inspect_port, inspect_keep),
     )
 
 
@@ -497,6 +491,18 @@ def _max_time(max_time: float | None, timeout: float | None) -> float | None:
     output.info("note: listen --timeout is --max-time now (the global --timeout, before the command, "
                 "is the HTTP timeout)")
     return timeout
+
+
+def _inspect_options(inspect: bool, port: int | None, keep: int | None) -> tuple[int, int] | None:
+    """--inspect's (port, keep), defaults filled in; None without --inspect."""
+    for option, value in (("--inspect-port", port), ("--inspect-keep", keep)):
+        if value is not None and not inspect:
+            raise UsageError(f"{option} is only used with --inspect")
+    if not inspect:
+        return None
+    from inspera_cli.commands.inspect import DEFAULT_KEEP, DEFAULT_PORT
+
+    return (DEFAULT_PORT if port is None else port, DEFAULT_KEEP if keep is None else keep)
 
 
 def register(app: typer.Typer) -> None:
