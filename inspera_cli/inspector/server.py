@@ -2,12 +2,13 @@
 
 It serves on the receiver's own event loop (`listen --inspect`: ``start(listener)``) or on one of
 its own (`inspect FILE`: ``start()``), and never on the Inspera-facing port. Rows come from the
-listener (a loop observer: a few dictionary operations per request, on the loop itself) and from
-record files (``load``/``follow``). Pages get new rows at most every 100 ms, at most 50 at a time.
+listener (a loop observer: a row is made and appended to a deque on the loop itself, about
+1.5 µs a request) and from record files (``load``/``follow``). Pages get new rows at most every
+100 ms, at most 50 at a time.
 
 Why not the listener's threaded observer feed: measured under wrk, a second Python thread that
-wakes to take rows costs the loop 17-40 µs per request in GIL hand-overs (the loop gives the GIL
-up on every system call and waits to get it back), while adding the row on the loop costs 3 µs.
+wakes to take rows cost the loop 17-40 µs per request in GIL hand-overs (the loop gives the GIL
+up on every system call and waits to get it back).
 
 Security (SPEC §9): a request whose ``Host`` is not ``127.0.0.1:PORT`` or ``localhost:PORT`` is
 refused (DNS rebinding); a replay needs a same-origin ``Origin`` and the per-process token the
