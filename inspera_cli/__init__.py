@@ -41,20 +41,20 @@ __all__ = [
 from inspera_cli._version import __version__
 
 if TYPE_CHECKING:
+    from inspera_cli.api_models import Subscription
     from inspera_cli.client import InsperaClient
     from inspera_cli.errors import InsperaError, SignatureError
-    from inspera_cli.models import Subscription
-    from inspera_cli.payload import Event, parse_event
     from inspera_cli.signing import sign, verify_signature
+    from inspera_cli.webhook_body import Event, parse_event
 
 # Each public name and the module that defines it.
 _LAZY = {
-    "Event": "payload",
+    "Event": "webhook_body",
     "InsperaClient": "client",
     "InsperaError": "errors",
     "SignatureError": "errors",
-    "Subscription": "models",
-    "parse_event": "payload",
+    "Subscription": "api_models",
+    "parse_event": "webhook_body",
     "sign": "signing",
     "verify_signature": "signing",
 }

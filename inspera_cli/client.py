@@ -10,16 +10,16 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from inspera_cli.auth import TokenCache, Tokens, with_bearer
-from inspera_cli.config import Settings, resolve_settings
-from inspera_cli.errors import APIError, CredentialsError, NetworkError, NotFoundError, SubscriptionNotListed
-from inspera_cli.models import (
+from inspera_cli.api_models import (
     EventType,
     Subscription,
     parse_event_types,
     parse_subscription,
     parse_subscriptions,
 )
+from inspera_cli.auth import TokenCache, Tokens, with_bearer
+from inspera_cli.config import Settings, resolve_settings
+from inspera_cli.errors import APIError, CredentialsError, NetworkError, NotFoundError, SubscriptionNotListed
 from inspera_cli.network import Answer, describe_network_error, host_of, without_userinfo
 from inspera_cli.redaction import REDACTED, redacted_logger
 
@@ -41,8 +41,8 @@ SECRET_FIELD_WORDS = ("token", "secret", "key", "code", "password", "authorizati
 
 
 def make_session() -> requests.Session:
-    """The one Session factory (``transport.make_session``), kept here for older importers."""
-    from inspera_cli.transport import make_session as transport_session
+    """The one Session factory (``requests_session.make_session``), kept here for older importers."""
+    from inspera_cli.requests_session import make_session as transport_session
 
     return transport_session()
 
@@ -207,7 +207,7 @@ class InsperaClient:
 
     def _check(self, response: requests.Response, what: str) -> Any:
         """Raise the right error for a failed answer; return the parsed JSON (None when empty)."""
-        from inspera_cli.transport import redirect_error_target
+        from inspera_cli.requests_session import redirect_error_target
 
         status = response.status_code
         target = redirect_error_target(response)
@@ -284,7 +284,7 @@ class InsperaClient:
 
     def delete(self, subscription_id: int, *, missing_ok: bool = False) -> bool:
         """Remove a subscription; False if it did not exist (with ``missing_ok``)."""
-        from inspera_cli.transport import answer_was_lost
+        from inspera_cli.requests_session import answer_was_lost
 
         response = self.request("DELETE", f"/v1/subscription/{subscription_id}")
         if response.status_code == 404:

@@ -1,7 +1,7 @@
 """The standard-library half of the HTTP plumbing: URLs, CA bundle, deadlines, error wording.
 
 No ``requests`` here: shell completion uses this module on every TAB (``fetch``), and the
-``requests`` half (``transport.py``) builds on it, so both follow one set of rules:
+``requests`` half (``requests_session.py``) builds on it, so both follow one set of rules:
 
 - ``check_http_url``: the one URL validator (http(s), a host, a valid port, no spaces or
   control characters, userinfo only where asked for).

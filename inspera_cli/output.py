@@ -18,7 +18,7 @@ from inspera_cli.redaction import redact
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from inspera_cli.tables import Column
+    from inspera_cli.table_layout import Column
 
     # A table column: (key, header), (key, header, no_wrap) or a tables.Column.
     ColumnSpec = tuple[str, str] | tuple[str, str, bool] | Column
@@ -253,7 +253,7 @@ def render_table(
     are cut with an ellipsis on a terminal rather than folded (piped, every value is whole). On a
     terminal, no rows is the ``empty`` note on stderr rather than an empty box.
     """
-    from inspera_cli.tables import Column, terminal_table
+    from inspera_cli.table_layout import Column, terminal_table
 
     shown = [c if isinstance(c, Column) else Column(*c) for c in columns]
     if is_terminal():

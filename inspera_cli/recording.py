@@ -30,10 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from inspera_cli.delivery import CONTENT_TYPE
 from inspera_cli.errors import ConfigError
 from inspera_cli.groupcommit import Done, GroupCommit
-from inspera_cli.payload import VERIFICATION, parse_event
+from inspera_cli.sending import CONTENT_TYPE
+from inspera_cli.webhook_body import VERIFICATION, parse_event
 
 if TYPE_CHECKING:
     import asyncio

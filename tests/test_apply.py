@@ -329,7 +329,8 @@ def test_an_unsupported_event_is_refused_before_any_write(
 
 
 def test_an_interrupt_stops_the_queued_creates(sandbox: Any, receiver: Receiver) -> None:
-    from inspera_cli.apply import DesiredSubscription, apply_plan, make_plan
+    from inspera_cli.reconciler import apply_plan, make_plan
+    from inspera_cli.subscriptions_file import DesiredSubscription
 
     desired = [
         DesiredSubscription(EVENTS[0], receiver.url(f"/{i}"), "HOOK_SECRET", secret=SECRET) for i in range(16)

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from inspera_cli.apply import (
+from inspera_cli.client import Subscription
+from inspera_cli.errors import ConfigError, ExitCode
+from inspera_cli.reconciler import make_plan
+from inspera_cli.subscriptions_file import (
     DesiredSubscription,
     SubscriptionsFile,
     SubscriptionsFileError,
     check_events,
     load_subscriptions_file,
-    make_plan,
 )
-from inspera_cli.client import Subscription
-from inspera_cli.errors import ConfigError, ExitCode
 
 ENV = {"HOOK_SECRET": "s3cr3t-never-shown", "OTHER_SECRET": "other-s3cr3t"}
 

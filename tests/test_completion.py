@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from inspera_cli.completers import _event_items, _public_url, _subscription_items, cache_path
+from inspera_cli.commands.candidates import _event_items, _public_url, _subscription_items, cache_path
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +223,7 @@ def test_cache_ignores_a_corrupt_file(sandbox_env: Any) -> None:
 
 
 def test_comma_separated_event_lists(sandbox_env: Any) -> None:
-    from inspera_cli.completers import complete_event_list
+    from inspera_cli.commands.candidates import complete_event_list
 
     values = [value for value, _ in complete_event_list(None, "confirm_final_grades,c")]
     assert "confirm_final_grades,complete_grading" in values

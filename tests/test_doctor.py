@@ -23,21 +23,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from inspera_cli import doctor
+from inspera_cli import checks as doctor_checks
 from inspera_cli.client import InsperaClient
 from inspera_cli.signing import SIGNATURE_HEADER, is_valid
 from tests.conftest import SANDBOX_API_KEY, Cli
 
 SECRET = "doctor-test-secret-7c1e"
 NAMES = [
-    doctor.SETTINGS,
-    doctor.TENANT,
-    doctor.CREDENTIALS,
-    doctor.EVENTS,
-    doctor.ENDPOINT_HTTPS,
-    doctor.ENDPOINT_DNS,
-    doctor.ENDPOINT_TLS,
-    doctor.ENDPOINT_VALIDATION,
+    doctor_checks.SETTINGS,
+    doctor_checks.TENANT,
+    doctor_checks.CREDENTIALS,
+    doctor_checks.EVENTS,
+    doctor_checks.ENDPOINT_HTTPS,
+    doctor_checks.ENDPOINT_DNS,
+    doctor_checks.ENDPOINT_TLS,
+    doctor_checks.ENDPOINT_VALIDATION,
 ]
 
 
@@ -226,14 +226,14 @@ def test_all_green_against_the_sandbox_and_an_https_endpoint(
     assert list(checks) == NAMES
     assert failing(result.json) == []
     assert all(c["fix"] is None for c in result.json)
-    assert "(environment)" in checks[doctor.SETTINGS]["detail"]
-    assert "plain http" in checks[doctor.TENANT]["detail"]
-    assert "issued an access token" in checks[doctor.CREDENTIALS]["detail"]
-    assert "confirm_final_grades" in checks[doctor.EVENTS]["detail"]
-    assert "the tenant runs on this machine" in checks[doctor.ENDPOINT_DNS]["detail"]
-    assert "valid, expires in " in checks[doctor.ENDPOINT_TLS]["detail"]
-    assert checks[doctor.ENDPOINT_VALIDATION]["detail"].startswith("answered 200 OK in ")
-    assert "signed with the given secret" in checks[doctor.ENDPOINT_VALIDATION]["detail"]
+    assert "(environment)" in checks[doctor_checks.SETTINGS]["detail"]
+    assert "plain http" in checks[doctor_checks.TENANT]["detail"]
+    assert "issued an access token" in checks[doctor_checks.CREDENTIALS]["detail"]
+    assert "confirm_final_grades" in checks[doctor_checks.EVENTS]["detail"]
+    assert "the tenant runs on this machine" in checks[doctor_checks.ENDPOINT_DNS]["detail"]
+    assert "valid, expires in " in checks[doctor_checks.ENDPOINT_TLS]["detail"]
+    assert checks[doctor_checks.ENDPOINT_VALIDATION]["detail"].startswith("answered 200 OK in ")
+    assert "signed with the given secret" in checks[doctor_checks.ENDPOINT_VALIDATION]["detail"]
     # What reached the receiver is Inspera's validation request, signed with the real secret.
     assert b'"event": "verification"' in behaviour.bodies[0]
     assert SECRET not in result.stdout + result.stderr
@@ -254,11 +254,12 @@ def test_the_credentials_check_always_exchanges(
 ) -> None:
     cli("doctor", "--json")
     checks = by_name(cli("doctor", "--json").json)
-    assert checks[doctor.CREDENTIALS]["detail"] == "the tenant issued an access token to client sandbox"
+    accepted = "the tenant issued an access token to client sandbox"
+    assert checks[doctor_checks.CREDENTIALS]["detail"] == accepted
     # A wrong key after a good run is not masked by the token cached for the right one.
     monkeypatch.setenv("INSPERA_API_KEY", "rotated-or-mistyped-key")
     result = cli("doctor", "--json", expect=1)
-    assert by_name(result.json)[doctor.CREDENTIALS]["ok"] is False
+    assert by_name(result.json)[doctor_checks.CREDENTIALS]["ok"] is False
     assert "All 4 checks passed" not in result.stderr
 
 
@@ -268,10 +269,10 @@ def test_wrong_api_key_fails_credentials_and_skips_events(
     monkeypatch.setenv("INSPERA_API_KEY", "not-the-key")
     result = cli("doctor", "--json", expect=1)
     checks = by_name(result.json)
-    assert failing(result.json) == [doctor.CREDENTIALS, doctor.EVENTS]
-    assert "invalid_grant" in checks[doctor.CREDENTIALS]["detail"]
-    assert "INSPERA_API_KEY" in checks[doctor.CREDENTIALS]["fix"]
-    assert checks[doctor.EVENTS]["detail"] == "skipped: the credentials were not accepted"
+    assert failing(result.json) == [doctor_checks.CREDENTIALS, doctor_checks.EVENTS]
+    assert "invalid_grant" in checks[doctor_checks.CREDENTIALS]["detail"]
+    assert "INSPERA_API_KEY" in checks[doctor_checks.CREDENTIALS]["fix"]
+    assert checks[doctor_checks.EVENTS]["detail"] == "skipped: the credentials were not accepted"
     assert "not-the-key" not in result.stdout + result.stderr
     assert SANDBOX_API_KEY not in result.stdout + result.stderr
 
@@ -279,12 +280,12 @@ def test_wrong_api_key_fails_credentials_and_skips_events(
 def test_missing_settings_skip_the_tenant_checks(cli: Cli) -> None:
     result = cli("doctor", "--json", expect=1)
     checks = by_name(result.json)
-    assert "missing tenant URL" in checks[doctor.SETTINGS]["detail"]
-    assert "inspera-hooks login" in checks[doctor.SETTINGS]["fix"]
-    for name in (doctor.TENANT, doctor.CREDENTIALS, doctor.EVENTS):
+    assert "missing tenant URL" in checks[doctor_checks.SETTINGS]["detail"]
+    assert "inspera-hooks login" in checks[doctor_checks.SETTINGS]["fix"]
+    for name in (doctor_checks.TENANT, doctor_checks.CREDENTIALS, doctor_checks.EVENTS):
         assert checks[name] == {"check": name, "status": "skip", "ok": False,
                                 "detail": "skipped: no tenant URL", "fix": None}
-    assert checks[doctor.SETTINGS]["status"] == "fail"
+    assert checks[doctor_checks.SETTINGS]["status"] == "fail"
 
 
 def test_unreachable_tenant(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,8 +295,8 @@ def test_unreachable_tenant(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INSPERA_CLIENT_ID", "sandbox")
     monkeypatch.setenv("INSPERA_API_KEY", "k")
     checks = by_name(cli("doctor", "--json", expect=1).json)
-    assert "connection refused" in checks[doctor.TENANT]["detail"]
-    assert checks[doctor.CREDENTIALS]["detail"] == "skipped: the tenant is not reachable"
+    assert "connection refused" in checks[doctor_checks.TENANT]["detail"]
+    assert checks[doctor_checks.CREDENTIALS]["detail"] == "skipped: the tenant is not reachable"
 
 
 def test_https_tenant_certificate_is_checked(
@@ -306,10 +307,10 @@ def test_https_tenant_certificate_is_checked(
     )
     with receiver(context=context) as (url, _):
         monkeypatch.setenv("INSPERA_URL", url.removesuffix("/hook"))
-        checks = {c.check: c for c in doctor.run_checks(clients)}
-    assert not checks[doctor.TENANT].ok
-    assert "self-signed" in checks[doctor.TENANT].detail
-    assert checks[doctor.CREDENTIALS].detail == "skipped: the tenant is not reachable"
+        checks = {c.check: c for c in doctor_checks.run_checks(clients)}
+    assert not checks[doctor_checks.TENANT].ok
+    assert "self-signed" in checks[doctor_checks.TENANT].detail
+    assert checks[doctor_checks.CREDENTIALS].detail == "skipped: the tenant is not reachable"
 
 
 # -- the endpoint's failures -----------------------------------------------------------------------
@@ -318,8 +319,8 @@ def test_https_tenant_certificate_is_checked(
 def test_endpoint_answering_404(cli: Cli, sandbox_env: Any, trusted: trustme.CA) -> None:
     with receiver(Behaviour(path="/inspera"), server_context(trusted)) as (url, _):
         result = cli("doctor", "--endpoint", url.replace("/inspera", "/wrong"), "--json", expect=1)
-    assert failing(result.json) == [doctor.ENDPOINT_VALIDATION]
-    validation = by_name(result.json)[doctor.ENDPOINT_VALIDATION]
+    assert failing(result.json) == [doctor_checks.ENDPOINT_VALIDATION]
+    validation = by_name(result.json)[doctor_checks.ENDPOINT_VALIDATION]
     assert validation["detail"].startswith("answered 404 Not Found in ")
     assert validation["fix"].startswith("answered 404: is the path right?")
 
@@ -327,18 +328,18 @@ def test_endpoint_answering_404(cli: Cli, sandbox_env: Any, trusted: trustme.CA)
 def test_endpoint_slower_than_inspera_waits(
     cli: Cli, sandbox_env: Any, trusted: trustme.CA, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(doctor, "VALIDATION_TIMEOUT", 0.3)
+    monkeypatch.setattr(doctor_checks, "VALIDATION_TIMEOUT", 0.3)
     with receiver(Behaviour(delay=0.4), server_context(trusted)) as (url, _):
         result = cli("doctor", "--endpoint", url, "--json", expect=1)
-    assert failing(result.json) == [doctor.ENDPOINT_VALIDATION]
-    validation = by_name(result.json)[doctor.ENDPOINT_VALIDATION]
+    assert failing(result.json) == [doctor_checks.ENDPOINT_VALIDATION]
+    validation = by_name(result.json)[doctor_checks.ENDPOINT_VALIDATION]
     assert re.fullmatch(r"answered 200 OK in 4\d\d ms", validation["detail"])
     assert validation["fix"].startswith("took 0.4 s: Inspera gives up after 0.3 s; answer at once")
 
 
 def test_endpoint_that_never_answers(trusted: trustme.CA) -> None:
     with receiver(Behaviour(delay=1.0), server_context(trusted)) as (url, _):
-        check = doctor.validation_check(url, validation_timeout=0.2)
+        check = doctor_checks.validation_check(url, validation_timeout=0.2)
     assert not check.ok
     assert check.detail == "no answer: no answer within 0.4 s"
     assert check.fix is not None and check.fix.startswith("Inspera gives up after 0.2 s")
@@ -352,24 +353,25 @@ def test_a_plain_http_endpoint_on_this_machine_passes_with_a_tenant_on_this_mach
         result = cli("doctor", "--endpoint", url, "--json")
     checks = by_name(result.json)
     assert failing(result.json) == []
-    assert checks[doctor.ENDPOINT_HTTPS]["status"] == "pass"
-    assert "plain http on this machine" in checks[doctor.ENDPOINT_HTTPS]["detail"]
-    assert "Inspera itself calls HTTPS endpoints only" in checks[doctor.ENDPOINT_HTTPS]["detail"]
-    assert checks[doctor.ENDPOINT_TLS]["status"] == "pass"
-    assert checks[doctor.ENDPOINT_VALIDATION]["ok"]  # the receiver itself answers
+    assert checks[doctor_checks.ENDPOINT_HTTPS]["status"] == "pass"
+    assert "plain http on this machine" in checks[doctor_checks.ENDPOINT_HTTPS]["detail"]
+    assert "Inspera itself calls HTTPS endpoints only" in checks[doctor_checks.ENDPOINT_HTTPS]["detail"]
+    assert checks[doctor_checks.ENDPOINT_TLS]["status"] == "pass"
+    assert checks[doctor_checks.ENDPOINT_VALIDATION]["ok"]  # the receiver itself answers
 
 
 def test_plain_http_endpoint_fails_for_a_real_tenant() -> None:
     with receiver() as (url, _):
-        checks = {c.check: c for c in doctor.endpoint_checks(url, tenant_on_loopback=False)}
-    assert checks[doctor.ENDPOINT_HTTPS].status is doctor.CheckStatus.FAIL
-    assert checks[doctor.ENDPOINT_HTTPS].detail == "plain http: Inspera calls HTTPS endpoints only"
-    assert "--tunnel cloudflared" in (checks[doctor.ENDPOINT_HTTPS].fix or "")
-    assert checks[doctor.ENDPOINT_TLS].status is doctor.CheckStatus.SKIP
-    assert checks[doctor.ENDPOINT_TLS].detail == "skipped: the endpoint is not HTTPS"
+        checks = {c.check: c for c in doctor_checks.endpoint_checks(url, tenant_on_loopback=False)}
+    assert checks[doctor_checks.ENDPOINT_HTTPS].status is doctor_checks.CheckStatus.FAIL
+    assert checks[doctor_checks.ENDPOINT_HTTPS].detail == "plain http: Inspera calls HTTPS endpoints only"
+    assert "--tunnel cloudflared" in (checks[doctor_checks.ENDPOINT_HTTPS].fix or "")
+    assert checks[doctor_checks.ENDPOINT_TLS].status is doctor_checks.CheckStatus.SKIP
+    assert checks[doctor_checks.ENDPOINT_TLS].detail == "skipped: the endpoint is not HTTPS"
     # a plain-http endpoint elsewhere fails even with a tenant on this machine
-    first = next(iter(doctor.endpoint_checks("http://hooks.example.invalid/", tenant_on_loopback=True)))
-    assert first.status is doctor.CheckStatus.FAIL
+    elsewhere = doctor_checks.endpoint_checks("http://hooks.example.invalid/", tenant_on_loopback=True)
+    first = next(iter(elsewhere))
+    assert first.status is doctor_checks.CheckStatus.FAIL
 
 
 def test_self_signed_certificate(cli: Cli, sandbox_env: Any, trusted: trustme.CA, tmp_path: Path) -> None:
@@ -379,10 +381,10 @@ def test_self_signed_certificate(cli: Cli, sandbox_env: Any, trusted: trustme.CA
     with receiver(context=context) as (url, behaviour):
         result = cli("doctor", "--endpoint", url, "--json", expect=1)
     checks = by_name(result.json)
-    assert failing(result.json) == [doctor.ENDPOINT_TLS, doctor.ENDPOINT_VALIDATION]
-    assert checks[doctor.ENDPOINT_TLS]["detail"] == "the certificate of 127.0.0.1 is self-signed"
-    assert "public CA" in checks[doctor.ENDPOINT_TLS]["fix"]
-    assert checks[doctor.ENDPOINT_VALIDATION]["detail"].startswith("skipped: the TLS certificate")
+    assert failing(result.json) == [doctor_checks.ENDPOINT_TLS, doctor_checks.ENDPOINT_VALIDATION]
+    assert checks[doctor_checks.ENDPOINT_TLS]["detail"] == "the certificate of 127.0.0.1 is self-signed"
+    assert "public CA" in checks[doctor_checks.ENDPOINT_TLS]["fix"]
+    assert checks[doctor_checks.ENDPOINT_VALIDATION]["detail"].startswith("skipped: the TLS certificate")
     assert behaviour.bodies == []
 
 
@@ -396,10 +398,10 @@ def test_expired_certificate(cli: Cli, sandbox_env: Any, trusted: trustme.CA, tm
     with receiver(context=context) as (url, _):
         result = cli("doctor", "--endpoint", url, "--json", expect=1)
     checks = by_name(result.json)
-    assert failing(result.json) == [doctor.ENDPOINT_TLS, doctor.ENDPOINT_VALIDATION]
-    assert checks[doctor.ENDPOINT_TLS]["detail"].startswith("the certificate of 127.0.0.1 expired on ")
+    assert failing(result.json) == [doctor_checks.ENDPOINT_TLS, doctor_checks.ENDPOINT_VALIDATION]
+    assert checks[doctor_checks.ENDPOINT_TLS]["detail"].startswith("the certificate of 127.0.0.1 expired on ")
     assert (
-        checks[doctor.ENDPOINT_TLS]["fix"]
+        checks[doctor_checks.ENDPOINT_TLS]["fix"]
         == "certificate expired 3 days ago: renew it and reload the endpoint"
     )
 
@@ -407,7 +409,7 @@ def test_expired_certificate(cli: Cli, sandbox_env: Any, trusted: trustme.CA, tm
 def test_certificate_from_an_unknown_ca(cli: Cli, sandbox_env: Any, trusted: trustme.CA) -> None:
     with receiver(context=server_context(trustme.CA())) as (url, _):
         result = cli("doctor", "--endpoint", url, "--json", expect=1)
-    tls = by_name(result.json)[doctor.ENDPOINT_TLS]
+    tls = by_name(result.json)[doctor_checks.ENDPOINT_TLS]
     assert "not issued by a trusted CA" in tls["detail"]
     assert "full chain" in tls["fix"]
 
@@ -418,7 +420,7 @@ def test_certificate_expiring_soon_passes_with_a_reminder(trusted: trustme.CA, t
     )
     with receiver(context=context) as (url, _):
         port = urlsplit(url).port or 443
-        check = doctor.certificate_check(doctor.ENDPOINT_TLS, "127.0.0.1", port, timeout=5)
+        check = doctor_checks.certificate_check(doctor_checks.ENDPOINT_TLS, "127.0.0.1", port, timeout=5)
     assert check.ok
     assert check.detail.startswith("valid, expires in 5 days")
     assert check.fix == "the certificate expires in 5 days: renew it soon"
@@ -431,31 +433,31 @@ def test_throwaway_secret_rejected_says_to_pass_the_real_one(
         result = cli("doctor", "--endpoint", url, "--json", expect=1)
         monkeypatch.setenv("HOOK_SECRET", "another-secret")
         wrong = cli("doctor", "--endpoint", url, "--secret-env", "HOOK_SECRET", "--json", expect=1)
-    validation = by_name(result.json)[doctor.ENDPOINT_VALIDATION]
+    validation = by_name(result.json)[doctor_checks.ENDPOINT_VALIDATION]
     assert validation["detail"].startswith("answered 401 Unauthorized")
     assert "throwaway secret" in validation["fix"] and "--secret-env VAR" in validation["fix"]
-    assert "given secret" in by_name(wrong.json)[doctor.ENDPOINT_VALIDATION]["fix"]
+    assert "given secret" in by_name(wrong.json)[doctor_checks.ENDPOINT_VALIDATION]["fix"]
 
 
 def test_endpoint_on_a_private_address_fails_dns_unless_the_tenant_is_local(trusted: trustme.CA) -> None:
     with receiver(context=server_context(trusted)) as (url, _):
-        remote = {c.check: c for c in doctor.endpoint_checks(url, tenant_on_loopback=False)}
-        local = {c.check: c for c in doctor.endpoint_checks(url, tenant_on_loopback=True)}
-    dns = remote[doctor.ENDPOINT_DNS]
+        remote = {c.check: c for c in doctor_checks.endpoint_checks(url, tenant_on_loopback=False)}
+        local = {c.check: c for c in doctor_checks.endpoint_checks(url, tenant_on_loopback=True)}
+    dns = remote[doctor_checks.ENDPOINT_DNS]
     assert not dns.ok
     assert dns.detail == (
         "127.0.0.1 resolves only to private or loopback addresses (127.0.0.1): Inspera cannot reach it"
     )
     assert dns.fix is not None and "--tunnel cloudflared" in dns.fix
-    assert local[doctor.ENDPOINT_DNS].ok
+    assert local[doctor_checks.ENDPOINT_DNS].ok
     assert all(c.ok for c in local.values())
 
 
 def test_tenant_on_loopback_is_recognised() -> None:
-    assert doctor.resolves_to_loopback("127.0.0.1")
-    assert doctor.resolves_to_loopback("localhost")
-    assert not doctor.resolves_to_loopback("10.1.2.3")
-    assert not doctor.resolves_to_loopback("")
+    assert doctor_checks.resolves_to_loopback("127.0.0.1")
+    assert doctor_checks.resolves_to_loopback("localhost")
+    assert not doctor_checks.resolves_to_loopback("10.1.2.3")
+    assert not doctor_checks.resolves_to_loopback("")
 
 
 # -- arguments -------------------------------------------------------------------------------------
@@ -480,6 +482,6 @@ def test_certificate_not_after_reads_der(ca: trustme.CA) -> None:
     pem = ca.issue_cert("example.test").cert_chain_pems[0].bytes()
     certificate = x509.load_pem_x509_certificate(pem)
     der = certificate.public_bytes(serialization.Encoding.DER)
-    assert doctor.certificate_not_after(der) == certificate.not_valid_after_utc
+    assert doctor_checks.certificate_not_after(der) == certificate.not_valid_after_utc
     with pytest.raises(ValueError, match="not a DER X.509 certificate"):
-        doctor.certificate_not_after(b"\x30\x03\x02\x01")
+        doctor_checks.certificate_not_after(b"\x30\x03\x02\x01")

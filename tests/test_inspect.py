@@ -20,9 +20,9 @@ import pytest
 import requests
 
 from inspera_cli.inspector.store import Query, Store, from_record
-from inspera_cli.payload import build_body
 from inspera_cli.recording import RecordReader, encode_record, tail_start
 from inspera_cli.signing import diagnose_signature, sign
+from inspera_cli.webhook_body import build_body
 from tests.inspecting import SECRET, EventReader, LocalApp, call, inspecting, replay, rows
 from tests.processes import CLI, LineProcess, run
 

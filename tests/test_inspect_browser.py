@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from inspera_cli.payload import build_body
 from inspera_cli.signing import diagnose_signature, sign
+from inspera_cli.webhook_body import build_body
 from tests.inspecting import SECRET, LocalApp, inspecting
 
 CHROMIUM = os.environ.get("INSPERA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from inspera_cli.listener import JSON_FIELDS
-from inspera_cli.payload import verification_body
+from inspera_cli.webhook_body import verification_body
 from tests.conftest import Cli
 from tests.processes import LineProcess
 

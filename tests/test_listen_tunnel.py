@@ -32,9 +32,9 @@ programs = pytest.mark.parametrize("program", ["cloudflared", "ngrok"])
 LAUNCH = (
     "import sys\n"
     "from inspera_cli import tunnel\n"
-    "from inspera_cli import session\n"
+    "from inspera_cli import public_session\n"
     "tunnel.START_TIMEOUT = float(sys.argv.pop(1))\n"
-    "session.TUNNEL_VALIDATION_RETRY = float(sys.argv.pop(1))\n"
+    "public_session.TUNNEL_VALIDATION_RETRY = float(sys.argv.pop(1))\n"
     "from inspera_cli.cli import main\n"
     "sys.exit(main())\n"
 )

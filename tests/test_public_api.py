@@ -26,7 +26,7 @@ PUBLIC = {
     "sign",
     "verify_signature",
 }
-PUBLIC_MODULES = ["__init__.py", "signing.py", "payload.py", "errors.py", "client.py"]
+PUBLIC_MODULES = ["__init__.py", "signing.py", "webhook_body.py", "errors.py", "client.py"]
 
 
 def test_all_lists_the_public_names() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from inspera_cli.payload import build_body, verification_body
 from inspera_cli.signing import SIGNATURE_HEADER, sign
+from inspera_cli.webhook_body import build_body, verification_body
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECRET = "readme-example-secret-2f9d"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from inspera_cli.payload import build_body, verification_body
 from inspera_cli.signing import sign
+from inspera_cli.webhook_body import build_body, verification_body
 from tests.conftest import Cli
 from tests.test_trigger import Receiver, closed_port
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from inspera_cli.delivery_client import AnswerError, Closed, ResponseReader
 from inspera_cli.sandbox import Sandbox
 from inspera_cli.sandbox.delivery import IDLE_SECONDS, MAX_CONNECTIONS
-from inspera_cli.sandbox.wire import AnswerError, Closed, ResponseReader
 from tests import test_sandbox, test_sandbox_cli
 from tests.conftest import Cli
 from tests.test_sandbox import Api, Receiver

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inspera_cli.payload import build_body
 from inspera_cli.signing import diagnose_signature, is_valid, sign
+from inspera_cli.webhook_body import build_body
 from tests.conftest import Cli
 
 OPENSSL = "/usr/bin/openssl"

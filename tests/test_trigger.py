@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from inspera_cli import delivery
-from inspera_cli.payload import parse_event
+from inspera_cli import sending
 from inspera_cli.signing import SIGNATURE_HEADER, is_valid, sign
+from inspera_cli.webhook_body import parse_event
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
 
 SECRET = "trigger-test-secret-7c1d"
@@ -228,8 +228,8 @@ def test_trigger_stops_waiting_after_wait_seconds(cli: Cli) -> None:
 
 
 def test_post_reports_a_timeout() -> None:
-    with Receiver(delay=1.0) as r, delivery.new_session() as session:
-        result = delivery.post(session, r.url, b"{}", {}, timeout=0.2)
+    with Receiver(delay=1.0) as r, sending.new_session() as session:
+        result = sending.post(session, r.url, b"{}", {}, timeout=0.2)
     assert result.status is None
     assert result.error == "no answer within 0.2 s"
 

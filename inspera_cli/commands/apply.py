@@ -13,8 +13,8 @@ from inspera_cli.commands.common import JsonOption, state
 from inspera_cli.errors import ExitCode, InsperaError
 
 if TYPE_CHECKING:
-    from inspera_cli.apply import ApplyResult, Outcome, Plan
     from inspera_cli.client import InsperaClient
+    from inspera_cli.reconciler import ApplyResult, Outcome, Plan
 
 
 # The file `apply` reads unless -f names another.
@@ -63,7 +63,8 @@ def apply(
     run it again to finish), 2 with --detailed-exitcode when changes were made or planned,
     3 credentials, 130 interrupted.
     """
-    from inspera_cli.apply import check_events, load_subscriptions_file, make_plan
+    from inspera_cli.reconciler import make_plan
+    from inspera_cli.subscriptions_file import check_events, load_subscriptions_file
 
     if file == DEFAULT_FILE and not file.exists():
         raise InsperaError(f"no {DEFAULT_FILE} here: give the subscriptions file with -f FILE")
@@ -96,7 +97,7 @@ def apply(
 def _carry_out(client: InsperaClient, plan: Plan, *, concurrency: int, json: bool) -> ApplyResult:
     """Apply the plan. Ctrl-C or SIGTERM lets the changes in flight finish (a second one stops
     waiting) and starts no other; then what was done is listed, and the interrupt goes on."""
-    from inspera_cli.apply import apply_plan
+    from inspera_cli.reconciler import apply_plan
 
     done: list[Outcome] = []
     try:

@@ -81,10 +81,10 @@ def require_known_events(client: InsperaClient, names: list[str], *, hint: str =
 
 def warn_unknown_events(ctx: typer.Context, names: list[str]) -> None:
     """For offline commands: warn about an event name that the tenant (when that is cheap to ask:
-    see completers) or else the built-in list does not know, with "did you mean …"; go on."""
-    from inspera_cli.completers import tenant_event_names
+    see ``candidates``) or else the built-in list does not know, with "did you mean …"; go on."""
+    from inspera_cli.commands.candidates import tenant_event_names
     from inspera_cli.event_names import BUILT_IN_NAMES, unknown_events
-    from inspera_cli.payload import VERIFICATION
+    from inspera_cli.webhook_body import VERIFICATION
 
     names = [name for name in names if name != VERIFICATION]
     if not names:

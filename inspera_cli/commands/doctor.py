@@ -11,7 +11,7 @@ from inspera_cli.commands.common import JsonOption, SecretEnvOption, SecretOptio
 from inspera_cli.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
-    from inspera_cli.doctor import Check
+    from inspera_cli.checks import Check
 
 
 def doctor(
@@ -41,7 +41,7 @@ def doctor(
 
     Exit codes: 0 every check passed, 1 a check failed, 2 bad arguments.
     """
-    from inspera_cli import doctor as checks
+    from inspera_cli import checks
 
     if (secret_env or secret) and endpoint is None:
         raise UsageError("--secret-env and --secret sign the validation POST: they need --endpoint URL")
@@ -70,7 +70,7 @@ def doctor(
 
 
 def _show(check: Check) -> None:
-    from inspera_cli.doctor import CheckStatus
+    from inspera_cli.checks import CheckStatus
 
     out = output.console(stderr=False)
     if check.ok:

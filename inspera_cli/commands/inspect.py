@@ -51,7 +51,7 @@ def inspect(
 
     Exit codes: 0 stopped with Ctrl-C; 1 the file cannot be read or the port is taken; 2 usage error.
     """
-    from inspera_cli.commands.signing import CorruptWarnings
+    from inspera_cli.commands.rendering import CorruptWarnings
     from inspera_cli.inspector import Inspector, InspectorConfig
     from inspera_cli.network import check_http_url
 

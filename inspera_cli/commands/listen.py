@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from inspera_cli import interrupts, output
+from inspera_cli.commands.candidates import complete_event_list
 from inspera_cli.commands.common import (
     SecretEnvOption,
     SecretOption,
@@ -20,14 +21,13 @@ from inspera_cli.commands.common import (
     state,
     warn_unknown_events,
 )
-from inspera_cli.completers import complete_event_list
 from inspera_cli.errors import InsperaError, UsageError
-from inspera_cli.session import Reporter
+from inspera_cli.public_session import Reporter
 
 if TYPE_CHECKING:
+    from inspera_cli.api_models import Subscription
     from inspera_cli.listener import Listener, ListenerConfig, ListenerStats
     from inspera_cli.listener.report import Report
-    from inspera_cli.models import Subscription
 
 AUDIENCE_NOTE = (
     "Inspera sends an event only to users who are contributors on the test, have write access to "
@@ -166,7 +166,7 @@ def serve(
 ) -> None:
     """Run the listener until --exit-after / --max-time / Ctrl-C / SIGTERM; subscriptions made
     for ``public_url`` are deleted, and the ``tunnel`` program (whose URL plus the path is then
-    the public URL) is stopped, on every way out (``session.Session``). ``secret_from`` says
+    the public URL) is stopped, on every way out (``public_session.Session``). ``secret_from`` says
     where the secret came from, for the lines under `Ready:`; ``inspect`` (port, keep) serves
     the inspector page beside it."""
     from inspera_cli.commands import inspect as inspect_command
@@ -266,7 +266,7 @@ def _session(
     from contextlib import nullcontext
     from urllib.parse import urlsplit
 
-    from inspera_cli.session import Session
+    from inspera_cli.public_session import Session
 
     if not (events or tunnel):
         return nullcontext()

@@ -1,13 +1,17 @@
-"""What more than one command shows: a listener's request line (`listen`, `demo`) and a generated
-webhook secret (`create`, `listen --subscribe`)."""
+"""What more than one command shows: a listener's request line (`listen`, `demo`), a generated
+webhook secret (`create`, `listen --subscribe`) and a record file's corrupt lines (`replay`, `inspect`)."""
 
 from __future__ import annotations
 
 import functools
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from inspera_cli import output
 from inspera_cli.listener.report import Report, RequestKind, SignatureState
+
+if TYPE_CHECKING:
+    from inspera_cli.recording import CorruptLine
 
 _SIGNATURE_STYLES = {
     SignatureState.VALID: "green",
@@ -85,3 +89,19 @@ def show_secret(secret: str) -> None:
     """A generated secret, once, on a line of its own on stderr: never in a table, never wrapped
     by us, so that it can be copied whole."""
     output.styled_line(f"Webhook secret: {secret}", stderr=True)
+
+
+class CorruptWarnings:
+    """One warning per corrupt line, up to a point; then how many more there were."""
+
+    LIMIT = 10
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, corrupt: CorruptLine) -> None:
+        self.count += 1
+        if self.count <= self.LIMIT:
+            output.warn(f"skipped {corrupt}")
+        elif self.count == self.LIMIT + 1:
+            output.warn("more corrupt lines skipped (not listed)")

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from inspera_cli import output
+from inspera_cli.commands.candidates import complete_event
 from inspera_cli.commands.common import JsonOption, state
-from inspera_cli.completers import complete_event
 from inspera_cli.errors import APIError, CredentialsError, UsageError
 
 sandbox_app = typer.Typer(

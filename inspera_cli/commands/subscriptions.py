@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from inspera_cli import output
+from inspera_cli.commands.candidates import complete_event, complete_subscription_id
 from inspera_cli.commands.common import (
     JsonOption,
     SecretEnvOption,
@@ -17,12 +18,11 @@ from inspera_cli.commands.common import (
     split_names,
     state,
 )
-from inspera_cli.completers import complete_event, complete_subscription_id
 from inspera_cli.errors import APIError, ExitCode, NotFoundError, UsageError
 
 if TYPE_CHECKING:
-    from inspera_cli.creating import CreateOutcome
-    from inspera_cli.models import Subscription
+    from inspera_cli.api_models import Subscription
+    from inspera_cli.subscribing import CreateOutcome
 
 # (key, header, no_wrap): an id, a name, a URL or a timestamp is never split across lines on a
 # terminal, but cut with an ellipsis when the table is too wide.
@@ -71,7 +71,7 @@ def list_(
 
 
 def check_endpoint(endpoint: str, *, allow_http: bool) -> None:
-    from inspera_cli.endpoints import endpoint_problem
+    from inspera_cli.subscribing import endpoint_problem
 
     problem = endpoint_problem(endpoint, allow_http=allow_http)
     if problem:
@@ -126,7 +126,7 @@ def create(
     """
     import secrets
 
-    from inspera_cli.creating import CreateState, Duplicates, create_subscriptions
+    from inspera_cli.subscribing import CreateState, Duplicates, create_subscriptions
 
     check_endpoint(endpoint, allow_http=allow_http)
     if if_not_exists and allow_duplicate:
@@ -174,7 +174,7 @@ def _render_created(outcomes: list[CreateOutcome], *, json: bool, generated: str
     """The subscriptions in place as a table (--json: every outcome), and a generated secret on a
     line of its own when a subscription may hold it."""
     from inspera_cli.commands.rendering import show_secret
-    from inspera_cli.creating import CreateState
+    from inspera_cli.subscribing import CreateState
 
     for outcome in outcomes:
         if outcome.state is CreateState.EXISTING and outcome.subscription is not None:
@@ -219,7 +219,7 @@ def _raise_failures(outcomes: list[CreateOutcome], wanted: int) -> None:
 
 
 def _failure_text(outcome: CreateOutcome) -> str:
-    from inspera_cli.creating import CreateState
+    from inspera_cli.subscribing import CreateState
 
     if outcome.state is CreateState.DUPLICATE:
         return (f"{outcome.error}: --if-not-exists leaves it alone, --allow-duplicate makes another "

@@ -10,10 +10,10 @@ from typing import Any
 from inspera_cli.inspector.store import Entry, SeenAnswer
 from inspera_cli.listener.policy import record_of
 from inspera_cli.listener.report import ForwardResult, Report, RequestKind, SignatureState, iso_now
-from inspera_cli.payload import parse_event
 from inspera_cli.recording import encode_record
 from inspera_cli.redaction import redact
 from inspera_cli.signing import SIGNATURE_HEADER, diagnose_signature
+from inspera_cli.webhook_body import parse_event
 
 
 def detail(entry: Entry, *, replay_target: str | None) -> dict[str, Any]:

@@ -324,7 +324,7 @@ class Inspector:
         return _json(200, api.detail(entry, replay_target=self._target(entry, None)))
 
     async def _replay(self, entry: Entry, body: bytes) -> Response:
-        from inspera_cli.delivery import signed_headers
+        from inspera_cli.sending import signed_headers
 
         try:
             asked = json.loads(body or b"{}")
@@ -346,8 +346,8 @@ class Inspector:
         return _json(200, api.replay_outcome(row))
 
     async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> Any:
-        from inspera_cli.delivery import DELIVERY_TIMEOUT
         from inspera_cli.listener.forward import Forwarder
+        from inspera_cli.sending import DELIVERY_TIMEOUT
 
         loop = asyncio.get_running_loop()
         if self._forwarder is None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from inspera_cli.listener.report import Exchange, ForwardResult, Report, RequestKind, SignatureState
-from inspera_cli.payload import as_int
 from inspera_cli.recording import RecordedRequest
+from inspera_cli.webhook_body import as_int
 
 KEEP = 1000
 MAX_BYTES = 64 << 20  # bodies held at most (a 1,000 rows of 1 MiB would be a gigabyte)

@@ -23,9 +23,9 @@ from inspera_cli.errors import SignatureError
 from inspera_cli.listener.forward import Forwarder
 from inspera_cli.listener.http import Answer, Request, Respond
 from inspera_cli.listener.report import ForwardResult, Report, RequestKind, SignatureState
-from inspera_cli.payload import VERIFICATION, parse_event
 from inspera_cli.recording import RecordWriter, body_fields
 from inspera_cli.signing import SIGNATURE_HEADER, Verifier
+from inspera_cli.webhook_body import VERIFICATION, parse_event
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Delivering queued events to the app, on the relay's event loop.
 
 Each route (an app URL) gets a lane: up to ``concurrency`` POSTs in flight on keep-alive
-connections (``inspera_cli.sender``), so a slow or dead app holds only its own lane. A lane claims
+connections (``inspera_cli.delivery_client``), so a slow or dead app holds only its own lane. A lane claims
 due events from the queue a little ahead of its free slots and starts them in the order claimed:
 earliest due first, then arrival order -- so first attempts start in arrival order.
 
@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from inspera_cli import sender
+from inspera_cli import delivery_client
 from inspera_cli._version import __version__
 from inspera_cli.relay.observe import Change, ChangeKind, Metrics
 from inspera_cli.relay.queue import EventQueue, QueuedEvent
@@ -48,11 +48,11 @@ _APP_DOWN = frozenset({502, 503, 504})
 @dataclass
 class _Lane:
     url: str
-    target: sender.Target
+    target: delivery_client.Target
     ready: deque[QueuedEvent] = field(default_factory=deque)  # claimed, not started
     running: set[asyncio.Task[None]] = field(default_factory=set)
     held: set[int] = field(default_factory=set)  # claimed: ready, running, or outcome not saved
-    idle: list[sender.Connection] = field(default_factory=list)
+    idle: list[delivery_client.Connection] = field(default_factory=list)
     # An attempt found the app unreachable since its last 2xx (at start: maybe, in an earlier run).
     app_down: bool = True
     next_due: float | None = 0.0  # None: nothing pending; 0: look now
@@ -83,7 +83,7 @@ class DeliveryEngine:
         self.lanes = {url: _Lane(url, _target(url)) for url in dict.fromkeys(urls)}
         self._wake = asyncio.Event()
         self._stopping = False
-        self._tls_for = sender.OriginTls()
+        self._tls_for = delivery_client.OriginTls()
 
     def notify(self, url: str | None = None) -> None:
         """On the loop: events were queued (for ``url``, or any lane): look for due work now."""
@@ -170,10 +170,10 @@ class DeliveryEngine:
             (DELIVERY_ID_HEADER, event.id),
             (ATTEMPT_HEADER, str(attempt)),
         ]
-        request = lane.target.request(event.body, sender.header_lines(headers))
+        request = lane.target.request(event.body, delivery_client.header_lines(headers))
         connection = _reusable(lane.idle)
         started = time.perf_counter()
-        connection, reply, error = await sender.post(
+        connection, reply, error = await delivery_client.post(
             lane.target.origin, connection, request, self.timeout, self._tls_for(lane.target.origin), _KEEP
         )
         seconds = time.perf_counter() - started
@@ -269,7 +269,7 @@ def _claim(queue: EventQueue, url: str, *, now: float, limit: int, held: frozens
     return events, queue.next_due(url, held=held | {event.seq for event in events})
 
 
-def _reusable(idle: list[sender.Connection]) -> sender.Connection | None:
+def _reusable(idle: list[delivery_client.Connection]) -> delivery_client.Connection | None:
     while idle:
         connection = idle.pop()
         if connection.open:
@@ -278,6 +278,6 @@ def _reusable(idle: list[sender.Connection]) -> sender.Connection | None:
     return None
 
 
-def _target(url: str) -> sender.Target:
-    return sender.target_for(url, headers=[("User-Agent", USER_AGENT), ("Accept", "*/*")])
+def _target(url: str) -> delivery_client.Target:
+    return delivery_client.target_for(url, headers=[("User-Agent", USER_AGENT), ("Accept", "*/*")])
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from inspera_cli.payload import build_body, utc_timestamp
+from inspera_cli.webhook_body import build_body, utc_timestamp
 
 # Deliveries per fire (count × subscriptions): the answer lists every delivery id.
 MAX_DELIVERIES = 1_000_000

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from inspera_cli.sandbox import wire
+from inspera_cli import delivery_client
+from inspera_cli.sandbox import signed_posts
 from inspera_cli.sandbox.burst import Burst, Recipient
 
 MAX_CONNECTIONS = 16  # per endpoint origin
@@ -159,7 +160,9 @@ class _Stream:
 
     __slots__ = ("burst", "next_index", "position", "recipient", "target")
 
-    def __init__(self, burst: Burst, position: int, recipient: Recipient, target: wire.Target) -> None:
+    def __init__(
+        self, burst: Burst, position: int, recipient: Recipient, target: delivery_client.Target
+    ) -> None:
         self.burst = burst
         self.position = position
         self.recipient = recipient
@@ -177,14 +180,14 @@ class _Stream:
     def take(self) -> _Job:
         index = self.next_index
         self.next_index += 1
-        request = wire.signed_request(self.target, self.burst.body(index), self.recipient.secret)
+        request = signed_posts.signed_request(self.target, self.burst.body(index), self.recipient.secret)
         return _Job(self, self.burst.delivery_id(index, self.position), request)
 
 
 class _Lane:
     """The work and the connections of one endpoint origin."""
 
-    def __init__(self, origin: wire.Origin) -> None:
+    def __init__(self, origin: delivery_client.Origin) -> None:
         self.origin = origin
         self.streams: deque[_Stream] = deque()
         self.retries: list[tuple[float, int, _Job]] = []  # a heap by due time
@@ -235,7 +238,7 @@ class DeliveryLoop:
         timeout: float,
         retries: int,
         retry_delay: float,
-        resolve: wire.Resolve,
+        resolve: delivery_client.Resolve,
         log: DeliveryLog,
         on_attempt: Callable[[Attempt], None] | None = None,
     ) -> None:
@@ -247,9 +250,9 @@ class DeliveryLoop:
         self.on_attempt = on_attempt
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="sandbox-delivery", daemon=True)
-        self._lanes: dict[wire.Origin, _Lane] = {}
+        self._lanes: dict[delivery_client.Origin, _Lane] = {}
         self._order = itertools.count()
-        self._tls_for = wire.OriginTls()
+        self._tls_for = delivery_client.OriginTls()
         self._stopped = False
 
     # -- any thread --------------------------------------------------------------------------------
@@ -311,7 +314,7 @@ class DeliveryLoop:
 
     def _add(self, burst: Burst) -> None:
         for position, recipient in enumerate(burst.recipients):
-            target = wire.target_for(recipient.endpoint, self.resolve)
+            target = signed_posts.target_for(recipient.endpoint, self.resolve)
             lane = self._lanes.get(target.origin)
             if lane is None:
                 lane = self._lanes[target.origin] = _Lane(target.origin)
@@ -353,7 +356,7 @@ class DeliveryLoop:
             self._loop.create_task(self._sender(lane))
 
     async def _sender(self, lane: _Lane) -> None:
-        connection: wire.Connection | None = None
+        connection: delivery_client.Connection | None = None
         opening = True
         try:
             while True:
@@ -411,21 +414,25 @@ class DeliveryLoop:
 
     async def _validate(self, url: str, body: bytes, secret: str, timeout: float) -> PostResult:
         try:
-            target = wire.target_for(url, self.resolve)
+            target = signed_posts.target_for(url, self.resolve)
         except ValueError as exc:  # a host name IDNA refuses: it cannot be reached either
             return PostResult(None, f"invalid host name ({exc})")
-        request = wire.signed_request(target, body, secret)
+        request = signed_posts.signed_request(target, body, secret)
         connection, result = await self._post(target.origin, None, request, timeout)
         if connection is not None:
             connection.close()
         return result
 
     async def _post(
-        self, origin: wire.Origin, connection: wire.Connection | None, request: bytes, timeout: float
-    ) -> tuple[wire.Connection | None, PostResult]:
+        self,
+        origin: delivery_client.Origin,
+        connection: delivery_client.Connection | None,
+        request: bytes,
+        timeout: float,
+    ) -> tuple[delivery_client.Connection | None, PostResult]:
         """POST on the given connection (or a new one); the connection left to reuse, and the result."""
         tls = self._tls_for(origin)
-        connection, answer, error = await wire.post(origin, connection, request, timeout, tls)
+        connection, answer, error = await delivery_client.post(origin, connection, request, timeout, tls)
         if answer is None:
             return None, PostResult(None, error)
         status = answer.status

@@ -27,11 +27,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from inspera_cli.errors import NetworkError
 from inspera_cli.event_names import BUILT_IN_EVENTS
-from inspera_cli.payload import verification_body
 from inspera_cli.sandbox.burst import MAX_DELIVERIES, Burst, Recipient, burst_problem
 from inspera_cli.sandbox.delivery import Attempt, DeliveryLog, DeliveryLoop
 from inspera_cli.sandbox.log_writer import LogWriter, printable
 from inspera_cli.sandbox.store import SubscriptionStore
+from inspera_cli.webhook_body import verification_body
 
 # The event types a sandbox offers unless told otherwise.
 DEFAULT_EVENTS = BUILT_IN_EVENTS

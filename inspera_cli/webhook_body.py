@@ -1,4 +1,6 @@
-"""Inspera's thin webhook payloads: parse JSON or Java-map bodies, build them as Inspera does."""
+"""The body of a webhook: Inspera's thin payload (``Event``), parsed from JSON or Java-map text and
+built as Inspera builds it. Its signature is ``signing``'s; the REST API's answers ``api_models``'.
+"""
 
 from __future__ import annotations
 

@@ -23,12 +23,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from inspera_cli import interrupts
-from inspera_cli.creating import CreateOutcome, CreateState, create_one
 from inspera_cli.errors import APIError, InsperaError
+from inspera_cli.subscribing import CreateOutcome, CreateState, create_one
 
 if TYPE_CHECKING:
+    from inspera_cli.api_models import Subscription
     from inspera_cli.client import InsperaClient
-    from inspera_cli.models import Subscription
     from inspera_cli.tunnel import Tunnel
 
 # With a tunnel, how long a create refused because validation failed is tried again: quick

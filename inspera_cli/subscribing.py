@@ -1,11 +1,14 @@
-"""Creating subscriptions so that a person always knows what exists.
+"""Creating subscriptions: which endpoints Inspera can call, and creates after which a person
+always knows what exists.
+
+``endpoint_problem`` is the one rule for `create`, `apply` and `listen`: Inspera calls HTTPS only.
 
 Inspera validates the endpoint before it answers a create, so a create cut short may still be
 made. Each create here is a write that Ctrl-C or SIGTERM does not abandon (``interrupts.write``),
 and each ends in a typed ``CreateOutcome`` handed to ``on_outcome`` before any interrupt is raised:
 the caller can always say what was made. An (event, endpoint) pair that already exists is refused,
 skipped or subscribed again, as the caller chooses. No Typer, no Rich: used by `create` and by
-`listen --subscribe` (``session.py``).
+`listen --subscribe` (``public_session.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from inspera_cli import interrupts
-from inspera_cli.errors import APIError, NetworkError, SubscriptionNotListed
+from inspera_cli.errors import APIError, NetworkError, SubscriptionNotListed, UsageError
+from inspera_cli.network import check_http_url, is_loopback_url
 
 if TYPE_CHECKING:
+    from inspera_cli.api_models import Subscription
     from inspera_cli.client import InsperaClient
-    from inspera_cli.models import Subscription
 
 STOPPED_WAITING = "stopped waiting for Inspera's answer: it may still make this subscription"
 # How a validation refused by a receiver that checks signatures reads ("... answered 401; ...").
@@ -68,6 +72,21 @@ class CreateOutcome:
             fields = {"subscriptionId": None, "event": self.event, "endpoint": self.endpoint,
                       "lastModified": None}
         return {**fields, "created": self.state is CreateState.CREATED, "error": self.error}
+
+
+def endpoint_problem(endpoint: str, *, allow_http: bool = False) -> str | None:
+    """Why Inspera would not call this endpoint, or None.
+
+    Inspera calls HTTPS only; plain http is let through for loopback (the sandbox, local tests)
+    and when the user insists (``allow_http``).
+    """
+    try:
+        parts = check_http_url(endpoint, "endpoint")
+    except UsageError as exc:
+        return str(exc)
+    if parts.scheme == "http" and not allow_http and not is_loopback_url(endpoint):
+        return f"endpoint {endpoint} is plain http: Inspera calls HTTPS endpoints only"
+    return None
 
 
 OnOutcome = Callable[[CreateOutcome], None]

@@ -1,5 +1,9 @@
-"""Send signed webhook bodies the way Inspera does (`trigger`, and `replay` of what
-`inspera_cli.recording` reads back). Knows nothing of Typer or Rich.
+"""One-off signed webhook POSTs, sent the way Inspera sends them and waited for: `trigger`,
+`replay` of what ``recording`` reads back, `doctor`'s validation POST and the inspector's replay.
+
+Blocking, through ``requests`` (``requests_session``): a person waits for each answer. The
+deliveries of the sandbox and of `relay`, many at a time, go through ``delivery_client``.
+Knows nothing of Typer or Rich.
 """
 
 from __future__ import annotations
@@ -57,8 +61,8 @@ class DeliveryResult:
 
 
 def new_session() -> requests.Session:
-    """A session for webhook POSTs: ``transport.make_session`` (the one factory), no JSON Accept."""
-    from inspera_cli.transport import make_session
+    """A session for webhook POSTs: ``requests_session.make_session`` (the one factory), no JSON Accept."""
+    from inspera_cli.requests_session import make_session
 
     return make_session(accept_json=False)
 

@@ -1,5 +1,7 @@
-"""Webhook POSTs over keep-alive HTTP/1.1 connections on an asyncio loop: the sender of the
-sandbox's deliveries and of `relay`'s.
+"""The HTTP client of deliveries: webhook POSTs over keep-alive HTTP/1.1 connections on an
+asyncio loop, for the sandbox's deliveries (``sandbox/delivery.py``) and `relay`'s
+(``relay/delivery.py``). One-off POSTs from the command line (`trigger`, `replay`) are
+``sending.py``'s.
 
 A webhook POST is tiny and its answer is only a status, so we speak the little HTTP it needs
 ourselves: one request line and a few headers out, a status line, headers and a dropped body in

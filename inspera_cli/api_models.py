@@ -1,4 +1,5 @@
-"""What the Inspera API answers, as typed objects, and tolerant parsers for its shapes.
+"""What the Inspera REST API answers (subscriptions, event types), as typed objects, and tolerant
+parsers for its shapes. What a webhook itself carries is ``webhook_body``'s.
 
 No HTTP here (and no `requests` import): the client and shell completion both use it.
 """
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inspera_cli.errors import APIError
-from inspera_cli.payload import as_int
+from inspera_cli.webhook_body import as_int
 
 
 @dataclass(frozen=True)

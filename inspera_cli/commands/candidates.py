@@ -1,4 +1,5 @@
-"""Dynamic shell completion: event names and subscription ids from the tenant's API.
+"""What TAB offers: event names and subscription ids from the tenant's API (the script that asks
+is `completion`'s); offline commands check event names against the same cached list.
 
 A completion runs on every TAB, so it must be fast and must never print an error into the user's
 prompt. Hence: settings come from the same flags / environment / profile as any command, answers are
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from inspera_cli.errors import APIError
 
-# Every command module imports this one for its completers: what they need is imported on a TAB.
+# Every command module imports this one for its completion callbacks: what they need is imported on a TAB.
 if TYPE_CHECKING:
     from inspera_cli.config import Settings
     from inspera_cli.network import Answer
@@ -154,7 +155,7 @@ def _api_get(settings: Settings, path: str, deadline: float) -> Any:
 
 
 def _event_items(data: Any) -> list[Candidate]:
-    from inspera_cli.models import parse_event_types
+    from inspera_cli.api_models import parse_event_types
 
     try:
         events = parse_event_types(data)
@@ -167,7 +168,7 @@ def _event_items(data: Any) -> list[Candidate]:
 
 
 def _subscription_items(data: Any) -> list[Candidate]:
-    from inspera_cli.models import parse_subscriptions
+    from inspera_cli.api_models import parse_subscriptions
 
     try:
         subs = parse_subscriptions(data)
