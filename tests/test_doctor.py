@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from inspera_cli import checks as doctor_checks
 from inspera_cli.client import InsperaClient
 from inspera_cli.signing import SIGNATURE_HEADER, is_valid
+from inspera_cli.tls import certificate_not_after
 from tests.conftest import SANDBOX_API_KEY, Cli
 
 SECRET = "doctor-test-secret-7c1e"
@@ -482,6 +483,6 @@ def test_certificate_not_after_reads_der(ca: trustme.CA) -> None:
     pem = ca.issue_cert("example.test").cert_chain_pems[0].bytes()
     certificate = x509.load_pem_x509_certificate(pem)
     der = certificate.public_bytes(serialization.Encoding.DER)
-    assert doctor_checks.certificate_not_after(der) == certificate.not_valid_after_utc
+    assert certificate_not_after(der) == certificate.not_valid_after_utc
     with pytest.raises(ValueError, match="not a DER X.509 certificate"):
-        doctor_checks.certificate_not_after(b"\x30\x03\x02\x01")
+        certificate_not_after(b"\x30\x03\x02\x01")
