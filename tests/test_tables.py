@@ -1,4 +1,4 @@
-"""Tables on a terminal (inspera_cli/table_layout.py): the picture, fitting the width, cutting and folding."""
+"""Tables on a terminal (inspera_cli/output/table.py): the picture, fitting the width, cutting and folding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inspera_cli.table_layout import (
+from inspera_cli.output.table import (
     BOLD,
     RESET,
     Column,

@@ -1,4 +1,5 @@
-"""All terminal output: the only module that imports Rich (lazily, so start-up stays fast).
+"""All terminal output: the only room that imports Rich (lazily, so start-up stays fast); its
+``table`` lays tables out without Rich.
 
 Data goes to stdout; messages, progress and errors go to stderr.
 """
@@ -18,9 +19,9 @@ from inspera_cli.redaction import redact
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from inspera_cli.table_layout import Column
+    from inspera_cli.output.table import Column
 
-    # A table column: (key, header), (key, header, no_wrap) or a tables.Column.
+    # A table column: (key, header), (key, header, no_wrap) or an output.table.Column.
     ColumnSpec = tuple[str, str] | tuple[str, str, bool] | Column
 
 PROG = "inspera-hooks"
@@ -253,7 +254,7 @@ def render_table(
     are cut with an ellipsis on a terminal rather than folded (piped, every value is whole). On a
     terminal, no rows is the ``empty`` note on stderr rather than an empty box.
     """
-    from inspera_cli.table_layout import Column, terminal_table
+    from inspera_cli.output.table import Column, terminal_table
 
     shown = [c if isinstance(c, Column) else Column(*c) for c in columns]
     if is_terminal():
