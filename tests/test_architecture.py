@@ -1,0 +1,113 @@
+"""The house rules hold: the layer rules bite in `ruff check` (a violation planted in a copy of the
+package fails it), and ARCHITECTURE.md names only rooms that exist, and every room there is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "inspera_cli"
+
+# A function-level import: only the layer rule (TID251) can object to it.
+INSIDE = "\n\ndef _planted() -> None:\n    {statement}\n"
+# A module-level import after the code: only the start-up rule (TID253) and the layer rule apply
+# (the run selects the TID rules, so import order and placement do not count).
+TOP = "\n{statement}\n"
+
+
+def ruff(tree: Path) -> list[dict[str, Any]]:
+    """`ruff check` of a copied tree, the way .ci/run runs it (the tree's own configuration)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "TID", "--output-format",
+         "json", "."],
+        cwd=tree, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    diagnostics: list[dict[str, Any]] = json.loads(result.stdout)
+    assert (result.returncode == 1) == bool(diagnostics)
+    return diagnostics
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """The package and the ruff configuration (top-level and nested), copied."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(PACKAGE, tmp_path / "inspera_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_the_package_as_it_is_passes(tree: Path) -> None:
+    assert ruff(tree) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "template", "statement", "rule", "banned"),
+    [
+        # Rich only in output/.
+        ("inspera_cli/network.py", INSIDE, "import rich", "TID251", "rich"),
+        ("inspera_cli/listener/policy.py", INSIDE, "from rich.table import Table", "TID251", "rich"),
+        ("inspera_cli/commands/doctor.py", INSIDE, "from rich.console import Console", "TID251", "rich"),
+        ("inspera_cli/cli.py", TOP, "import rich", "TID253", "rich"),
+        # Typer (and Click) only in cli.py and commands/.
+        ("inspera_cli/recording.py", INSIDE, "import typer", "TID251", "typer"),
+        ("inspera_cli/checks/tenant.py", INSIDE, "from typer import Exit", "TID251", "typer"),
+        ("inspera_cli/output/__init__.py", INSIDE, "import typer", "TID251", "typer"),
+        ("inspera_cli/relay/queue.py", INSIDE, "import click", "TID251", "click"),
+        # Library rooms (and output) never import the command layer, library rooms never output.
+        ("inspera_cli/subscribing.py", INSIDE, "from inspera_cli.commands import common",
+         "TID251", "inspera_cli.commands"),
+        ("inspera_cli/output/table.py", INSIDE, "from inspera_cli.commands.help import HelpGroup",
+         "TID251", "inspera_cli.commands"),
+        ("inspera_cli/sandbox/server.py", INSIDE, "from inspera_cli import output", "TID251",
+         "inspera_cli.output"),
+        ("inspera_cli/client.py", INSIDE, "import inspera_cli.output", "TID251", "inspera_cli.output"),
+        ("inspera_cli/public_session.py", INSIDE, "from inspera_cli.cli import main", "TID251",
+         "inspera_cli.cli"),
+        ("inspera_cli/commands/listen.py", INSIDE, "from inspera_cli.cli import app", "TID251",
+         "inspera_cli.cli"),
+        ("inspera_cli/tunnel.py", INSIDE, "from inspera_cli import __version__", "TID251",
+         "inspera_cli.__version__"),
+        # A room added later is covered without being listed anywhere.
+        ("inspera_cli/new_room.py", TOP, "import typer", "TID251", "typer"),
+        ("inspera_cli/new_package/room.py", INSIDE, "import rich.progress", "TID251", "rich"),
+        # Start-up: heavy modules are imported inside functions in cli.py and commands/.
+        ("inspera_cli/commands/subscriptions.py", TOP, "import requests", "TID253", "requests"),
+        ("inspera_cli/commands/relay.py", TOP, "import sqlite3", "TID253", "sqlite3"),
+        ("inspera_cli/commands/listen.py", TOP, "import asyncio", "TID253", "asyncio"),
+        ("inspera_cli/commands/sending.py", TOP, "from http.server import HTTPServer", "TID253",
+         "http.server"),
+        ("inspera_cli/cli.py", TOP, "import ssl", "TID253", "ssl"),
+        ("inspera_cli/commands/apply.py", TOP, "import pydantic", "TID253", "pydantic"),
+        ("inspera_cli/commands/common.py", TOP, "from inspera_cli.client import InsperaClient",
+         "TID253", "inspera_cli.client"),
+        ("inspera_cli/commands/new_command.py", TOP, "from inspera_cli.listener.server import Listener",
+         "TID253", "inspera_cli.listener.server"),
+    ],
+)
+def test_a_planted_violation_fails_ruff(
+    tree: Path, path: str, template: str, statement: str, rule: str, banned: str
+) -> None:
+    planted = tree / path
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    before = planted.read_text() if planted.exists() else ""
+    planted.write_text(before + template.format(statement=statement))
+    line = before.count("\n") + template.format(statement=statement).rstrip("\n").count("\n") + 1
+    diagnostics = ruff(tree)
+    found = [(Path(d["filename"]).relative_to(tree).as_posix(), d["location"]["row"], d["code"])
+             for d in diagnostics]
+    assert found == [(path, line, rule)]
+    assert diagnostics[0]["message"].startswith(f"`{banned}` is banned")
+
+
+def test_library_rooms_may_import_heavy_modules_at_module_level(tree: Path) -> None:
+    """The start-up rule is the command line's: a library room imports what it uses at the top."""
+    planted = tree / "inspera_cli" / "network.py"
+    planted.write_text(planted.read_text() + TOP.format(statement="import sqlite3"))
+    assert ruff(tree) == []
