@@ -4,6 +4,7 @@ package fails it), and ARCHITECTURE.md names only rooms that exist, and every ro
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,52 @@ def test_library_rooms_may_import_heavy_modules_at_module_level(tree: Path) -> N
     planted = tree / "inspera_cli" / "network.py"
     planted.write_text(planted.read_text() + TOP.format(statement="import sqlite3"))
     assert ruff(tree) == []
+
+
+# -- ARCHITECTURE.md ------------------------------------------------------------------------------
+
+ARCHITECTURE = (ROOT / "ARCHITECTURE.md").read_text()
+# What ARCHITECTURE.md names: every `backticked` word, a call's arguments dropped.
+NAMED = {re.sub(r"\(.*\)$", "", word) for word in re.findall(r"`([^`\n]+)`", ARCHITECTURE)}
+PATHS = sorted(word for word in NAMED if " " not in word and re.search(r"(\.py|\.toml|\.md|/)$", word))
+IDENTIFIERS = sorted(
+    word for word in NAMED
+    if re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", word) and ("." in word or "_" in word or word[0].isupper())
+    and word not in PATHS
+)
+SOURCE = "\n".join(path.read_text() for path in PACKAGE.rglob("*.py"))
+
+
+def test_it_names_what_it_walks_through() -> None:
+    """The parser of this test finds what it should (so the tests below cannot pass on nothing)."""
+    assert {"cli.py", "listener/policy.py", "relay/queue.py", "commands/", "output/"} <= set(PATHS)
+    assert {"InsperaClient", "EventQueue", "cli.COMMANDS", "ListenPolicy.accept"} <= set(IDENTIFIERS)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_path_it_names_exists(path: str) -> None:
+    assert (PACKAGE / path).exists() or (ROOT / path).exists(), f"ARCHITECTURE.md names {path}"
+
+
+@pytest.mark.parametrize("name", IDENTIFIERS)
+def test_every_name_it_gives_is_defined(name: str) -> None:
+    """`cli.COMMANDS`, `ReceiverPolicy.handle`, `InsperaClient`: defined in the package."""
+    last = name.rsplit(".", 1)[-1]
+    defined = re.compile(rf"^\s*(?:async\s+def|def|class)\s+{last}\b|^\s*{last}\s*(?::[^=\n]*)?=", re.M)
+    assert defined.search(SOURCE), f"ARCHITECTURE.md names {name}, which the package does not define"
+
+
+def test_every_room_is_on_the_map() -> None:
+    """Each module of the package is named (a command's module may be named by cli.COMMANDS
+    instead: one module per command is the rule), and so is each subpackage."""
+    from inspera_cli.cli import COMMANDS
+
+    command_modules = {f"commands/{module}.py" for module in COMMANDS.values()}
+    missing = []
+    for module in sorted(PACKAGE.rglob("*.py")):
+        path = module.relative_to(PACKAGE).as_posix()
+        if module.name == "__init__.py" and module.parent != PACKAGE:
+            path = f"{module.parent.relative_to(PACKAGE).as_posix()}/"
+        if path not in PATHS and path not in command_modules:
+            missing.append(path)
+    assert missing == [], "add these rooms to ARCHITECTURE.md's code map"
