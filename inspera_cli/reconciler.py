@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from inspera_cli.errors import APIError, InsperaError
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from inspera_cli.subscriptions_file import DesiredSubscription
 
 DEFAULT_CONCURRENCY = 4
-NOT_STARTED = "not started: interrupted (apply again to finish)"
 
 
 # -- planning --------------------------------------------------------------------------------------
@@ -71,21 +71,51 @@ def make_plan(desired: Sequence[DesiredSubscription], live: Sequence[Subscriptio
 # -- applying --------------------------------------------------------------------------------------
 
 
+class Action(StrEnum):
+    CREATE = "create"
+    DELETE = "delete"
+
+
+class OutcomeState(StrEnum):
+    DONE = "done"  # made (a delete of one already gone, too: ``existed`` is then False)
+    FAILED = "failed"  # tried and refused, or no answer: ``error`` says why
+    SKIPPED = "skipped"  # a delete not tried because a create failed (apply again to finish)
+    NOT_STARTED = "not started"  # not tried: interrupted (apply again to finish)
+
+
+# What a person is told about a change that was not tried.
+UNTRIED = {
+    OutcomeState.SKIPPED: "skipped: a create failed, so nothing is deleted (fix it and apply again)",
+    OutcomeState.NOT_STARTED: "not started: interrupted (apply again to finish)",
+}
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """The result of one planned change: ``error`` is None when it succeeded."""
+    """The result of one planned change."""
 
-    action: str  # "create" or "delete"
+    action: Action
     event: str
     endpoint: str
     subscription: Subscription | None = None
-    error: str | None = None
+    state: OutcomeState = OutcomeState.DONE
+    reason: str | None = None  # why it FAILED
     existed: bool = True  # for a delete: False when it was already gone
-    started: bool = True  # False when it was skipped or never begun (interrupted)
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.state is OutcomeState.DONE
+
+    @property
+    def started(self) -> bool:
+        return self.state in (OutcomeState.DONE, OutcomeState.FAILED)
+
+    @property
+    def error(self) -> str | None:
+        """Why the change was not made, in words (None when it was)."""
+        if self.state is OutcomeState.FAILED:
+            return self.reason
+        return UNTRIED.get(self.state)
 
 
 @dataclass
@@ -168,28 +198,28 @@ def apply_plan(
 
     def create(d: DesiredSubscription) -> Outcome:
         if halt.is_set():
-            return Outcome("create", d.event, d.endpoint, error=NOT_STARTED, started=False)
+            return Outcome(Action.CREATE, d.event, d.endpoint, state=OutcomeState.NOT_STARTED)
         try:
             sub = workers.get().create(d.event, d.endpoint, d.secret)
         except Exception as exc:
-            return Outcome("create", d.event, d.endpoint, error=_reason(exc, d.secret_env))
-        return Outcome("create", d.event, d.endpoint, subscription=sub)
+            return Outcome(Action.CREATE, d.event, d.endpoint, state=OutcomeState.FAILED,
+                           reason=_reason(exc, d.secret_env))
+        return Outcome(Action.CREATE, d.event, d.endpoint, subscription=sub)
 
     def delete(sub: Subscription) -> Outcome:
         if halt.is_set():
-            return Outcome("delete", sub.event, sub.endpoint, sub, error=NOT_STARTED, started=False)
+            return Outcome(Action.DELETE, sub.event, sub.endpoint, sub, state=OutcomeState.NOT_STARTED)
         try:
             existed = workers.get().delete(sub.subscription_id, missing_ok=True)
         except Exception as exc:
-            return Outcome("delete", sub.event, sub.endpoint, subscription=sub, error=_reason(exc))
-        return Outcome("delete", sub.event, sub.endpoint, subscription=sub, existed=existed)
+            return Outcome(Action.DELETE, sub.event, sub.endpoint, sub, state=OutcomeState.FAILED,
+                           reason=_reason(exc))
+        return Outcome(Action.DELETE, sub.event, sub.endpoint, sub, existed=existed)
 
     result.created = _run(create, plan.create, concurrency, on_done)
     if any(not o.ok for o in result.created):
-        skipped = "skipped: a create failed, so nothing is deleted (fix it and apply again)"
         result.deleted = [
-            Outcome("delete", s.event, s.endpoint, subscription=s, error=skipped, started=False)
-            for s in plan.delete
+            Outcome(Action.DELETE, s.event, s.endpoint, s, state=OutcomeState.SKIPPED) for s in plan.delete
         ]
         for outcome in result.deleted:
             if on_done:

@@ -196,7 +196,8 @@ def test_failed_create_skips_the_prune(cli: Cli, env: Any, receiver: Receiver, t
 
     data = run(cli, "-f", str(path), "--prune", "--json", expect=1).json
     [delete] = data["delete"]
-    assert delete["deleted"] is False and delete["error"].startswith("skipped")
+    assert delete["deleted"] is False
+    assert delete["error"] == "skipped: a create failed, so nothing is deleted (fix it and apply again)"
     assert live(env) == {("test_closed", receiver.url("/old"))}
 
 

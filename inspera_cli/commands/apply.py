@@ -10,7 +10,7 @@ import typer
 
 from inspera_cli import interrupts, output
 from inspera_cli.commands.common import JsonOption, state
-from inspera_cli.errors import ExitCode, InsperaError
+from inspera_cli.errors import InsperaError
 
 if TYPE_CHECKING:
     from inspera_cli.client import InsperaClient
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 # The file `apply` reads unless -f names another.
 DEFAULT_FILE = Path("inspera-hooks.toml")
+# `--detailed-exitcode` (Terraform's convention): changes were made or planned. Not a usage error,
+# though both are 2.
+CHANGES_EXIT_CODE = 2
 # The outcome of a change abandoned by a second Ctrl-C.
 UNFINISHED = "outcome unknown: stopped waiting for it (apply again: it finds what was made)"
 
@@ -91,7 +94,7 @@ def apply(
             "cause and run apply again to finish"
         )
     if detailed_exitcode and plan.changes:
-        raise typer.Exit(ExitCode.CHANGES)
+        raise typer.Exit(CHANGES_EXIT_CODE)
 
 
 def _carry_out(client: InsperaClient, plan: Plan, *, concurrency: int, json: bool) -> ApplyResult:
@@ -164,9 +167,11 @@ def _show_summary(plan: Plan, result: ApplyResult | None, *, dry_run: bool) -> N
 
 def _show_interrupted(plan: Plan, done: list[Outcome]) -> None:
     """What an interrupted apply made, and what it did not."""
+    from inspera_cli.reconciler import Action
+
     made = [o for o in done if o.ok]
     for outcome in made:
-        sign, verb = ("+", "created") if outcome.action == "create" else ("-", "deleted")
+        sign, verb = ("+", "created") if outcome.action is Action.CREATE else ("-", "deleted")
         sid = outcome.subscription.subscription_id if outcome.subscription else "?"
         output.styled_line(f"{sign} {verb}  {outcome.event}  {outcome.endpoint}  (id {sid})", "green")
     for outcome in done:
@@ -187,9 +192,11 @@ def _plan_json(
     plan: Plan, outcomes: Sequence[Outcome], *, applied: bool, unfinished: str | None = None
 ) -> dict[str, Any]:
     """The plan with each item's outcome; ``unfinished`` is the error of an item without one."""
-    creates = {(o.event, o.endpoint): o for o in outcomes if o.action == "create"}
+    from inspera_cli.reconciler import Action
+
+    creates = {(o.event, o.endpoint): o for o in outcomes if o.action is Action.CREATE}
     deletes = {o.subscription.subscription_id: o for o in outcomes
-               if o.action == "delete" and o.subscription is not None}
+               if o.action is Action.DELETE and o.subscription is not None}
     create_items = []
     for d in plan.create:
         outcome = creates.get(d.key)
