@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -235,38 +236,75 @@ def host_of(url: str) -> str:
         return url
 
 
-def is_connection_refused(exc: BaseException) -> bool:
-    """Whether nothing listens where a request went: it never reached a server, so it is safe
-    to send again."""
-    return any(isinstance(e, ConnectionRefusedError) for e in _chain(exc))
+class NoAnswer(StrEnum):
+    """Why a request got no HTTP answer."""
+
+    CONNECT_TIMEOUT = "connect timeout"
+    TIMEOUT = "timeout"  # connected, but the answer did not come in time
+    TLS_VERIFICATION = "TLS verification"
+    TLS = "TLS"
+    DNS = "DNS"
+    REFUSED = "refused"
+    CLOSED = "closed"
+    INVALID_URL = "invalid URL"
+    OTHER = "other"
+
+    @property
+    def timed_out(self) -> bool:
+        return self in (NoAnswer.CONNECT_TIMEOUT, NoAnswer.TIMEOUT)
 
 
-def describe_network_error(exc: BaseException, timeout: float, *, url: str | None = None) -> str:
-    """One short reason for a request that got no HTTP answer, the same wording everywhere:
-    e.g. ``connection refused`` rather than urllib3's essay. Callers add the host and what the
-    user can do about it."""
+def no_answer(exc: BaseException) -> NoAnswer:
+    """What kind of failure an exception from a request (requests, urllib3 or the socket) is."""
     import socket
     import ssl
 
     chain = _chain(exc)
     kinds = {type(e).__name__ for e in chain}
     if kinds & {"ConnectTimeout", "ConnectTimeoutError"} and not kinds & {"NewConnectionError"}:
-        return f"could not connect within {min(timeout, MAX_CONNECT_TIMEOUT):g} s"
+        return NoAnswer.CONNECT_TIMEOUT
     if any(isinstance(e, TimeoutError) for e in chain) or kinds & {"ReadTimeout", "Timeout"}:
-        return f"no answer within {timeout:g} s"
-    verify = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
-    if verify is not None:
-        return f"TLS verification failed: {verify.verify_message or 'certificate verify failed'}"
+        return NoAnswer.TIMEOUT
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        return NoAnswer.TLS_VERIFICATION
     if any(isinstance(e, ssl.SSLError) for e in chain) or "SSLError" in kinds:
-        return f"TLS error: {_innermost_text(chain)}"
+        return NoAnswer.TLS
     if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolutionError" in kinds:
+        return NoAnswer.DNS
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return NoAnswer.REFUSED
+    if kinds & {"RemoteDisconnected", "IncompleteRead", "ConnectionResetError", "BrokenPipeError"}:
+        return NoAnswer.CLOSED
+    if kinds & {"InvalidURL", "MissingSchema", "InvalidSchema", "LocationParseError"}:
+        return NoAnswer.INVALID_URL
+    return NoAnswer.OTHER
+
+
+def describe_network_error(exc: BaseException, timeout: float, *, url: str | None = None) -> str:
+    """One short reason for a request that got no HTTP answer, the same wording everywhere:
+    e.g. ``connection refused`` rather than urllib3's essay. Callers add the host and what the
+    user can do about it."""
+    import ssl
+
+    chain = _chain(exc)
+    kind = no_answer(exc)
+    if kind is NoAnswer.CONNECT_TIMEOUT:
+        return f"could not connect within {min(timeout, MAX_CONNECT_TIMEOUT):g} s"
+    if kind is NoAnswer.TIMEOUT:
+        return f"no answer within {timeout:g} s"
+    if kind is NoAnswer.TLS_VERIFICATION:
+        verify = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
+        return f"TLS verification failed: {verify.verify_message or 'certificate verify failed'}"
+    if kind is NoAnswer.TLS:
+        return f"TLS error: {_innermost_text(chain)}"
+    if kind is NoAnswer.DNS:
         name = _hostname(url) if url else None
         return f"cannot resolve host {name!r}" if name else "cannot resolve the host name"
-    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+    if kind is NoAnswer.REFUSED:
         return "connection refused"
-    if kinds & {"RemoteDisconnected", "IncompleteRead", "ConnectionResetError", "BrokenPipeError"}:
+    if kind is NoAnswer.CLOSED:
         return "the connection was closed without an answer"
-    if kinds & {"InvalidURL", "MissingSchema", "InvalidSchema", "LocationParseError"}:
+    if kind is NoAnswer.INVALID_URL:
         return f"invalid URL: {_innermost_text(chain)}"
     return _innermost_text(chain)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from inspera_cli.network import describe_network_error, is_connection_refused
+from inspera_cli.network import NoAnswer, describe_network_error, no_answer
 from inspera_cli.redaction import redact
 from inspera_cli.signing import SIGNATURE_HEADER, sign
 
@@ -41,11 +41,16 @@ class DeliveryResult:
     answer_excerpt: str = ""
     event: str | None = None
     context_object_id: Any = None  # of a replayed record
-    refused: bool = False  # nothing listened: the request reached no server
+    no_answer: NoAnswer | None = None  # why ``status`` is None
 
     @property
     def ok(self) -> bool:
         return self.status == 200
+
+    @property
+    def refused(self) -> bool:
+        """Nothing listened: the request reached no server."""
+        return self.no_answer is NoAnswer.REFUSED
 
     def to_json(self, *, with_event: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -98,7 +103,7 @@ def post(
         latency = (time.perf_counter() - started) * 1000
         error = describe_network_error(exc, timeout, url=url)
         return DeliveryResult(attempt, None, round(latency, 1), error, event=event,
-                              refused=is_connection_refused(exc))
+                              no_answer=no_answer(exc))
     latency = (time.perf_counter() - started) * 1000
     # A receiver that echoes what it got must not show the secret (`redact`).
     excerpt = redact(" ".join(response.text.split())[:200]) if response.status_code != 200 else ""

@@ -346,6 +346,13 @@ def test_endpoint_that_never_answers(trusted: trustme.CA) -> None:
     assert check.fix is not None and check.fix.startswith("Inspera gives up after 0.2 s")
 
 
+def test_an_endpoint_named_within_that_cannot_be_reached_is_not_called_slow() -> None:
+    # The fix follows the kind of failure, not a word in the error: this host name holds "within".
+    check = doctor_checks.validation_check("http://within:99999/", validation_timeout=0.2)
+    assert check.detail == "no answer: invalid URL: Failed to parse: http://within:99999/"
+    assert check.fix == "is the receiver running, and reachable at this URL?"
+
+
 def test_a_plain_http_endpoint_on_this_machine_passes_with_a_tenant_on_this_machine(
     cli: Cli, sandbox_env: Any
 ) -> None:

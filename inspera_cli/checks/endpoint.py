@@ -165,7 +165,7 @@ def validation_check(
     status = result.status
     if status is None:
         error = result.error or "no answer"
-        if "within" in error:
+        if result.no_answer is not None and result.no_answer.timed_out:
             return Check(ENDPOINT_VALIDATION, FAIL, f"no answer: {error}", f"{limit}: {quick}")
         return Check(
             ENDPOINT_VALIDATION,
