@@ -74,7 +74,16 @@ class CreateOutcome:
         return {**fields, "created": self.state is CreateState.CREATED, "error": self.error}
 
 
-def endpoint_problem(endpoint: str, *, allow_http: bool = False) -> str | None:
+@dataclass(frozen=True)
+class EndpointProblem:
+    """Why Inspera would not call an endpoint: ``message`` for the user; ``plain_http`` when the URL
+    is otherwise fine and only its scheme is (so ``allow_http`` would let it through)."""
+
+    message: str
+    plain_http: bool = False
+
+
+def endpoint_problem(endpoint: str, *, allow_http: bool = False) -> EndpointProblem | None:
     """Why Inspera would not call this endpoint, or None.
 
     Inspera calls HTTPS only; plain http is let through for loopback (the sandbox, local tests)
@@ -83,9 +92,10 @@ def endpoint_problem(endpoint: str, *, allow_http: bool = False) -> str | None:
     try:
         parts = check_http_url(endpoint, "endpoint")
     except UsageError as exc:
-        return str(exc)
+        return EndpointProblem(str(exc))
     if parts.scheme == "http" and not allow_http and not is_loopback_url(endpoint):
-        return f"endpoint {endpoint} is plain http: Inspera calls HTTPS endpoints only"
+        return EndpointProblem(f"endpoint {endpoint} is plain http: Inspera calls HTTPS endpoints only",
+                               plain_http=True)
     return None
 
 

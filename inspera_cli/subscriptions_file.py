@@ -198,7 +198,7 @@ def _check_entry(
         else:
             values[key] = entry[key].strip()
     if "endpoint" in values and (unreachable := endpoint_problem(values["endpoint"])):
-        problems.append(Problem(finder.entry_key(index, "endpoint"), unreachable))
+        problems.append(Problem(finder.entry_key(index, "endpoint"), unreachable.message))
     if "secret_env" in values and (secret_problem := env_secret_problem(values["secret_env"], env)):
         problems.append(Problem(finder.entry_key(index, "secret_env"),
                                 f"secret_env {values['secret_env']}: {secret_problem}"))

@@ -94,3 +94,14 @@ def test_a_receiver_that_answers_401_is_explained(cli: Cli, env: Any, tmp_path: 
     assert "set HOOK_SECRET to the secret the receiver verifies with" in applied
     assert "give listen that receiver's secret with --secret-env VAR" in listened
     assert env.subscriptions() == []
+
+
+def test_only_a_plain_http_endpoint_is_told_about_allow_http(cli: Cli, env: Any) -> None:
+    create = ("create", "--event", "test_closed", "--secret-env", "HOOK_SECRET")
+    plain = cli(*create, "--endpoint", "http://hooks.example.edu/inspera", expect=2).stderr
+    assert plain == (
+        "inspera-hooks: error: --endpoint http://hooks.example.edu/inspera is plain http: Inspera calls "
+        "HTTPS endpoints only (pass --allow-http to send it anyway)\n"
+    )
+    not_a_url = cli(*create, "--endpoint", "ftp://hooks.example.edu/inspera", expect=2).stderr
+    assert "is not an http(s) URL" in not_a_url and "--allow-http" not in not_a_url

@@ -75,8 +75,8 @@ def check_endpoint(endpoint: str, *, allow_http: bool) -> None:
 
     problem = endpoint_problem(endpoint, allow_http=allow_http)
     if problem:
-        hint = " (pass --allow-http to send it anyway)" if "plain http" in problem else ""
-        raise UsageError(f"--{problem}{hint}")
+        hint = " (pass --allow-http to send it anyway)" if problem.plain_http else ""
+        raise UsageError(f"--{problem.message}{hint}")
 
 
 def create(
