@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, unique
 
 from inspera_cli.redaction import redact
 
 
+@unique
 class ExitCode(IntEnum):
+    """What an exit status means (SPEC §3), one name per number. `apply --detailed-exitcode` says
+    "changes" with a 2 of its own (``commands.apply.CHANGES_EXIT_CODE``)."""
+
     OK = 0
     FAILURE = 1
     USAGE = 2
-    CHANGES = 2  # apply --detailed-exitcode: changes made or planned
     CREDENTIALS = 3
     NOT_FOUND = 4
     INTERRUPTED = 130

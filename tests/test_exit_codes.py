@@ -1,4 +1,5 @@
-"""Exit codes that need a real process: Ctrl-C, Click's own usage errors, `python -m`."""
+"""Exit codes: one name per number, and those that need a real process (Ctrl-C, Click's own usage
+errors, `python -m`)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,10 @@ def test_click_usage_error_is_one_line_and_2_from_the_installed_program(tmp_path
 def test_python_dash_m_works(tmp_path):
     done = subprocess.run([sys.executable, "-m", "inspera_cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("inspera-hooks ")
+
+
+def test_each_exit_code_has_one_name():
+    from inspera_cli.errors import ExitCode
+
+    # An alias (CHANGES = 2 beside USAGE = 2) would hide which of the two a 2 meant.
+    assert len(ExitCode.__members__) == len(ExitCode)
