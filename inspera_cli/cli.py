@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
-from typer.completion import completion_init
+from typer._completion_classes import completion_init  # where it is defined (typer.completion re-imports it)
 from typer.core import TyperGroup, TyperOption
 
 from inspera_cli import interrupts, output
