@@ -74,8 +74,10 @@ class TokenCache:
 
     def get(self, url: str, client_id: str, api_key: str) -> Token | None:
         entry = self._load().get(self.key(url, client_id, api_key))
+        if not isinstance(entry, dict):
+            return None
         try:
-            token = Token(str(entry["access_token"]), float(entry["expires_at"]))  # type: ignore[index]
+            token = Token(str(entry["access_token"]), float(entry["expires_at"]))
         except (TypeError, KeyError, ValueError):
             return None
         register_secret(token.access_token)

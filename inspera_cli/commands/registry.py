@@ -64,12 +64,11 @@ class LazyCommands(MutableMapping[str, Any]):
         )
         module.register(app)
         use_help_classes(app)
-        # Only the one asked for; a callback makes Typer build a group around it, as for the root.
+        # Only the one asked for, built in a group as for the root.
         app.registered_commands = [info for info in app.registered_commands if info.name == name]
         app.registered_groups = [info for info in app.registered_groups if info.name == name]
         _resolve_annotations(app)
-        app.callback()(_no_options)
-        command = typer.main.get_command(app).commands.get(name)  # type: ignore[attr-defined]
+        command = typer.main.get_group(app).commands.get(name)
         if command is None:
             raise LookupError(f"inspera_cli.commands.{module_name}.register() registers no {name!r}")
         use_plain_values(command)
@@ -87,7 +86,3 @@ def _resolve_annotations(app: typer.Typer) -> None:
     for group in app.registered_groups:
         if group.typer_instance is not None:
             _resolve_annotations(group.typer_instance)
-
-
-def _no_options() -> None:
-    """The callback of the group a command is built in (never run)."""
