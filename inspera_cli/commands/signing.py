@@ -24,8 +24,6 @@ BodyArgument = Annotated[
 ]
 
 
-
-
 def sign_body(
     file: BodyArgument = "-",
     secret_env: SecretEnvOption = None,
