@@ -5,8 +5,8 @@
 In one run:
 
 1. accept rate: `relay` (its app up and taking every event) beside `listen --record` on the same
-   machine, with bench_listen's load generator (wrk with one thread, else its Python generator),
-   at 32 and 256 connections. Goal: relay >= 0.8 x listen --record.
+   machine, with the shared load generator (tests/load_harness.py: wrk with one thread, else a
+   Python one), at 32 and 256 connections. Goal: relay >= 0.8 x listen --record.
 2. drain: a backlog of N events (10,000) already in the queue, delivered to an app that answers at
    once. Goal: >= 500 events/s.
 3. outage: events keep coming (Inspera-like: each sent until answered 200) while the app is down for
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_listen import SECRET, Server, python_load, wrk  # noqa: E402
+from load_harness import SECRET, Server, load  # noqa: E402
 
 from inspera_cli.relay.queue import NewEvent, SQLiteQueue  # noqa: E402
 from tests import relay_harness  # noqa: E402
@@ -122,10 +122,7 @@ def accept_rates(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> bo
                 server = Server(argv, env)
                 first_id += 1_000_000
                 try:
-                    if args.generator == "wrk":
-                        rate, p99 = wrk(server.port, connections, args.duration, first_id, tmp)
-                    else:
-                        rate, p99 = python_load(server.port, connections, args.duration, first_id)
+                    rate, p99 = load(args.generator, server.port, connections, args.duration, first_id, tmp)
                 finally:
                     server.stop()
                 rates[name, connections] = rate

@@ -4,8 +4,8 @@
 
 Every program is a subprocess on 127.0.0.1 (`sandbox serve`, `listen --secret-env`), in one run:
 
-1. direct: bench_listen's load generator drives `listen --secret-env` with DELIVERIES signed events
-   over 32 keep-alive connections -- what the listener alone can take;
+1. direct: the shared load generator (load_harness.drive) drives `listen --secret-env` with
+   DELIVERIES signed events over 32 keep-alive connections -- what the listener alone can take;
 2. sandbox: `sandbox fire EVENT --count DELIVERIES` to one subscription at a fresh `listen
    --exit-after DELIVERIES`; the clock runs from the fire command's start until listen exits
    (its start-up included). The ratio sandbox/direct is printed; the target is >= 3,000/s;
@@ -26,11 +26,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bench_listen import SECRET, build_requests, drive, percentile, stop_server
+from load_harness import SECRET, Server, build_requests, drive, percentile, stop_server
 
 from inspera_cli.client import InsperaClient
 
@@ -40,30 +39,9 @@ ENV = {**os.environ, "BENCH_SECRET": SECRET}
 FIRES = 2_000
 
 
-class Listener:
+def listener(*args: str) -> Server:
     """`listen --secret-env` in a subprocess; ``lines`` counts what it prints (one line a request)."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*CLI, "listen", "--port", "0", "--secret-env", "BENCH_SECRET", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            if line.startswith(b"Ready:"):
-                self.port = int(line.split()[1].rstrip(b"/").rsplit(b":", 1)[1])
-                break
-        else:
-            raise SystemExit(f"listen did not start: {args}")
-        self.lines = 0
-        threading.Thread(target=self._count, args=(self.proc.stdout.fileno(),), daemon=True).start()
-
-    def _count(self, fd: int) -> None:
-        while chunk := os.read(fd, 1 << 16):
-            self.lines += chunk.count(b"\n")
-
-    def stop(self) -> None:
-        stop_server(self.proc)  # type: ignore[arg-type]
+    return Server([*CLI, "listen", "--port", "0", "--secret-env", "BENCH_SECRET", *args], ENV)
 
 
 def rss_kb(pid: int) -> int:
@@ -120,11 +98,11 @@ class Sandbox:
 
     def stop(self) -> None:
         self.client.close()
-        stop_server(self.proc)  # type: ignore[arg-type]
+        stop_server(self.proc)
 
 
 def direct_rate(count: int) -> float:
-    receiver = Listener()
+    receiver = listener()
     try:
         port = receiver.port
         elapsed, results = asyncio.run(drive(port, build_requests(count, port, 0), 32))
@@ -135,7 +113,7 @@ def direct_rate(count: int) -> float:
 
 
 def sandbox_rate(sandbox: Sandbox, count: int) -> float:
-    receiver = Listener("--exit-after", str(count))
+    receiver = listener("--exit-after", str(count))
     sandbox.subscribe_only(receiver.port)
     started = time.perf_counter()
     sandbox.fire(count)
@@ -164,7 +142,7 @@ def fire_latency(sandbox: Sandbox, port: int) -> list[float]:
     return latencies
 
 
-def memory(sandbox: Sandbox, receiver: Listener, count: int) -> list[tuple[int, int]]:
+def memory(sandbox: Sandbox, receiver: Server, count: int) -> list[tuple[int, int]]:
     """(deliveries the listener printed, RSS in KiB) samples through a burst of ``count``."""
     first = receiver.lines
     samples = [(0, rss_kb(sandbox.proc.pid))]
@@ -182,7 +160,7 @@ def main() -> int:
     long = int(sys.argv[2]) if len(sys.argv) > 2 else 200_000
     print(f"sandbox serve -> listen --secret-env, 127.0.0.1, {os.cpu_count()} cores")
     direct = direct_rate(count)
-    print(f"   direct: {direct:8.0f} req/s        (bench_listen's generator, 32 connections)")
+    print(f"   direct: {direct:8.0f} req/s        (load_harness.drive, 32 connections)")
     with tempfile.TemporaryDirectory() as tmp:
         sandbox = Sandbox(Path(tmp) / "sandbox.log")
         try:
@@ -190,7 +168,7 @@ def main() -> int:
             print(f"  sandbox: {rate:8.0f} deliveries/s (sandbox fire --count {count}; target >= 3000)")
             print(f"    ratio: {rate / direct:.2f}  (sandbox / direct)")
 
-            receiver = Listener()
+            receiver = listener()
             try:
                 latencies = fire_latency(sandbox, receiver.port)
                 print(
