@@ -88,7 +88,7 @@ class GroupCommit(Generic[T]):
             outcome.append(error)
             finished.set()
 
-        self._enqueue([(item, _Direct(done))])
+        self._enqueue([(item, DirectCallback(done))])
         if not finished.wait(timeout):
             raise TimeoutError("the commit did not finish in time")
         if outcome[0] is not None:
@@ -131,23 +131,30 @@ class GroupCommit(Generic[T]):
             self._report(callbacks, error)
 
     def _report(self, callbacks: list[Done], error: BaseException | None) -> None:
-        direct = [cb for cb in callbacks if isinstance(cb, _Direct)]
-        handed = [cb for cb in callbacks if not isinstance(cb, _Direct)]
-        for callback in direct:
-            callback(error)
-        if not handed:
-            return
-        if self._loop is None:
-            _run_callbacks(handed, error)
-            return
-        try:
-            self._loop.call_soon_threadsafe(_run_callbacks, handed, error)
-        except RuntimeError:  # the loop is closed: nobody is waiting for these any more
-            log.debug("group commit: the loop is gone", exc_info=True)
+        hand_back(self._loop, callbacks, error)
 
 
-class _Direct:
-    """A callback run on the committer thread itself (``submit_and_wait``)."""
+def hand_back(loop: asyncio.AbstractEventLoop | None, callbacks: list[Done],
+              error: BaseException | None) -> None:
+    """From a committing thread: run ``callbacks`` with the outcome -- DirectCallbacks here, the
+    others on ``loop`` (in one call) when there is one."""
+    direct = [cb for cb in callbacks if isinstance(cb, DirectCallback)]
+    handed = [cb for cb in callbacks if not isinstance(cb, DirectCallback)]
+    for callback in direct:
+        callback(error)
+    if not handed:
+        return
+    if loop is None:
+        _run_callbacks(handed, error)
+        return
+    try:
+        loop.call_soon_threadsafe(_run_callbacks, handed, error)
+    except RuntimeError:  # the loop is closed: nobody is waiting for these any more
+        log.debug("group commit: the loop is gone", exc_info=True)
+
+
+class DirectCallback:
+    """A callback run on the committing thread itself (a caller blocked waiting for it)."""
 
     __slots__ = ("done",)
 

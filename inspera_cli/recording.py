@@ -5,10 +5,12 @@ Format: one JSON object per line -- the `listen --json` object plus ``headers`` 
 
 - Lines are JSON with ASCII escapes only, so ``\\n`` is the only line separator: a body holding
   U+2028 or a header byte 0x85 is ``\\u2028`` / ``\\u0085`` in the file, never a raw separator.
-- A line is on disk (written and fsynced, group-committed) before ``RecordWriter.append`` reports
-  success. A write that fails part-way (a full disk) is rolled back -- the file is truncated to its
-  last whole line -- before the next write, so a later event is never appended to a fragment. If
-  even the rollback fails, nothing more is written (every later append fails).
+- A line is on disk (written, then fsynced by a sync that began after the write, group-committed)
+  before ``RecordWriter.append`` reports success. A write that fails part-way (a full disk) is
+  rolled back -- the file is truncated to its last whole line -- before the next write, so a
+  later event is never appended to a fragment; a failed sync rolls back every line it did not
+  prove durable and fails them all. If even the rollback fails, nothing more is written (every
+  later append fails).
 - The file is created with mode 0600 whatever the umask (it holds bodies and signatures).
 
 Readers (``RecordReader``: `replay`, `inspect`, `relay`) split on ``\\n`` only and stream: one
@@ -24,14 +26,16 @@ import binascii
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from inspera_cli.errors import ConfigError
-from inspera_cli.groupcommit import Done, GroupCommit
+from inspera_cli.groupcommit import DirectCallback, Done, hand_back
 from inspera_cli.sending import CONTENT_TYPE
 from inspera_cli.webhook_body import VERIFICATION, parse_event
 
@@ -69,12 +73,22 @@ def body_fields(body: bytes) -> dict[str, str]:
 
 
 class RecordWriter:
-    """Appends records durably with group commit (see the module docstring).
+    """Appends records durably (see the module docstring).
 
-    ``append(record, done)`` queues one record (a dict, encoded on the writer thread) and returns;
-    ``done(error)`` runs after the batch holding it was fsynced (error None) or rolled back -- on
-    ``loop`` when given (then ``append`` is called on it too), else on the writer thread.
-    ``write`` is the low-level write (``os.write``), replaceable to simulate a failing disk.
+    ``append(record, done)`` encodes the line and returns; ``done(error)`` runs once an fsync
+    that began after the line was written has returned -- error None -- or the line was rolled
+    back. With ``loop`` (``append`` is then called on it), the lines of one turn of the loop are
+    written together at the end of the turn, with one write (to the page cache: microseconds),
+    and ``done`` runs on the loop; without it, each line is written at once and ``done`` runs on
+    the syncing thread.
+
+    The syncing thread does nothing but sync, so it needs the GIL only to start and to hand
+    back: whenever lines are waiting it takes the size written, fsyncs (fdatasync where there is
+    one: an append's new size is data it flushes; the times are not), and reports every line up
+    to that size as durable. Lines written while it syncs wait for the next sync -- one sync
+    covers everything written during the last, and the loop never waits for the disk, nor the
+    disk for a write. ``write`` (``os.write``) and ``sync`` are replaceable to simulate a
+    failing disk.
     """
 
     def __init__(
@@ -83,9 +97,12 @@ class RecordWriter:
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         write: Callable[[int, memoryview], int] = os.write,
+        sync: Callable[[int], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self._write = write
+        self._sync = sync or _sync
+        self._loop = loop
         existed = self.path.exists()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         self._fd = os.open(self.path, flags, RECORD_MODE)
@@ -93,27 +110,82 @@ class RecordWriter:
             _owner_only(self._fd)
             if not existed:
                 _fsync_dir(self.path.parent)  # make the new directory entry durable too
-            self._size = os.fstat(self._fd).st_size
+            self._size = os.fstat(self._fd).st_size  # whole lines written (not all durable yet)
             self._broken: OSError | None = None
             self._end_torn_line()
         except OSError:
             os.close(self._fd)
             raise
-        self._committer: GroupCommit[Mapping[str, Any]] = GroupCommit(
-            self._commit, loop=loop, name="record-writer"
-        )
+        self._durable = self._size
+        self._lock = threading.Lock()  # writes, truncation and the waiting lines
+        self._wake = threading.Condition(self._lock)
+        self._waiting: deque[tuple[int, list[Done]]] = deque()  # (where lines end, their callbacks)
+        self._turn: list[tuple[bytes, Done]] = []  # appended on the loop during this turn
+        self._closing = False
+        self._syncer = threading.Thread(target=self._sync_loop, name="record-sync", daemon=True)
+        self._syncer.start()
 
     def append(self, record: Mapping[str, Any], done: Done) -> None:
-        """Queue one record; ``done(None)`` once it is on disk, ``done(OSError)`` if not."""
-        self._committer.submit(record, done)
+        """Write one record; ``done(None)`` once it is durable, ``done(OSError)`` if it is not
+        (rolled back). Raises WriterClosed after ``close()``."""
+        if self._closing:
+            raise WriterClosed("closed: nothing more is recorded")
+        line = encode_record(record)
+        if self._loop is None or isinstance(done, DirectCallback):
+            self._write_lines([line], [done])
+            return
+        if not self._turn:
+            self._loop.call_soon(self._end_of_turn)
+        self._turn.append((line, done))
+
+    def _end_of_turn(self) -> None:
+        turn, self._turn = self._turn, []
+        self._write_lines([line for line, _ in turn], [done for _, done in turn])
+
+    def _write_lines(self, lines: list[bytes], callbacks: list[Done]) -> None:
+        """Write whole lines now (one write), to be synced; or roll them back and fail them."""
+        with self._lock:
+            error = self._broken
+            if self._closing:  # the turn ended after close(): not written, not acknowledged
+                error = WriterClosed("closed: nothing more is recorded")
+            if error is None:
+                try:
+                    self._write_all(b"".join(lines))
+                except OSError as exc:
+                    self._roll_back(self._size)
+                    error = exc
+                else:
+                    self._size += sum(map(len, lines))
+                    if not self._waiting:
+                        self._wake.notify()
+                    self._waiting.append((self._size, callbacks))
+                    return
+        self._hand_back(callbacks, error)
 
     def append_and_wait(self, record: Mapping[str, Any]) -> None:
-        """Write one record durably now; raise OSError if that failed."""
-        self._committer.submit_and_wait(record)
+        """Write one record durably now, from a thread that is not the loop's; raise OSError
+        if that failed."""
+        finished = threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def done(error: BaseException | None) -> None:
+            outcome.append(error)
+            finished.set()
+
+        self.append(record, DirectCallback(done))
+        finished.wait()
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def close(self) -> None:
-        """Write what is queued, stop the writer thread, close the file."""
-        self._committer.close()
+        """Sync what is written and hand back its outcomes, stop the syncing thread, close the
+        file. Idempotent."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._wake.notify()
+        self._syncer.join()
         os.close(self._fd)
 
     def _end_torn_line(self) -> None:
@@ -125,31 +197,63 @@ class RecordWriter:
             existing.seek(self._size - 1)
             if existing.read(1) != b"\n":
                 self._write_all(b"\n")
+                self._size += 1
                 os.fsync(self._fd)
 
-    def _commit(self, records: Sequence[Mapping[str, Any]]) -> None:
-        if self._broken is not None:
-            raise self._broken
-        data = b"".join(encode_record(record) for record in records)
-        try:
-            self._write_all(data)
-            os.fsync(self._fd)
-        except OSError:
-            self._roll_back()
-            raise
-        self._size += len(data)
+    def _sync_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closing:
+                    self._wake.wait()
+                if not self._waiting:
+                    return  # closing, and every line was handed back
+                target = self._size
+            error: OSError | None = None
+            try:
+                self._sync(self._fd)
+            except OSError as exc:
+                error = exc
+            with self._lock:
+                if error is None:
+                    self._durable = target
+                    done = []
+                    while self._waiting and self._waiting[0][0] <= target:
+                        done += self._waiting.popleft()[1]
+                else:
+                    # What the sync did not cover -- the lines written since the last good one,
+                    # as far as anyone can tell -- is truncated away and none of it acknowledged.
+                    self._roll_back(self._durable)
+                    done = [callback for _, callbacks in self._waiting for callback in callbacks]
+                    self._waiting.clear()
+            self._hand_back(done, error)
+
+    def _hand_back(self, callbacks: list[Done], error: BaseException | None) -> None:
+        hand_back(self._loop, callbacks, error)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[self._write(self._fd, view) :]
 
-    def _roll_back(self) -> None:
+    def _roll_back(self, size: int) -> None:
+        """Truncate to ``size`` (the end of a whole line): a write that failed part-way, or
+        lines a failed sync did not cover. If even that fails, every later append fails. The
+        next sync makes the truncation durable; a crash before it leaves at worst a torn last
+        line, which the next writer ends and readers skip -- never an acknowledged line."""
         try:
-            os.ftruncate(self._fd, self._size)
-            os.fsync(self._fd)
+            os.ftruncate(self._fd, size)
         except OSError as exc:
             self._broken = OSError(exc.errno, f"cannot roll back a failed write: {exc.strerror}")
+        self._size = size
+
+
+class WriterClosed(OSError):
+    """A record was appended after ``close()``: it was not written."""
+
+
+# fdatasync flushes an append's data and the new file size (what reading it back needs) and
+# skips the times; fsync where there is no fdatasync.
+_sync = getattr(os, "fdatasync", os.fsync)
 
 
 def _owner_only(fd: int) -> None:

@@ -1,7 +1,7 @@
 """Throughput and tail latency of `inspera-hooks listen`, side by side with other receivers.
 
     python tests/bench_listen.py [--duration S] [--repeat N] [--generator wrk|python] [--events N]
-                                 [--only NAME,NAME] [--connections N,N]
+                                 [--only NAME,NAME] [--connections N,N] [--before DIR]
 
 In one go, each at 32 and 256 keep-alive connections on 127.0.0.1, with signed Inspera events:
 
@@ -43,6 +43,7 @@ from pathlib import Path
 from load_harness import SECRET, Server, build_requests, drive, load
 
 CONNECTIONS = (32, 256)
+BEFORE = "(before)"
 
 BARE_SERVER = r"""
 import sys
@@ -125,22 +126,28 @@ Figures = dict[tuple[str, int], tuple[float, float]]
 
 def measure(args: argparse.Namespace, chosen: dict[str, list[str]], tmp: Path,
             env: dict[str, str]) -> Figures:
-    """One run: every chosen server at each connection count, one after the other."""
+    """One run: every chosen server at each connection count, one after the other (with
+    ``--before``, each `listen` server's "(before)" twin right after it)."""
     figures: Figures = {}
     first_id = 0
+    before = {**env, "PYTHONPATH": args.before} if args.before else None
     for connections in args.connections:
         for name, argv in chosen.items():
-            (tmp / "events.jsonl").unlink(missing_ok=True)
-            server = Server(argv, env)
-            try:
-                first_id += 1_000_000
-                figures[name, connections] = load(args.generator, server.port, connections, args.duration,
-                                                  first_id, tmp)
-            finally:
-                server.stop()
-            rate, p99 = figures[name, connections]
-            print(f"{name:>20} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms",
-                  flush=True)
+            runs: list[tuple[str, dict[str, str], str | None]] = [(name, env, None)]
+            if before is not None and name.startswith("listen"):
+                runs.append((f"{name} {BEFORE}", before, args.before))  # `-m` imports from the cwd first
+            for label, server_env, cwd in runs:
+                (tmp / "events.jsonl").unlink(missing_ok=True)
+                server = Server(argv, server_env, cwd)
+                try:
+                    first_id += 1_000_000
+                    figures[label, connections] = load(args.generator, server.port, connections,
+                                                       args.duration, first_id, tmp)
+                finally:
+                    server.stop()
+                rate, p99 = figures[label, connections]
+                print(f"{label:>29} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms",
+                      flush=True)
     return figures
 
 
@@ -173,12 +180,16 @@ RATIOS: list[tuple[str, str, float | None, tuple[int, ...] | None]] = [
 
 
 def ratios(figures: Figures) -> dict[tuple[str, str, int], float]:
-    """Each ratio of RATIOS whose two servers were measured, at each connection count."""
+    """Each ratio of RATIOS whose two servers were measured, at each connection count (and the
+    same between the "(before)" twins)."""
     found = {}
     for what, against, _, _ in RATIOS:
-        for (name, connections), (rate, _) in figures.items():
-            if name == what and (against, connections) in figures:
-                found[what, against, connections] = rate / figures[against, connections][0]
+        for suffix in ("", f" {BEFORE}"):
+            ours = what + suffix
+            theirs = against + suffix if against.startswith("listen") else against
+            for (name, connections), (rate, _) in figures.items():
+                if name == ours and (theirs, connections) in figures:
+                    found[ours, theirs, connections] = rate / figures[theirs, connections][0]
     return found
 
 
@@ -187,11 +198,11 @@ def report(runs: list[Figures]) -> bool:
     per_run = [ratios(figures) for figures in runs]
     goals = {(what, against): (goal, at) for what, against, goal, at in RATIOS}
     ok = True
-    for key in per_run[0]:
+    for key in sorted(per_run[0], key=lambda k: (k[2], k[0].endswith(BEFORE), k[0], k[1])):
         what, against, connections = key
         values = sorted(run[key] for run in per_run)
         median = statistics.median(values)
-        goal, at = goals[what, against]
+        goal, at = goals.get((what, against), (None, None))
         verdict = ""
         if goal is not None and (at is None or connections in at):
             met = median >= goal
@@ -216,6 +227,9 @@ def main() -> int:
                         help="runs of the whole table; the ratios' medians over the runs are judged")
     parser.add_argument("--only", type=lambda text: text.split(","), default=None, metavar="NAME,NAME",
                         help="measure only these servers (e.g. 'listen,listen --record')")
+    parser.add_argument("--before", metavar="DIR", default=None,
+                        help="also run each listen server from the package in DIR (on PYTHONPATH), "
+                             "e.g. an older commit's tree, right after ours: before and after, one run")
     parser.add_argument("--connections", type=lambda text: [int(n) for n in text.split(",")],
                         default=list(CONNECTIONS), metavar="N,N", help="connection counts (32,256)")
     parser.add_argument("--generator", choices=["wrk", "python"],

@@ -88,8 +88,9 @@ class Server:
     ``--inspect``: then a client keeps the page's event stream open). Its stdout is read as a
     terminal would read it; ``lines`` counts the lines (one per request for `listen`)."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    def __init__(self, args: list[str], env: dict[str, str], cwd: str | None = None) -> None:
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                                     cwd=cwd)
         assert self.proc.stderr is not None and self.proc.stdout is not None
         self.lines = 0
         threading.Thread(target=self._count, args=(self.proc.stdout.fileno(),), daemon=True).start()

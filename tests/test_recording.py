@@ -114,6 +114,81 @@ def test_a_write_that_fails_part_way_is_rolled_back(tmp_path: Path) -> None:
     assert [r.fields["contextObjectId"] for r in RecordReader(path, strict=True)] == [1, 3]
 
 
+class GatedSync:
+    """A sync that notes the file size it covers and waits to be let through; ``fail`` makes the
+    next one raise EIO (as a disk error found at fsync time)."""
+
+    def __init__(self) -> None:
+        self.covered: list[int] = []
+        self.started = threading.Semaphore(0)
+        self.gate = threading.Semaphore(0)
+        self.fail = False
+
+    def __call__(self, fd: int) -> None:
+        self.covered.append(os.fstat(fd).st_size)
+        self.started.release()
+        assert self.gate.acquire(timeout=5)
+        if self.fail:
+            self.fail = False
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+
+def test_a_record_is_acknowledged_only_after_a_sync_that_began_after_its_write(tmp_path: Path) -> None:
+    sync = GatedSync()
+    writer = RecordWriter(tmp_path / "r.jsonl", sync=sync)
+    outcomes: dict[int, BaseException | None] = {}
+    finished = {n: threading.Event() for n in (1, 2)}
+
+    def append(n: int) -> None:
+        writer.append(record(n), lambda error: (outcomes.__setitem__(n, error), finished[n].set()))
+
+    append(1)
+    assert sync.started.acquire(timeout=5)  # the first sync is under way...
+    append(2)  # ...when the second line is written: that sync does not cover it
+    sync.gate.release()
+    assert finished[1].wait(5) and outcomes[1] is None
+    assert sync.started.acquire(timeout=5)  # a second sync, for the second line
+    assert not finished[2].is_set()
+    sync.gate.release()
+    assert finished[2].wait(5) and outcomes[2] is None
+    writer.close()
+    first = len(encode_record(record(1)))
+    assert sync.covered == [first, first + len(encode_record(record(2)))]
+
+
+def test_a_failed_sync_rolls_back_every_line_it_did_not_cover(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    sync = GatedSync()
+    writer = RecordWriter(path, sync=sync)
+    outcomes: dict[int, BaseException | None] = {}
+    finished = {n: threading.Event() for n in (1, 2, 3, 4)}
+
+    def append(n: int) -> None:
+        writer.append(record(n), lambda error: (outcomes.__setitem__(n, error), finished[n].set()))
+
+    append(1)
+    assert sync.started.acquire(timeout=5)
+    sync.gate.release()
+    assert finished[1].wait(5) and outcomes[1] is None
+    sync.fail = True
+    append(2)
+    assert sync.started.acquire(timeout=5)  # the failing sync covers 2...
+    append(3)  # ...and 3, written during it, is lost with it
+    sync.gate.release()
+    assert finished[2].wait(5) and finished[3].wait(5)
+    for n in (2, 3):
+        error = outcomes[n]
+        assert isinstance(error, OSError) and error.errno == errno.EIO
+    assert path.read_bytes() == encode_record(record(1))  # truncated to the last durable line
+    append(4)
+    assert sync.started.acquire(timeout=5)
+    sync.gate.release()
+    assert finished[4].wait(5) and outcomes[4] is None
+    writer.close()
+    assert [r.fields["contextObjectId"] for r in RecordReader(path, strict=True)] == [1, 4]
+
+
 @contextlib.contextmanager
 def small_tmpfs(tmp_path: Path, size: str = "64k") -> Iterator[Path]:
     if os.geteuid() != 0:

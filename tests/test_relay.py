@@ -75,7 +75,9 @@ def test_the_app_gets_the_original_body_and_signature_plus_id_and_attempt(
     assert got.headers["content-type"] == "application/json"
     assert len(got.delivery_id or "") == 32 and got.attempt == 1
     kinds = [c.kind for c in relay.changes]  # type: ignore[attr-defined]
-    assert kinds == [ChangeKind.RECEIVED, ChangeKind.DUPLICATE, ChangeKind.DELIVERED]
+    # The delivery may finish before or after the retry is found to be a duplicate.
+    assert kinds[0] is ChangeKind.RECEIVED
+    assert sorted(kinds[1:]) == sorted([ChangeKind.DUPLICATE, ChangeKind.DELIVERED])
 
 
 def test_unsigned_or_forged_events_are_refused_and_validation_is_not_queued(
