@@ -22,6 +22,9 @@ acknowledged is recorded exactly once. Prints req/s, p99 and the ratios the issu
     --record >= 0.8 x listen without it; --inspect with the page open >= 0.9 x listen;
     every acknowledged event recorded exactly once.
 
+Each server's CPU time per request is printed too (Linux: /proc), with the ratios it alone would
+give: the work a request costs, which moves far less with other load than req/s does.
+
 Compare ratios within one run: other work on the machine moves absolute numbers. With --repeat N
 the whole table is measured N times, the servers one after the other in each run, and the goals
 are judged on each ratio's median over the runs. Not a pytest test.
@@ -125,7 +128,7 @@ Figures = dict[tuple[str, int], tuple[float, float]]
 
 
 def measure(args: argparse.Namespace, chosen: dict[str, list[str]], tmp: Path,
-            env: dict[str, str]) -> Figures:
+            env: dict[str, str], costs: dict[tuple[str, int], float | None]) -> Figures:
     """One run: every chosen server at each connection count, one after the other (with
     ``--before``, each `listen` server's "(before)" twin right after it)."""
     figures: Figures = {}
@@ -141,13 +144,18 @@ def measure(args: argparse.Namespace, chosen: dict[str, list[str]], tmp: Path,
                 server = Server(argv, server_env, cwd)
                 try:
                     first_id += 1_000_000
-                    figures[label, connections] = load(args.generator, server.port, connections,
-                                                       args.duration, first_id, tmp)
+                    before_cpu = server.cpu_seconds()
+                    rate, p99 = load(args.generator, server.port, connections, args.duration, first_id, tmp)
+                    after_cpu = server.cpu_seconds()
                 finally:
                     server.stop()
-                rate, p99 = figures[label, connections]
-                print(f"{label:>29} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms",
-                      flush=True)
+                cpu = (None if before_cpu is None or after_cpu is None
+                       else (after_cpu - before_cpu) / (rate * args.duration) * 1e6)
+                figures[label, connections] = (rate, p99)
+                costs[label, connections] = cpu
+                shown = "" if cpu is None else f"  {cpu:6.1f} us CPU/request"
+                print(f"{label:>29} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms"
+                      f"{shown}", flush=True)
     return figures
 
 
@@ -193,8 +201,13 @@ def ratios(figures: Figures) -> dict[tuple[str, str, int], float]:
     return found
 
 
-def report(runs: list[Figures]) -> bool:
-    """The ratios of each run, then their medians over the runs against the goals."""
+Costs = dict[tuple[str, int], float | None]
+
+
+def report(runs: list[Figures], costs: list[Costs]) -> bool:
+    """The ratios of each run, then their medians over the runs against the goals. Beside each,
+    the same ratio of the servers' CPU time per request (against's / what's): the rate the work
+    alone would allow, steadier than req/s on a busy machine."""
     per_run = [ratios(figures) for figures in runs]
     goals = {(what, against): (goal, at) for what, against, goal, at in RATIOS}
     ok = True
@@ -209,7 +222,10 @@ def report(runs: list[Figures]) -> bool:
             ok = ok and met
             verdict = f"  (goal >= {goal}: {'met' if met else 'NOT met'})"
         spread = f" (runs: {', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
-        print(f"{what} / {against} @{connections}: median {median:.2f}{spread}{verdict}")
+        work = [cost[against, connections] / cost[what, connections] for cost in costs  # type: ignore[operator]
+                if cost.get((what, connections)) and cost.get((against, connections))]
+        by_cpu = f"; by CPU per request: {statistics.median(work):.2f}" if work else ""
+        print(f"{what} / {against} @{connections}: median {median:.2f}{spread}{by_cpu}{verdict}")
     p99s = sorted(figures["listen", 256][1] for figures in runs if ("listen", 256) in figures)
     if p99s:
         p99 = statistics.median(p99s)
@@ -247,12 +263,13 @@ def main() -> int:
                 parser.error(f"no such server: {', '.join(sorted(unknown))} "
                              f"(choose from {', '.join(chosen)})")
             chosen = {name: argv for name, argv in chosen.items() if name in args.only}
-        runs = []
+        runs, costs = [], []
         for run in range(1, args.repeat + 1):
             print(f"-- run {run} of {args.repeat}: {args.duration:g} s per measurement")
-            runs.append(measure(args, chosen, Path(tmp), env))
+            costs.append({})
+            runs.append(measure(args, chosen, Path(tmp), env, costs[-1]))
         print(f"-- ratios ({os.cpu_count()} cores, load from {args.generator})")
-        ok = report(runs)
+        ok = report(runs, costs)
         if "listen --record" in chosen:
             ok = exactly_once(Path(tmp), env, args.events) and ok
     return 0 if ok else 1

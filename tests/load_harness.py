@@ -111,6 +111,14 @@ class Server:
                                          stdout=subprocess.PIPE, text=True)
         threading.Thread(target=lambda s=self.proc.stderr: [None for _ in s], daemon=True).start()
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system, all threads) the server has used so far; None off Linux."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def _count(self, fd: int) -> None:
         while chunk := os.read(fd, 1 << 16):
             self.lines += chunk.count(b"\n")
