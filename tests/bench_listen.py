@@ -43,7 +43,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from load_harness import SECRET, Server, build_requests, drive, load
+from load_harness import SECRET, Server, build_requests, drive, load, settle
 
 CONNECTIONS = (32, 256)
 BEFORE = "(before)"
@@ -140,7 +140,7 @@ def measure(args: argparse.Namespace, chosen: dict[str, list[str]], tmp: Path,
             if before is not None and name.startswith("listen"):
                 runs.append((f"{name} {BEFORE}", before, args.before))  # `-m` imports from the cwd first
             for label, server_env, cwd in runs:
-                (tmp / "events.jsonl").unlink(missing_ok=True)
+                settle(tmp / "events.jsonl")
                 server = Server(argv, server_env, cwd)
                 try:
                     first_id += 1_000_000

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from load_harness import SECRET, Server, load  # noqa: E402
+from load_harness import SECRET, Server, load, settle  # noqa: E402
 
 from inspera_cli.relay.queue import NewEvent, SQLiteQueue  # noqa: E402
 from tests import relay_harness  # noqa: E402
@@ -118,9 +118,7 @@ def accept_rates(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> bo
             for connections in ratios:
                 rates = {}
                 for name in ("listen --record", "relay"):
-                    for leftover in tmp.glob("accept*.sqlite*"):
-                        leftover.unlink()
-                    (tmp / "accept.jsonl").unlink(missing_ok=True)
+                    settle(*tmp.glob("accept*.sqlite*"), tmp / "accept.jsonl")
                     argv = (relay_argv(tmp / "accept.sqlite", app_port) if name == "relay"
                             else [*listen, "--record", str(tmp / "accept.jsonl")])
                     server = Server(argv, env)
@@ -218,7 +216,11 @@ class SteadySender:
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in list(self._threads):
+        # The ticker first: it may start one more sender after the stop, which a snapshot of
+        # the threads taken earlier would miss -- its event then acknowledged after the drain
+        # was checked, and counted missing though it waits in the queue.
+        self._threads[0].join(60)
+        for thread in self._threads[1:]:
             thread.join(60)
 
 

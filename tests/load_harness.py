@@ -61,6 +61,15 @@ def stop_server(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def settle(*files: Path) -> None:
+    """Before measuring the next server: the last one's files gone and their writeback done, so
+    that the disk work of a run that records (or queues) does not land on the next measurement."""
+    for file in files:
+        file.unlink(missing_ok=True)
+    os.sync()
+    time.sleep(1)
+
+
 # -- receivers ---------------------------------------------------------------------------------------
 
 
