@@ -81,18 +81,7 @@ class GroupCommit(Generic[T]):
     def submit_and_wait(self, item: T, timeout: float | None = None) -> None:
         """From a thread that is not the loop's: queue ``item`` and block until it is committed;
         raise what failed the batch (reported on the committer thread, never through the loop)."""
-        finished = threading.Event()
-        outcome: list[BaseException | None] = []
-
-        def done(error: BaseException | None) -> None:
-            outcome.append(error)
-            finished.set()
-
-        self._enqueue([(item, DirectCallback(done))])
-        if not finished.wait(timeout):
-            raise TimeoutError("the commit did not finish in time")
-        if outcome[0] is not None:
-            raise outcome[0]
+        wait_for(lambda done: self._enqueue([(item, done)]), timeout)
 
     def _enqueue(self, entries: list[tuple[T, Done]]) -> None:
         with self._lock:
@@ -151,6 +140,23 @@ def hand_back(loop: asyncio.AbstractEventLoop | None, callbacks: list[Done],
         loop.call_soon_threadsafe(_run_callbacks, handed, error)
     except RuntimeError:  # the loop is closed: nobody is waiting for these any more
         log.debug("group commit: the loop is gone", exc_info=True)
+
+
+def wait_for(start: Callable[[DirectCallback], None], timeout: float | None = None) -> None:
+    """``start(done)`` something that calls ``done(error)`` on another thread once; block until
+    it does and raise its error (TimeoutError if it does not come within ``timeout``)."""
+    finished = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def done(error: BaseException | None) -> None:
+        outcome.append(error)
+        finished.set()
+
+    start(DirectCallback(done))
+    if not finished.wait(timeout):
+        raise TimeoutError("the commit did not finish in time")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 class DirectCallback:

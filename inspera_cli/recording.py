@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from inspera_cli.errors import ConfigError
-from inspera_cli.groupcommit import DirectCallback, Done, hand_back
+from inspera_cli.groupcommit import DirectCallback, Done, hand_back, wait_for
 from inspera_cli.sending import CONTENT_TYPE
 from inspera_cli.webhook_body import VERIFICATION, parse_event
 
@@ -165,17 +165,7 @@ class RecordWriter:
     def append_and_wait(self, record: Mapping[str, Any]) -> None:
         """Write one record durably now, from a thread that is not the loop's; raise OSError
         if that failed."""
-        finished = threading.Event()
-        outcome: list[BaseException | None] = []
-
-        def done(error: BaseException | None) -> None:
-            outcome.append(error)
-            finished.set()
-
-        self.append(record, DirectCallback(done))
-        finished.wait()
-        if outcome[0] is not None:
-            raise outcome[0]
+        wait_for(lambda done: self.append(record, done))
 
     def close(self) -> None:
         """Sync what is written and hand back its outcomes, stop the syncing thread, close the
