@@ -23,7 +23,8 @@ acknowledged is recorded exactly once. Prints req/s, p99 and the ratios the issu
     every acknowledged event recorded exactly once.
 
 Each server's CPU time per request is printed too (Linux: /proc), with the ratios it alone would
-give: the work a request costs, which moves far less with other load than req/s does.
+give: the work a request costs. It moves with the machine's other load too (caches, contention:
++-15 % between rounds on a crowded 2-core machine), less than req/s does.
 
 Compare ratios within one run: other work on the machine moves absolute numbers. With --repeat N
 the whole table is measured N times, the servers one after the other in each run, and the goals
@@ -207,7 +208,7 @@ Costs = dict[tuple[str, int], float | None]
 def report(runs: list[Figures], costs: list[Costs]) -> bool:
     """The ratios of each run, then their medians over the runs against the goals. Beside each,
     the same ratio of the servers' CPU time per request (against's / what's): the rate the work
-    alone would allow, steadier than req/s on a busy machine."""
+    alone would allow (less noisy than req/s, not free of noise)."""
     per_run = [ratios(figures) for figures in runs]
     goals = {(what, against): (goal, at) for what, against, goal, at in RATIOS}
     ok = True
