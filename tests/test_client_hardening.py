@@ -358,6 +358,27 @@ def test_secret_env_set_but_empty_or_not_utf8(cli, stub, tmp_path):
     assert result.returncode == 2 and "not valid UTF-8" in one_error_line(result.stderr)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["listen", "--port", "0", "--max-time", "5"],
+        ["trigger", "confirm_final_grades", "--to", "http://127.0.0.1:9/", "--wait", "0"],
+        ["relay", "--forward-to", "http://127.0.0.1:9/", "--port", "0", "--admin-port", "0"],
+        ["inspect", "record.jsonl", "--port", "0"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_an_empty_secret_env_name_is_refused_not_taken_for_no_secret(tmp_path, command):
+    """`--secret-env=$UNSET` must not start a receiver that checks no signature at all."""
+    (tmp_path / "record.jsonl").write_text("")
+    result = run(
+        [*CLI, *command, "--secret-env="], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--secret-env needs the name of an environment variable" in one_error_line(result.stderr)
+
+
 def test_cache_file_keeps_no_key(cli, stub, isolated_home):
     cli("events", "--json")
     data = json.loads((isolated_home / ".cache" / "inspera-hooks" / "tokens.json").read_text())

@@ -112,17 +112,20 @@ def resolve_secret(
 ) -> str | None:
     """The secret from exactly one of --secret-env / --secret / --secret-stdin.
 
-    An unset or empty --secret-env variable is a usage error (exit 2), never silently no secret;
-    so is a secret that is not valid UTF-8. The secret is registered for redaction.
+    An empty --secret-env, or an unset or empty variable, is a usage error (exit 2), never
+    silently no secret; so is a secret that is not valid UTF-8. The secret is registered for redaction.
     """
     given = [
         name
         for name, v in (("--secret-env", secret_env), ("--secret", secret), ("--secret-stdin", secret_stdin))
-        if v
+        if v is not None and v is not False
     ]
     if len(given) > 1:
         raise UsageError(f"give only one of {', '.join(given)}")
-    if secret_env:
+    if secret_env is not None:
+        if not secret_env.strip():
+            # `--secret-env=$UNSET`: refusing it beats receiving without checking signatures.
+            raise UsageError("--secret-env needs the name of an environment variable")
         problem = env_secret_problem(secret_env)
         if problem:
             raise UsageError(f"--secret-env {secret_env}: {problem}")
