@@ -7,7 +7,9 @@ safe against the lock file being removed while another process waits for it).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,9 @@ from inspera_cli.errors import ConfigError
 # A settings or subscriptions file is a few hundred bytes; anything this large is not one.
 MAX_FILE_BYTES = 1024 * 1024
 LOCK_TIMEOUT = 20.0
+PRIVATE_MODE = 0o600
+SYMLINK_REFUSED = "it is a symbolic link (refused: it could point at any file)"
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def read_small_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
@@ -48,17 +53,50 @@ def describe_os_error(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+def open_private(path: str | os.PathLike[str], flags: int) -> int:
+    """``os.open`` a file that holds secrets or events: created with mode 0600 whatever the umask
+    (an existing regular file of ours is tightened to it), and never through a symbolic link, so
+    that a link planted at the path cannot make us write over, or chmod, the file it points to.
+
+    Raises OSError; for a symbolic link, one saying so.
+    """
+    try:
+        fd = os.open(path, flags | _NO_FOLLOW, PRIVATE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise OSError(errno.ELOOP, SYMLINK_REFUSED, os.fspath(path)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        # Only a regular file: a device such as /dev/null is everyone's, even when root owns it.
+        ours = stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+        if ours and info.st_mode & 0o777 != PRIVATE_MODE:
+            os.fchmod(fd, PRIVATE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file atomically with mode 0600 (temp file in the same folder, fsync, rename)."""
+    """Write a file atomically with mode 0600 (temp file in the same folder, fsync, rename).
+
+    The temp file is created exclusively: a stale one (or a link planted in its place) is
+    removed, never written through.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = open_private(tmp, flags)
+    except FileExistsError:
+        tmp.unlink()
+        fd = open_private(tmp, flags)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from inspera_cli.errors import ConfigError
+from inspera_cli.files import PRIVATE_MODE, open_private
 from inspera_cli.groupcommit import DirectCallback, Done, hand_back, wait_for
 from inspera_cli.sending import CONTENT_TYPE
 from inspera_cli.webhook_body import VERIFICATION, parse_event
@@ -42,7 +43,7 @@ from inspera_cli.webhook_body import VERIFICATION, parse_event
 if TYPE_CHECKING:
     import asyncio
 
-RECORD_MODE = 0o600
+RECORD_MODE = PRIVATE_MODE
 # Longer lines are not records `listen` writes (its --max-body is far below): skipped unread.
 MAX_LINE = 256 << 20
 _READ_SIZE = 1 << 20
@@ -104,10 +105,8 @@ class RecordWriter:
         self._sync = sync or _sync
         self._loop = loop
         existed = self.path.exists()
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        self._fd = os.open(self.path, flags, RECORD_MODE)
+        self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            _owner_only(self._fd)
             if not existed:
                 _fsync_dir(self.path.parent)  # make the new directory entry durable too
             self._size = os.fstat(self._fd).st_size  # whole lines written (not all durable yet)
@@ -244,13 +243,6 @@ class WriterClosed(OSError):
 # fdatasync flushes an append's data and the new file size (what reading it back needs) and
 # skips the times; fsync where there is no fdatasync.
 _sync = getattr(os, "fdatasync", os.fsync)
-
-
-def _owner_only(fd: int) -> None:
-    """Mode 0600 whatever the umask; an older record file of ours is tightened too."""
-    info = os.fstat(fd)
-    if info.st_mode & 0o777 != RECORD_MODE and info.st_uid == os.geteuid():
-        os.fchmod(fd, RECORD_MODE)
 
 
 def _fsync_dir(directory: Path) -> None:

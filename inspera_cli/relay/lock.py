@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from inspera_cli.errors import InsperaError
-
-LOCK_MODE = 0o600
+from inspera_cli.files import open_private
 
 
 class RelayRunning(InsperaError):
@@ -29,7 +28,7 @@ class QueueLock:
     def acquire(self) -> None:
         """Take the lock or raise RelayRunning naming the holder's pid (OSError: no lock file)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), LOCK_MODE)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             _lock(fd)
         except OSError:

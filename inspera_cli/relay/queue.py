@@ -34,6 +34,7 @@ killed is simply due again at the next start (at least once; the app dedupes on 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sqlite3
@@ -46,10 +47,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from inspera_cli.errors import ConfigError, NotFoundError
+from inspera_cli.files import SYMLINK_REFUSED, open_private
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x49485259  # "IHRY": inspera-hooks relay
-QUEUE_MODE = 0o600
 BUSY_TIMEOUT_MS = 5000
 PURGE_CHUNK = 5000  # rows per transaction: a big purge never holds the relay's writes up for long
 
@@ -566,12 +567,11 @@ class SQLiteQueue:
 
 
 def _create_private(path: Path) -> None:
-    """The queue file, created 0600 (SQLite gives its -wal and -shm files the same mode)."""
+    """The queue file, created 0600 (SQLite gives its -wal and -shm files the same mode); neither
+    it nor those files may be symbolic links, which SQLite would write through."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), QUEUE_MODE)
-    try:
-        info = os.fstat(fd)
-        if info.st_mode & 0o777 != QUEUE_MODE and info.st_uid == os.geteuid():
-            os.fchmod(fd, QUEUE_MODE)
-    finally:
-        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.is_symlink():
+            raise OSError(errno.ELOOP, f"{side.name}: {SYMLINK_REFUSED}")
+    os.close(open_private(path, os.O_RDWR | os.O_CREAT))

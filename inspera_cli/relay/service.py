@@ -102,7 +102,8 @@ class Relay:
         try:
             self._lock.acquire()
         except OSError as exc:
-            raise InsperaError(f"cannot lock the relay queue {cfg.queue}: {exc.strerror or exc}") from exc
+            raise InsperaError(f"cannot lock the relay queue {cfg.queue} ({self._lock.path.name}): "
+                               f"{exc.strerror or exc}") from exc
         try:
             self._queue = SQLiteQueue(cfg.queue, create=True)
             self.rerouted = self._queue.reroute(cfg.routes)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inspera_cli.errors import ConfigError
+from inspera_cli.files import open_private
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -59,7 +60,7 @@ class SubscriptionStore:
             path = path.expanduser()
             # The file holds webhook secrets: create it private before SQLite opens it.
             try:
-                os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+                os.close(open_private(path, os.O_CREAT | os.O_RDWR))
             except OSError as exc:
                 raise ConfigError(f"cannot open the sandbox state file {path}: {exc.strerror}") from exc
             target = str(path)
