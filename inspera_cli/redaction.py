@@ -58,6 +58,19 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_bytes(data: bytes) -> bytes:
+    """``data`` with every registered secret's UTF-8 bytes replaced by ``***``: for a body shown
+    as base64 because it is not UTF-8 text as a whole (``redact`` never sees it)."""
+    for form in _ordered:
+        try:
+            raw = form.encode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        if raw in data:
+            data = data.replace(raw, REDACTED.encode("ascii"))
+    return data
+
+
 def is_valid_utf8(value: str) -> bool:
     """False for text decoded with surrogateescape from bytes that are not UTF-8 (os.environ, argv)."""
     try:

@@ -11,7 +11,7 @@ from inspera_cli.inspector.store import Entry, SeenAnswer
 from inspera_cli.listener.policy import record_of
 from inspera_cli.listener.report import ForwardResult, Report, RequestKind, SignatureState, iso_now
 from inspera_cli.recording import encode_record
-from inspera_cli.redaction import redact
+from inspera_cli.redaction import redact, redact_bytes
 from inspera_cli.signing import SIGNATURE_HEADER, diagnose_signature
 from inspera_cli.webhook_body import parse_event
 
@@ -113,7 +113,9 @@ def _pairs(headers: Iterable[tuple[str, str]], *, redacted: bool = False) -> lis
 
 def _body(body: bytes, *, redacted: bool = False) -> dict[str, Any]:
     """An answer's body as text, or base64 when it is not UTF-8; known secrets masked (an app
-    may echo what it was configured with)."""
+    may echo what it was configured with), in either form."""
+    if redacted:
+        body = redact_bytes(body)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

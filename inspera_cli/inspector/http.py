@@ -140,7 +140,13 @@ class LoopbackServer:
         except BadRequest as exc:
             await _refuse(reader, writer, exc)
             return False
-        answer = await self.handler(request)
+        try:
+            answer = await self.handler(request)
+        except Exception as exc:  # a bug costs one answer, not the connection and a traceback
+            log.warning("the inspector could not answer %s %s: %s", request.method, request.path[:200],
+                        exc or type(exc).__name__)
+            log.debug("the inspector's traceback", exc_info=True)
+            answer, keep_alive = Response(500, b'{"error": "the inspector failed to answer"}\n'), False
         if isinstance(answer, EventStream):
             await self._stream(answer, reader, writer)
             return False

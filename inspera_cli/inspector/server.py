@@ -275,7 +275,8 @@ class Inspector:
             raise _Refused(403, "a replay needs this page's X-Inspect-Token (reload the page)")
 
     def _entry(self, text: str) -> Entry:
-        entry = self.store.get(int(text)) if text.isdigit() and len(text) < 19 else None
+        number = _row_id(text)
+        entry = None if number is None else self.store.get(number)
         if entry is None:
             raise _Refused(404, f"no request {text[:40]!r} (only the last {self.config.keep} are kept)")
         return entry
@@ -328,7 +329,7 @@ class Inspector:
 
         try:
             asked = json.loads(body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _Refused(400, 'expected a JSON body: {"to": URL or null, "body": text or null}') from None
         if not isinstance(asked, dict) or not all(
             asked.get(key) is None or isinstance(asked[key], str) for key in ("to", "body")
@@ -337,7 +338,10 @@ class Inspector:
         url = self._target(entry, asked.get("to") or None)
         if url is None:
             raise _Refused(400, "no target to replay to: type a URL (or start with --forward-to / --to)")
-        data = entry.report.body if asked.get("body") is None else asked["body"].encode("utf-8")
+        try:
+            data = entry.report.body if asked.get("body") is None else asked["body"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refused(400, "the body is not text: it holds a lone surrogate (\\ud800-\\udfff)") from None
         content_type = entry.header("content-type") or "application/json"
         headers = signed_headers(data, self.config.secret, content_type)
         result = await self._send(url, data, headers)
@@ -361,7 +365,9 @@ class Inspector:
     def _stream(self, request: Request) -> EventStream:
         query = self._query(request.query)
         after_text = request.header("last-event-id") or request.query.get("after", "")
-        after = int(after_text) if after_text.isdigit() and len(after_text) < 19 else self.store.last_id
+        after = _row_id(after_text)
+        if after is None:
+            after = self.store.last_id
         stream = _Stream(query)
 
         def opened(send: Callable[[bytes], bool]) -> None:
@@ -435,6 +441,12 @@ def _curl_headers(entry: Entry) -> list[tuple[str, str]]:
     if signature is not None:
         headers.append(("X-Inspera-Signature", signature))
     return headers
+
+
+def _row_id(text: str) -> int | None:
+    """A row id from a path or parameter: ASCII digits only (``int`` would take "²" as a digit
+    and then fail), and small enough to be one."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def _json(status: int, data: Any) -> Response:

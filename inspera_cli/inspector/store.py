@@ -164,7 +164,7 @@ class Query:
         limit = max_limit
         if params.get("limit"):
             text = params["limit"]
-            if not text.isdigit() or int(text) < 1:
+            if not (text.isascii() and text.isdigit()) or int(text) < 1:
                 raise ValueError(f"limit={text}: expected a positive whole number")
             limit = min(int(text), max_limit)
         return cls(frozenset(_split(params.get("event"))), frozenset(signatures), frozenset(statuses),
