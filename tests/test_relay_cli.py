@@ -53,6 +53,11 @@ def test_help_documents_the_relay_and_its_subcommands(cli: Any) -> None:
     (["relay", "purge", "--older-than", "7d"], "pass --delivered"),
     (["relay", "purge", "--delivered", "--older-than", "soon"], "--older-than: 'soon' is not a duration"),
     (["relay", "retry"], "give event ids or --dead"),
+    # further than a date can hold: a retry that far ahead crashed the log and `relay events`
+    (["relay", "--forward-to", "http://127.0.0.1:1/", "--max-backoff", "99999999999999d"],
+     "--max-backoff: '99999999999999d': the duration must be at most 3650d"),
+    (["relay", "--forward-to", "http://127.0.0.1:1/", "--max-age", "3651d"], "at most 3650d (10 years)"),
+    (["relay", "purge", "--delivered", "--older-than", "99999999999999999999d"], "at most 3650d"),
 ])
 def test_usage_errors_are_one_line_exit_2(cli: Any, args: list[str], message: str) -> None:
     done = cli(*args, expect=2)
@@ -64,6 +69,24 @@ def test_subcommands_on_a_missing_queue_say_so(cli: Any, tmp_path: Path) -> None
     done = cli("relay", "status", "--queue", str(tmp_path / "none.sqlite"), expect=1)
     assert done.stderr.startswith("inspera-hooks: error: no relay queue at ")
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_events_lists_a_queue_holding_any_time_and_takes_any_limit(cli: Any, tmp_path: Path) -> None:
+    """A queue written by an older build with a huge --max-backoff holds a next attempt past year
+    9999; a --limit past what SQLite counts means every event. Neither is an "unexpected" error."""
+    from inspera_cli.relay.queue import NewEvent, SQLiteQueue
+
+    path = tmp_path / "q.sqlite"
+    queue = SQLiteQueue(path, create=True)
+    event = NewEvent(b'{"contextObjectId": 1}', "http://127.0.0.1:1/", "confirm_final_grades", 1,
+                     "application/json", "sig")
+    [stored] = queue.enqueue([event], now=1_700_000_000.0, dedupe_since=0)
+    seq = queue._db.execute("SELECT seq FROM events").fetchone()[0]
+    queue.retry_later(seq, next_at=1e17, error="answered 503", now=1_700_000_001.0)
+    queue.close()
+    listed = cli("relay", "events", "--queue", str(path), "--limit", "99999999999999999999", "--json").json
+    assert [(e["id"], e["nextAttemptAt"]) for e in listed] == [(stored.id, "9999-12-31T23:59:59.000Z")]
+    assert stored.id in cli("relay", "events", "--queue", str(path)).stdout
 
 
 def test_one_relay_per_queue_and_the_subcommands_work_while_it_runs(

@@ -255,11 +255,14 @@ def default_queue_path() -> Path:
 
 
 _second: tuple[int, str] = (0, "")
+_SQLITE_MAX_INT = 2**63 - 1
+_LAST_SECOND = 253402300799.0  # 9999-12-31T23:59:59Z, the last second a datetime holds
 
 
 def iso_time(seconds: float) -> str:
     """UTC with milliseconds and a Z, as `listen` prints times: 2024-05-01T12:00:00.123Z."""
     global _second
+    seconds = min(max(seconds, 0.0), _LAST_SECOND)  # a queue from an older build may hold any time
     whole = int(seconds // 1)
     if _second[0] != whole or not _second[1]:  # one strftime per second: a log line per event
         _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S."))
@@ -502,7 +505,7 @@ class SQLiteQueue:
         rows = self._db.execute(
             "SELECT id, event, context_object_id, url, received_at, state, attempts, next_attempt_at,"
             f" last_error FROM events {clause} ORDER BY seq DESC LIMIT ?",
-            (*values, limit),
+            (*values, min(limit, _SQLITE_MAX_INT)),  # more than SQLite can count: every event
         ).fetchall()
         return [
             EventInfo(id_, event_, object_id, url, received, State(state_), attempts, due, error)

@@ -35,6 +35,9 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
+MAX_DURATION = 3650 * 86400.0
+
+
 def parse_duration(text: str) -> float:
     """``30s``, ``10m``, ``72h``, ``7d`` (or a sum: ``1h30m``) in seconds; ValueError saying what
     is expected otherwise."""
@@ -46,6 +49,9 @@ def parse_duration(text: str) -> float:
     seconds = sum(float(m.group(1)) * _UNITS[m.group(2)] for m in matches)
     if seconds <= 0:
         raise ValueError(f"{text!r}: the duration must be more than zero")
+    if seconds > MAX_DURATION:
+        # Times that far ahead are past what a date can hold (and what a queue means).
+        raise ValueError(f"{text!r}: the duration must be at most {MAX_DURATION // 86400:.0f}d (10 years)")
     return seconds
 
 
