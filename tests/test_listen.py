@@ -601,7 +601,14 @@ def test_subscribe_creates_verifies_and_deletes_on_sigterm(sandbox_env: Any, cli
         (["--tls-cert", "pyproject.toml"], "--tls-cert and --tls-key go together"),
         (["--subscribe", EVENT], "--subscribe needs --public-url"),
         (["--public-url", "https://x.example"], "only used with --subscribe"),
-        (["--forward-to", "not a url"], "not an http:// or https:// URL"),
+        (["--forward-to", "not a url"], "contains spaces"),
+        (["--forward-to", "ftp://x.example/"], "not an http(s) URL"),
+        # each was an "unexpected ValueError", or accepted and then failed every event
+        (["--forward-to", "http://[::1"], "is not a valid URL (Invalid IPv6 URL)"),
+        (["--forward-to", "http://127.0.0.1:99999/"], "Port out of range"),
+        (["--subscribe", EVENT, "--public-url", "https://[::1"], "is not a valid URL"),
+        # never sent to the app, only shown in --json, the record file and the inspect page
+        (["--forward-to", "http://user:pass@127.0.0.1:5000/"], "a user name or password in the URL"),
         (["--forward-to", "http://a.example", "--forward-to", "http://b.example"], "given twice"),
         (["--secret-env", "LISTEN_NOT_SET"], "LISTEN_NOT_SET is not set"),
     ],

@@ -252,7 +252,8 @@ def test_trigger_secret_flag_warns_and_is_not_echoed(cli: Cli, receiver: Receive
     ("args", "message"),
     [
         (["--to", "http://127.0.0.1:9/"], "missing EVENT"),
-        (["confirm_final_grades", "--to", "127.0.0.1:9"], "http:// or https://"),
+        (["confirm_final_grades", "--to", "127.0.0.1:9"], "not an http(s) URL"),
+        (["confirm_final_grades", "--to", "http://[::1"], "is not a valid URL"),  # was sent, exit 1
         (["--verification", "--object-id", "5", "--to", "http://127.0.0.1:9/"], "--object-id"),
         (["other_event", "--verification", "--to", "http://127.0.0.1:9/"], "drop the EVENT"),
         (["confirm_final_grades", "--to", "http://127.0.0.1:9/", "--repeat", "0"], "--repeat"),

@@ -44,17 +44,12 @@ class TunnelProgram(StrEnum):
     ngrok = "ngrok"
 
 
-def _check_url(url: str, option: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{option} {url}: not an http:// or https:// URL")
-    return url
 
 
 def parse_forward(values: list[str] | None) -> dict[str | None, str]:
     """`--forward-to URL` (the default route) and `--forward-to EVENT=URL` (one event's route)."""
+    from inspera_cli.network import check_http_url
+
     routes: dict[str | None, str] = {}
     for value in values or []:
         name, sep, url = value.partition("=")
@@ -68,7 +63,9 @@ def parse_forward(values: list[str] | None) -> dict[str | None, str]:
         if key in routes:
             what = f"event {key}" if key else "the default route (a plain URL)"
             raise UsageError(f"--forward-to: {what} is given twice")
-        routes[key] = _check_url(url, "--forward-to")
+        # No user:pass@: the app would not get it (no Basic auth is sent), only logs and pages.
+        check_http_url(url, "--forward-to", allow_userinfo=False)
+        routes[key] = url
     return routes
 
 
@@ -440,7 +437,9 @@ def listen(
     if public_url and not subscribe_events:
         raise UsageError("--public-url is only used with --subscribe EVENT")
     if public_url:
-        _check_url(public_url, "--public-url")
+        from inspera_cli.network import check_http_url
+
+        check_http_url(public_url, "--public-url")
     max_time = _max_time(max_time, timeout)
     event_filter = split_names(events)
     routes = parse_forward(forward_to)

@@ -230,8 +230,9 @@ def replay(
 
 
 def _check_url(url: str) -> None:
-    if not url.lower().startswith(("http://", "https://")) or len(url) <= len("https://"):
-        raise UsageError(f"--to {url!r}: expected an http:// or https:// URL")
+    from inspera_cli.network import check_http_url
+
+    check_http_url(url, "--to")
 
 
 def _secret_or_unsigned(secret_env: str | None, secret: str | None, secret_stdin: bool) -> str | None:
