@@ -609,6 +609,7 @@ def test_subscribe_creates_verifies_and_deletes_on_sigterm(sandbox_env: Any, cli
         (["--subscribe", EVENT, "--public-url", "https://[::1"], "is not a valid URL"),
         # never sent to the app, only shown in --json, the record file and the inspect page
         (["--forward-to", "http://user:pass@127.0.0.1:5000/"], "a user name or password in the URL"),
+        (["--host="], "--host is empty"),  # `--host=$UNSET` listened on every interface
         (["--forward-to", "http://a.example", "--forward-to", "http://b.example"], "given twice"),
         (["--secret-env", "LISTEN_NOT_SET"], "LISTEN_NOT_SET is not set"),
     ],

@@ -52,6 +52,7 @@ def test_help_documents_the_relay_and_its_subcommands(cli: Any) -> None:
     (["relay", "--forward-to", "ftp://x/"], "not an http(s) URL"),
     (["relay", "--forward-to", "http://[::1"], "is not a valid URL (Invalid IPv6 URL)"),
     (["relay", "--forward-to", "http://u:p@127.0.0.1:1/"], "a user name or password in the URL"),
+    (["relay", "--forward-to", "http://127.0.0.1:1/", "--host", " "], "--host is empty"),
     (["relay", "purge", "--older-than", "7d"], "pass --delivered"),
     (["relay", "purge", "--delivered", "--older-than", "soon"], "--older-than: 'soon' is not a duration"),
     (["relay", "retry"], "give event ids or --dead"),

@@ -20,7 +20,7 @@ import requests
 from inspera_cli.sandbox import Sandbox, SandboxConfig
 from tests import test_sandbox
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
-from tests.processes import CLI, popen
+from tests.processes import CLI, popen, run
 from tests.test_sandbox import Receiver, openssl_hmac_sha1
 
 EVENT = "confirm_final_grades"
@@ -149,6 +149,13 @@ def _token(url: str, client_id: str, code: str) -> str:
 def test_serve_rejects_a_bad_resolve(cli: Cli, value: str) -> None:
     result = cli("sandbox", "serve", "--port", "0", "--resolve", value, expect=2)
     assert "HOST=ADDRESS:PORT" in result.stderr
+
+
+def test_serve_refuses_an_empty_host() -> None:
+    """`--host=$UNSET` would listen on every interface: a tenant with its key for anyone to use."""
+    result = run([*CLI, "sandbox", "serve", "--port", "0", "--host="], capture_output=True, text=True,
+                 timeout=20)
+    assert result.returncode == 2 and "--host is empty" in result.stderr
 
 
 def test_serve_on_a_taken_port_fails(cli: Cli, sandbox: Sandbox) -> None:

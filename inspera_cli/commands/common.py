@@ -98,6 +98,13 @@ def warn_unknown_events(ctx: typer.Context, names: list[str]) -> None:
         output.warn(f"{problem} ({whose}); going on with it")
 
 
+def listen_address(host: str) -> str:
+    """``--host`` as given; an empty one (`--host=$UNSET`) is a usage error, not every interface."""
+    if not host.strip():
+        raise UsageError("--host is empty: give an address, e.g. 127.0.0.1 (0.0.0.0 for every interface)")
+    return host
+
+
 def split_names(values: list[str] | None) -> list[str]:
     """Names from repeated options that may also be comma-separated: `--events a,b --events c`."""
     return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]

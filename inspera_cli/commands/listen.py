@@ -16,6 +16,7 @@ from inspera_cli.commands.candidates import complete_event_list
 from inspera_cli.commands.common import (
     SecretEnvOption,
     SecretOption,
+    listen_address,
     resolve_secret,
     split_names,
     state,
@@ -445,7 +446,7 @@ def listen(
     routes = parse_forward(forward_to)
     warn_unknown_events(ctx, [*event_filter, *(name for name in routes if name is not None)])
     config = ListenerConfig(
-        host=host,
+        host=listen_address(host),
         port=port,
         path=path,
         secret=resolve_secret(secret_env, secret),

@@ -16,6 +16,7 @@ from inspera_cli.commands.common import (
     JsonOption,
     SecretEnvOption,
     SecretOption,
+    listen_address,
     resolve_secret,
     warn_unknown_events,
 )
@@ -215,7 +216,7 @@ def run_relay(
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     config = RelayConfig(
-        routes=routes, queue=_queue_path(queue, ctx), host=host, port=port, path=path,
+        routes=routes, queue=_queue_path(queue, ctx), host=listen_address(host), port=port, path=path,
         secret=resolve_secret(secret_env, secret), tls_cert=tls_cert, tls_key=tls_key,
         concurrency=concurrency, max_age=_duration(max_age, "--max-age"),
         max_backoff=_duration(max_backoff, "--max-backoff"), admin_port=admin_port,

@@ -14,7 +14,7 @@ import typer
 
 from inspera_cli import output
 from inspera_cli.commands.candidates import complete_event
-from inspera_cli.commands.common import JsonOption, state
+from inspera_cli.commands.common import JsonOption, listen_address, state
 from inspera_cli.errors import APIError, CredentialsError, UsageError
 
 sandbox_app = typer.Typer(
@@ -110,7 +110,7 @@ def serve(
     routes = _parse_resolve(resolve or [])
     sandbox = Sandbox(
         SandboxConfig(
-            host=host,
+            host=listen_address(host),
             port=port,
             client_id=client_id,
             api_key=api_key,
