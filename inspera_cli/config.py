@@ -12,7 +12,7 @@ from typing import Any
 from inspera_cli.errors import ConfigError, CredentialsError, UsageError
 from inspera_cli.files import describe_os_error, loads_toml, locked, read_small_text, write_private
 from inspera_cli.network import check_http_url
-from inspera_cli.redaction import register_secret
+from inspera_cli.redaction import is_valid_utf8, register_secret
 
 APP_NAME = "inspera-hooks"
 DEFAULT_PROFILE = "default"
@@ -195,6 +195,13 @@ def _checked(key: str, value: Any, source: str, profile: str, path: Path | None)
     """One setting's value, checked; a bad value in the file is a broken config file (exit 1)."""
     where = ENV[key] if source == "environment" else source
     try:
+        if isinstance(value, str) and not is_valid_utf8(value):
+            # Bytes that are not UTF-8 in the environment or argv: an "unexpected" encode error later.
+            named = f"--{key.replace('_', '-')}" if source == "flag" else where
+            if key in ("api_key", "token"):
+                register_secret(value)
+                raise CredentialsError(f"{named} is not valid UTF-8 text: set it again")
+            raise UsageError(f"{named} is not valid UTF-8 text: set it again")
         if key == "url":
             return normalize_url(str(value), "tenant URL" if source == "flag" else f"tenant URL from {where}")
         if key == "timeout":

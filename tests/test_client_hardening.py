@@ -358,6 +358,18 @@ def test_secret_env_set_but_empty_or_not_utf8(cli, stub, tmp_path):
     assert result.returncode == 2 and "not valid UTF-8" in one_error_line(result.stderr)
 
 
+@pytest.mark.parametrize(("name", "code"), [("INSPERA_CLIENT_ID", 2), ("INSPERA_URL", 2),
+                                            ("INSPERA_API_KEY", 3), ("INSPERA_TOKEN", 3)])
+def test_a_setting_that_is_not_utf8_is_named_not_unexpected(stub, name: str, code: int) -> None:
+    """Bytes that are not UTF-8 in a variable (a pasted Latin-1 value): one line naming it, never
+    "unexpected UnicodeEncodeError" (INSPERA_CLIENT_ID) nor a 404 from a mangled URL."""
+    env = {**os.environ, name: "caf\udcffe"}  # the stub fixture set the others
+    as_bytes = {k: v.encode("utf-8", "surrogateescape") for k, v in env.items()}
+    result = run([*CLI, "events"], env=as_bytes, capture_output=True, text=True, timeout=60)
+    assert result.returncode == code, result.stderr
+    assert one_error_line(result.stderr).endswith(f"error: {name} is not valid UTF-8 text: set it again")
+
+
 @pytest.mark.parametrize(
     "command",
     [
