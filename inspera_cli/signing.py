@@ -199,7 +199,7 @@ def _body_alternatives(body: bytes) -> Iterator[tuple[bytes, str]]:
 def _json_serialisations(body: bytes) -> Iterator[bytes]:
     try:
         data = json.loads(body.decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deeply to be an event: nothing to re-serialise
         return
     if not isinstance(data, dict):
         return
@@ -218,7 +218,10 @@ def _json_serialisations(body: bytes) -> Iterator[bytes]:
     for order in orders:
         for style in styles:
             for ensure_ascii in (True, False):
-                text = json.dumps(dict(order), ensure_ascii=ensure_ascii, **style)
+                try:
+                    text = json.dumps(dict(order), ensure_ascii=ensure_ascii, **style)
+                except RecursionError:
+                    return
                 for candidate in (text.encode("utf-8"), (text + "\n").encode("utf-8")):
                     if candidate not in seen:
                         seen.add(candidate)

@@ -182,6 +182,16 @@ def test_verify_json_re_serialised_spacing(cli: Cli, tmp_path: Path) -> None:
     assert "re-serialised" in stderr
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000],
+                         ids=["arrays", "objects"])
+def test_verify_a_deeply_nested_body_is_diagnosed_not_unexpected(cli: Cli, tmp_path: Path, text: str) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    _, stderr = verify(cli, path, sign(BODY, SECRET), expect=1)
+    assert "most likely it was made with a different secret" in stderr
+    assert "unexpected" not in stderr
+
+
 def test_verify_empty_signature(cli: Cli, body_file: Path) -> None:
     _, stderr = verify(cli, body_file, "", expect=1)
     assert "signature is empty" in stderr
