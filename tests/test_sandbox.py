@@ -334,6 +334,8 @@ BAD_REQUESTS = [
     ("POST", "/_sandbox/fire", {"json": {"contextObjectId": 1}}, 400, "field event"),
     ("POST", "/_sandbox/fire", {"json": {"event": EVENT, "contextObjectId": "x"}}, 400, "integer"),
     ("POST", "/_sandbox/fire", {"data": b"[1, 2"}, 400, "malformed JSON"),
+    ("POST", "/_sandbox/fire", {"data": b"[" * 100_000}, 400, "malformed JSON"),  # was a 500 "sandbox bug"
+    ("POST", "/api/v1/subscription", {"data": b'{"a":' * 100_000}, 400, "malformed JSON"),
     *[
         ("POST", "/_sandbox/fire", {"json": {"event": EVENT, "count": count}}, 400,
          "field count must be a whole number from 1 to 1000000")

@@ -174,7 +174,7 @@ def _sandbox_request(ctx: typer.Context, method: str, path: str, body: Any = Non
             raise network_error(exc, url, settings.timeout) from exc
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if response.status_code == 404 or not isinstance(data, dict):
         raise APIError(

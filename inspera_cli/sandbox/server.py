@@ -85,6 +85,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except ValueError as exc:
         raise _bad_request(f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise _bad_request("malformed JSON body: nested too deeply") from None
     if not isinstance(data, dict):
         raise _bad_request("the JSON body must be an object")
     return data
