@@ -3,6 +3,7 @@ wraps on an 80-column terminal, and a summary that says who refused what."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -125,3 +126,32 @@ def test_piped_lines_are_whole(tmp_path: Path) -> None:
         assert lp.wait_for(lambda: len(lp.stdout) == 1)
         lp.stop(signal.SIGTERM)
     assert "the signature does not match" in lp.stdout[0] and "…" not in lp.stdout[0]
+
+
+HOSTILE_EVENT = "ev\x1b]0;pwned\x07\x1b[31mred\r\nforged line\u202e"
+
+
+def test_control_characters_in_an_event_never_reach_the_terminal(tmp_path: Path) -> None:
+    """Anyone who can reach the port may send an event name holding ESC sequences, a CR or a bidi
+    override: on the terminal they show as escapes, never retitle, recolour or forge a line."""
+    term = Terminal(["listen", "--port", "0"], dict(os.environ), 120)
+    assert term.read_until("Ready: "), term.screen
+    url = re.search(r"Ready: (\S+)", term.screen)
+    assert url is not None
+    body = json.dumps({"contextObjectId": 7, "event": HOSTILE_EVENT}).encode()
+    assert requests.post(url.group(1), data=body, timeout=10).status_code == 200
+    assert term.read_until("forged line"), term.screen
+    term.ctrl_c()
+    assert term.exit_code() == 0, term.screen
+    assert b"\x1b]0;" not in term.seen and b"\x07" not in term.seen and b"\r\nforged" not in term.seen
+    assert "\\x1b]0;pwned\\x07\\x1b[31mred\\r\\nforged line\\u202e" in term.screen
+
+
+def test_control_characters_in_an_event_are_escaped_when_piped_too() -> None:
+    """A piped log read later with `cat` or `less -R` is a terminal too."""
+    with ListenProcess() as lp:
+        body = json.dumps({"contextObjectId": 7, "event": HOSTILE_EVENT}).encode()
+        assert requests.post(lp.url, data=body, timeout=10).status_code == 200
+        assert lp.wait_for(lambda: len(lp.stdout) >= 1)
+        lp.stop(signal.SIGTERM)
+    assert len(lp.stdout) == 1 and "\\x1b]0;pwned\\x07" in lp.stdout[0] and "\x1b" not in lp.stdout[0]

@@ -160,6 +160,16 @@ def test_a_table_never_splits_a_cell_on_a_terminal(stub: Any, tmp_path: Path, co
     assert f"{long_endpoint}/2" in piped.stdout
 
 
+def test_a_tenant_cannot_send_control_characters_to_the_terminal(stub: Any) -> None:
+    """A table cell holds data from the tenant: ESC [2J (clear the screen) shows as an escape."""
+    hostile = [{"subscriptionId": 1, "event": "confirm_final_grades\x1b[2J",
+                "endpoint": "https://h.example/\x1b]0;pwned\x07", "lastModified": None}]
+    stub.on("GET", SUBS, Reply(body={"subscriptions": hostile}))
+    out = CliRunner().invoke(app, ["list"]).stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert "confirm_final_grades\\x1b[2J" in out and "https://h.example/\\x1b]0;pwned\\x07" in out
+
+
 def test_an_empty_list_on_a_terminal_says_so(stub: Any, tmp_path: Path) -> None:
     term = Terminal(["list"], stub.subprocess_env(tmp_path), 80)
     assert term.exit_code() == 0, term.screen

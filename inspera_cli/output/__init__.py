@@ -29,6 +29,25 @@ PROG = "inspera-hooks"
 _no_color = False
 _consoles: dict[bool, Console] = {}
 
+# Text from the network (an event name, a body, a server's error) reaches a terminal without its
+# control characters: ESC [ ... or a CR in an event name would recolour, retitle or overwrite the
+# operator's terminal, and anyone who can reach `listen` may send one. They show as escapes, as
+# do line and paragraph separators and bidi overrides (which reorder what is shown).
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+_ESCAPES.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+_ONE_LINE = str.maketrans(_ESCAPES)
+_LINES = str.maketrans({c: text for c, text in _ESCAPES.items() if c != 0x0A})  # messages may span lines
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line a terminal shows as it is: control characters as escapes."""
+    return text if text.isprintable() else text.translate(_ONE_LINE)
+
+
+def _message(text: str) -> str:
+    return redact(text) if text.isprintable() else redact(text).translate(_LINES)
+
 
 def configure(*, no_color: bool = False) -> None:
     global _no_color
@@ -145,12 +164,12 @@ def print_json_line(data: Any) -> None:
 
 def error(message: str) -> None:
     """One error line on stderr; known secrets and URL userinfo show as ``***``."""
-    sys.stderr.write(f"{PROG}: error: {redact(message)}\n")
+    sys.stderr.write(f"{PROG}: error: {_message(message)}\n")
     sys.stderr.flush()
 
 
 def warn(message: str) -> None:
-    console().print(f"[yellow]warning:[/] {_escape(redact(message))}")
+    console().print(f"[yellow]warning:[/] {_escape(_message(message))}")
 
 
 def traceback(exc: BaseException) -> None:
@@ -163,19 +182,19 @@ def traceback(exc: BaseException) -> None:
 
 def info(message: str, *, markup: bool = False) -> None:
     """A message on stderr, redacted; ``markup`` lets Rich style tags through (our own strings only)."""
-    message = redact(message)
+    message = _message(message)
     console().print(message if markup else _escape(message))
 
 
 def log_line(message: str) -> None:
     """One plain line on stderr, without Rich's layout (3 µs instead of 85): `sandbox serve` logs a
     line per delivery attempt, thousands a second under a burst."""
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(_message(message) + "\n")
 
 
 def styled_line(text: str, style: str | None = None, *, stderr: bool = False) -> None:
     """One line of plain text (stdout by default), in a Rich ``style`` on a terminal, e.g. a plan line."""
-    console(stderr=stderr).print(_escape(text), style=style, emoji=False)
+    console(stderr=stderr).print(_escape(one_line(text)), style=style, emoji=False)
 
 
 def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
@@ -189,6 +208,8 @@ def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
     """
     out = console(stderr=False)
     terminal = is_terminal()
+    if not all(piece.isprintable() for piece, _ in segments):
+        segments = [(one_line(piece), style) for piece, style in segments]
     if terminal:
         segments = _fit_line(segments, out.width)
     if terminal and out.color_system is not None:
@@ -237,7 +258,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return one_line(str(value))
 
 
 def render_table(
