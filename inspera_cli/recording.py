@@ -343,18 +343,25 @@ class RecordReader:
         self.line = line
         self.corrupt = 0
         self.read = 0
+        self._identity: tuple[int, int] | None = None  # the file last read (device, inode)
 
     def __iter__(self) -> Iterator[RecordedRequest]:
         with self._open() as stream:
             yield from self._records(stream, final=True)
 
     def poll(self) -> list[RecordedRequest]:
-        """The records whose lines were completed since the last read (for `tail -f`)."""
-        with self._open() as stream:
+        """The records whose lines were completed since the last read (for `tail -f`). A file that
+        was truncated or replaced since (log rotation) is read from its start, as `tail -F` does."""
+        with self._open(follow=True) as stream:
             return list(self._records(stream, final=False))
 
-    def _open(self) -> BinaryIO:
+    def _open(self, *, follow: bool = False) -> BinaryIO:
         stream = _open_record(self.path)
+        info = os.fstat(stream.fileno())
+        identity = (info.st_dev, info.st_ino)
+        if follow and (info.st_size < self.offset or identity != (self._identity or identity)):
+            self.offset, self.line = 0, 1
+        self._identity = identity
         stream.seek(self.offset)
         return stream
 

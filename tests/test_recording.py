@@ -259,6 +259,22 @@ def test_a_reader_follows_a_growing_file_and_resumes_at_an_offset(tmp_path: Path
     assert (fourth.fields["contextObjectId"], fourth.line, fourth.offset) == (4, 4, reader.offset)
 
 
+def test_a_followed_file_that_is_truncated_or_replaced_is_read_from_its_start(tmp_path: Path) -> None:
+    """Log rotation: `inspect FILE` went on reading at the old offset, so every later event was
+    missed (a truncated file) or read from the middle of a line (a file replaced by a longer one)."""
+    path = tmp_path / "r.jsonl"
+    lines = [encode_record(record(n)) for n in range(1, 8)]
+    path.write_bytes(lines[0] + lines[1] + lines[2])
+    reader = RecordReader(path)
+    assert [r.fields["contextObjectId"] for r in reader.poll()] == [1, 2, 3]
+    path.write_bytes(lines[3])  # truncated (`> file`, copytruncate), then one event appended
+    assert [r.fields["contextObjectId"] for r in reader.poll()] == [4]
+    rotated = tmp_path / "r.jsonl.1"
+    path.rename(rotated)
+    path.write_bytes(lines[4] + lines[5] + lines[6])  # a new file, already longer than the offset
+    assert [(r.fields["contextObjectId"], r.line) for r in reader.poll()] == [(5, 1), (6, 2), (7, 3)]
+
+
 def test_corrupt_lines_are_skipped_and_named_or_strict_refuses(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     path.write_bytes(encode_record(record(1)) + b"{torn\n" + b"[" * 200_000 + b"\n"
