@@ -35,6 +35,8 @@ def unknown_events(names: Iterable[str], known: Sequence[str]) -> str | None:
     unknown = [name for name in dict.fromkeys(names) if name not in known]
     if not unknown:
         return None
+    if not all(name.strip() for name in unknown):  # `--event=$UNSET`
+        return f"an empty event name; valid events: {', '.join(known) or '(none)'}"
     listed = ", ".join(f"{name}{did_you_mean(name, known)}" for name in unknown)
     noun = "event" if len(unknown) == 1 else "events"
     return f"unknown {noun} {listed}; valid events: {', '.join(known) or '(none)'}"

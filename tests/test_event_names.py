@@ -40,6 +40,21 @@ def test_commands_that_talk_to_the_tenant_refuse_an_unknown_event(cli, sandbox_e
                 and path.startswith("/api/v1/subscription")]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["list", "--event="], "an empty event name; valid events: confirm_final_grades"),
+        (["delete", "--event=", "--endpoint", "https://hooks.example.edu/", "--yes"], "an empty event name"),
+        (["delete", "--event", "complete_grading", "--endpoint=", "--yes"], "--endpoint is empty"),
+    ],
+    ids=["list --event=", "delete --event=", "delete --endpoint="],
+)
+def test_an_empty_value_is_a_usage_error_not_a_lookup(cli, sandbox_env: Any, args, message: str) -> None:
+    """`--event=$UNSET`: was "unknown event ;" (list), exit 4 "no subscription ... at " (delete)."""
+    r = cli(*args, expect=2)
+    assert message in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_list_of_a_known_event_with_no_subscriptions_is_not_an_error(cli, sandbox_env: Any) -> None:
     assert cli("list", "--event", "complete_grading", "--json").json == []
 

@@ -263,6 +263,8 @@ def delete(
         raise UsageError("give subscription ids, or --event with --endpoint, or --all (exactly one of these)")
     if (event is None) != (endpoint is None):
         raise UsageError("--event and --endpoint go together")
+    if endpoint is not None and not endpoint.strip():
+        raise UsageError("--endpoint is empty: give the subscription's URL")
     interactive = sys.stdin.isatty()
     if all_ and not yes and not interactive:
         raise UsageError("--all without --yes: refusing to delete every subscription without a terminal")
