@@ -68,6 +68,25 @@ def test_usage_errors_are_one_line_exit_2(cli: Any, args: list[str], message: st
     assert done.stderr.count("error:") == 1
 
 
+def test_the_banner_names_each_route_then_the_default(tmp_path: Path) -> None:
+    """As listen's: "every event" when there is only the default route ("every other" read as
+    every second one), the named routes first."""
+    from tests.processes import LineProcess
+
+    for routes, expected in (
+        (["--forward-to", "http://127.0.0.1:9/"], ["Delivering every event to http://127.0.0.1:9/"]),
+        (["--forward-to", "http://127.0.0.1:9/", "--forward-to", "complete_grading=http://127.0.0.1:9/g"],
+         ["Delivering complete_grading to http://127.0.0.1:9/g",
+          "Delivering every other event to http://127.0.0.1:9/"]),
+    ):
+        argv = [*CLI, "relay", *routes, "--queue", str(tmp_path / "q.sqlite"), "--port", "0",
+                "--admin-port", "0", "--secret", "relay-banner-secret"]
+        with LineProcess(argv, relay_env()) as proc:
+            assert proc.wait(lambda: any(line.startswith("Admin:") for line in proc.stderr), 20), proc.stderr
+            assert proc.finish(signal.SIGTERM, 15) == 0
+        assert [line for line in proc.stderr if line.startswith("Delivering")] == expected
+
+
 def test_subcommands_on_a_missing_queue_say_so(cli: Any, tmp_path: Path) -> None:
     done = cli("relay", "status", "--queue", str(tmp_path / "none.sqlite"), expect=1)
     assert done.stderr.startswith("inspera-hooks: error: no relay queue at ")

@@ -136,8 +136,12 @@ def _announce(relay: Relay, queue: Path, secret_env: str | None, verifying: bool
     if verifying:
         output.info(f"Verifying signatures with the secret in {secret_env}." if secret_env
                     else "Verifying signatures.")
-    for event, url in cfg.routes.items():
-        output.info(f"Delivering {'every other event' if event is None else event} to {url}")
+    routes = dict(cfg.routes)
+    default = routes.pop(None, None)
+    for event, url in routes.items():
+        output.info(f"Delivering {event} to {url}")
+    if default is not None:
+        output.info(f"Delivering {'every other event' if routes else 'every event'} to {default}")
     output.info(f"Queue: {queue}")
     if relay.rerouted:
         output.info(f"Re-routed {relay.rerouted} queued events to the routes above.")
