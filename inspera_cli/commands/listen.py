@@ -176,11 +176,13 @@ def serve(
         inspector = inspect_command.start_for_listener(listener, config, *inspect)
     started = time.monotonic()
     reached = True
+    ready = False  # a summary only after `Ready:` (not under the error of a start that failed)
     try:
         listener.start()
         if inspector is not None:
             inspector.start(listener)
         output.info(f"Ready: {listener.url}")
+        ready = True
         if inspector is not None:
             inspect_command.announce(inspector)
         for line in banner(config, secret_from=secret_from, exit_after=exit_after, max_time=max_time):
@@ -195,7 +197,7 @@ def serve(
             if inspector is not None:
                 inspector.close()
             listener.shutdown()
-            if listener.url:
+            if ready:
                 record = Path(config.record) if config.record is not None else None
                 output.info(summary(listener.stats(), time.monotonic() - started, record))
     if not reached:
