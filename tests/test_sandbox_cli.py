@@ -151,6 +151,12 @@ def test_serve_rejects_a_bad_resolve(cli: Cli, value: str) -> None:
     assert "HOST=ADDRESS:PORT" in result.stderr
 
 
+def test_fire_refuses_an_empty_event_before_asking_the_sandbox(cli: Cli, sandbox_env: Sandbox) -> None:
+    result = cli("sandbox", "fire", "", expect=2)  # `fire "$EVENT"` unset: was exit 1 "the sandbox refused"
+    assert "missing EVENT" in result.stderr
+    assert not [path for _, path in sandbox_env.requests if path == "/_sandbox/fire"]
+
+
 def test_serve_refuses_an_empty_host() -> None:
     """`--host=$UNSET` would listen on every interface: a tenant with its key for anyone to use."""
     result = run([*CLI, "sandbox", "serve", "--port", "0", "--host="], capture_output=True, text=True,

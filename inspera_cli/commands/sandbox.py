@@ -231,6 +231,8 @@ def fire(
     """
     from inspera_cli.sandbox.burst import burst_problem
 
+    if not event.strip():
+        raise UsageError("missing EVENT: give an event name, e.g. confirm_final_grades")
     if problem := burst_problem(count, rate, names=("--count", "--rate")):
         raise UsageError(problem)
     payload: dict[str, Any] = {"event": event}
