@@ -45,8 +45,6 @@ class TunnelProgram(StrEnum):
     ngrok = "ngrok"
 
 
-
-
 def parse_forward(values: list[str] | None) -> dict[str | None, str]:
     """`--forward-to URL` (the default route) and `--forward-to EVENT=URL` (one event's route)."""
     from inspera_cli.network import check_http_url
