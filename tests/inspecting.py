@@ -195,5 +195,10 @@ class EventReader:
         return [json.loads(data) for name, _, data in self.events if name == "request"]
 
     def close(self) -> None:
-        self.sock.close()
+        # shutdown() wakes the reading thread's recv(); close() alone would leave it blocked.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the server closed the stream first
         self._thread.join(5)
+        self.sock.close()
