@@ -51,6 +51,27 @@ def run(
     return subprocess.run(argv, preexec_fn=prepare, **kwargs)
 
 
+def running_with(marker: str) -> list[int]:
+    """The live (not zombie) processes whose environment holds ``marker``: a test's grandchildren
+    left behind, found however early they were stopped (Popen returns only after the exec, and the
+    environment is in place from the exec on)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if marker.encode() not in environ.read():
+                    continue
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                if stat.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    continue
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        found.append(int(entry))
+    return found
+
+
 class LineProcess:
     """Runs ``argv``; ``stdout`` and ``stderr`` fill up with lines as the program prints them."""
 

@@ -11,6 +11,7 @@ import pytest
 
 from inspera_cli.errors import ExitCode, UsageError
 from inspera_cli.tunnel import INSTALL_URLS, Tunnel, TunnelError, command, error_in, public_url_in
+from tests.processes import running_with
 
 STANDINS = Path(__file__).parent / "standins"
 PUBLIC = {
@@ -96,7 +97,9 @@ def test_silent_program_times_out_and_is_stopped(
     with pytest.raises(TunnelError, match=rf"{program} printed no public URL within 0.3 s") as caught:
         Tunnel.start(program, 8000, timeout=0.3)
     assert INSTALL_URLS[program] in str(caught.value)
-    assert_gone(standin_info(info_file)["pid"])
+    # Under load 0.3 s may end before the stand-in's Python has started: look for the process by
+    # its environment, not by the pid it writes once it runs.
+    assert running_with(str(info_file)) == []
 
 
 @pytest.mark.parametrize(
