@@ -8,6 +8,7 @@ import json
 import os
 import random
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,10 +64,15 @@ def app() -> Iterator[AppStub]:
 def test_the_app_gets_the_original_body_and_signature_plus_id_and_attempt(
     tmp_path: Path, app: AppStub
 ) -> None:
+    # The app answers only once the retry has been taken, so the delivery is reported after the
+    # duplicate (without this the relay may deliver before the retry arrives).
+    retried = threading.Event()
+    app.answer = lambda d: 200 if retried.wait(10) else 500
     with running(tmp_path, {None: app.url}) as relay:
         body = event_body(35199862)
         assert signed_post(port_of(relay), body) == 200
         assert signed_post(port_of(relay), body) == 200  # Inspera's retry after a lost 200: stored once
+        retried.set()
         [got] = app.wait_taken(1, 10)
         time.sleep(0.3)
     assert len(app.deliveries) == 1
