@@ -97,11 +97,14 @@ def ci_recipe() -> str:
 
 
 @pytest.mark.slow
-def test_the_ci_recipe_passes_20_of_20_runs(readme_env: dict[str, str], tmp_path: Path) -> None:
-    """`listen --exit-after 1 & trigger EVENT`: before `trigger --wait`, 2 of 10 runs lost the race."""
+def test_the_ci_recipe_passes_5_of_5_runs(readme_env: dict[str, str], tmp_path: Path) -> None:
+    """`listen --exit-after 1 & trigger EVENT`: before `trigger --wait`, 2 of 10 runs lost the race.
+    The race itself is made certain in test_trigger.py
+    (test_trigger_waits_for_a_receiver_that_is_still_starting: the receiver starts a second late);
+    here the recipe runs as written, a few times over, holding port 8000 as briefly as it can."""
     recipe = ci_recipe()
     failures = []
-    for run in range(20):
+    for run in range(5):
         done = run_block(recipe, readme_env, tmp_path, timeout=90)
         if done.returncode != 0:
             failures.append(f"run {run + 1}: exit {done.returncode}\n{done.stderr}")
