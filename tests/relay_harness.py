@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from inspera_cli.signing import sign
-from tests.processes import CLI, popen
+from tests.processes import CLI, popen, run
 
 SECRET = "relay-test-secret-0123456789"
 
@@ -192,8 +192,8 @@ def _drain(stream: Any) -> None:
 
 
 def queue_status(queue: Path) -> dict[str, Any]:
-    done = subprocess.run([*CLI, "relay", "status", "--queue", str(queue), "--json"], capture_output=True,
-                          text=True, timeout=30)
+    done = run([*CLI, "relay", "status", "--queue", str(queue), "--json"], capture_output=True, text=True,
+                timeout=30)
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 

@@ -19,6 +19,7 @@ import pytest
 
 from inspera_cli.commands.candidates import _event_items, _public_url, _subscription_items, cache_path
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID
+from tests.processes import run
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {"bash": "inspera-hooks.bash", "zsh": "_inspera-hooks", "fish": "inspera-hooks.fish"}
@@ -42,7 +43,7 @@ def complete(
         request |= {"COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1)}
     else:
         request |= {"_TYPER_COMPLETE_ARGS": words, "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
-    return subprocess.run(
+    return run(
         argv or program(),
         env={**os.environ, **(env or {}), **request},
         capture_output=True,

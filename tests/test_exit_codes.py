@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.processes import CLI, popen
+from tests.processes import CLI, popen, run
 from tests.stub_server import Reply
 
 
@@ -31,7 +31,7 @@ def test_ctrl_c_exits_130_without_traceback(stub, tmp_path):
 
 
 def test_click_usage_error_is_one_line_and_2_from_the_installed_program(tmp_path):
-    done = subprocess.run([*CLI, "list", "--no-such-flag"], capture_output=True, text=True)
+    done = run([*CLI, "list", "--no-such-flag"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (
         "inspera-hooks: error: no such option: --no-such-flag (see inspera-hooks list --help)\n"
@@ -39,7 +39,7 @@ def test_click_usage_error_is_one_line_and_2_from_the_installed_program(tmp_path
 
 
 def test_python_dash_m_works(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "inspera_cli", "--version"], capture_output=True, text=True)
+    done = run([sys.executable, "-m", "inspera_cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("inspera-hooks ")
 
 

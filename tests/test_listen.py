@@ -12,7 +12,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import requests
 from inspera_cli.listener import JSON_FIELDS
 from inspera_cli.webhook_body import verification_body
 from tests.conftest import Cli
-from tests.processes import LineProcess
+from tests.processes import CLI, LineProcess, popen, run
 
 OPENSSL = "/usr/bin/openssl"
 SECRET = "listen-test-secret-5e1f"
@@ -62,7 +61,7 @@ class ListenProcess(LineProcess):
         self, *args: str, env: dict[str, str] | None = None, port: int = 0, read_stdout: bool = True
     ) -> None:
         super().__init__(
-            [sys.executable, "-m", "inspera_cli", "listen", "--port", str(port), *args],
+            [*CLI, "listen", "--port", str(port), *args],
             {**os.environ, "LISTEN_SECRET": SECRET, **(env or {})},
             read_stdout=read_stdout,
         )
@@ -299,8 +298,8 @@ def listen_on_a_pty(global_args: list[str], env: dict[str, str]) -> str:
     second valid event; return what the terminal got."""
     leader, follower = pty.openpty()
     base = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inspera_cli", *global_args, "listen", "--port", "0",
+    proc = popen(
+        [*CLI, *global_args, "listen", "--port", "0",
          "--secret-env", "LISTEN_SECRET", "--exit-after", "2", "--max-time", "20"],
         stdout=follower, stderr=subprocess.PIPE, text=True,
         env={**base, "TERM": "xterm-256color", "COLUMNS": "200", "LISTEN_SECRET": SECRET, **env},
@@ -623,8 +622,8 @@ def run_listen(
     *args: str, env: dict[str, str] | None = None, timeout: float = 20
 ) -> subprocess.CompletedProcess[str]:
     """`inspera-hooks [GLOBAL] listen ARGS` to its end; a hang fails the test (TimeoutExpired kills it)."""
-    return subprocess.run(
-        [sys.executable, "-m", "inspera_cli", *args],
+    return run(
+        [*CLI, *args],
         capture_output=True, text=True, encoding="utf-8", timeout=timeout,
         env={**os.environ, "LISTEN_SECRET": SECRET, **(env or {})},
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests import processes
 from tests.processes import CLI
 from tests.relay_harness import (
     AppStub,
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=relay_env())
+    return processes.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=relay_env())
 
 
 def test_help_documents_the_relay_and_its_subcommands(cli: Any) -> None:

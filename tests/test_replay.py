@@ -14,6 +14,7 @@ import pytest
 from inspera_cli.signing import sign
 from inspera_cli.webhook_body import build_body, verification_body
 from tests.conftest import Cli
+from tests.processes import CLI, popen, run
 from tests.test_trigger import Receiver, closed_port
 
 SECRET = "replay-test-secret-42ab"
@@ -328,12 +329,11 @@ def test_trigger_through_listen_then_replay_its_record(cli: Cli, tmp_path: Path)
     the file `listen --record` wrote sends the same bytes in the same order, validly re-signed."""
     import re
     import subprocess
-    import sys
 
     record = tmp_path / "recorded.jsonl"
     with Receiver(secret=OLD_SECRET, statuses=(200, 500, 200)) as app:
-        listen = subprocess.Popen(
-            [sys.executable, "-m", "inspera_cli", "listen", "--port", "0", "--json",
+        listen = popen(
+            [*CLI, "listen", "--port", "0", "--json",
              "--secret-env", "HOOK_SECRET", "--record", str(record), "--forward-to", app.url,
              "--exit-after", "2", "--max-time", "30"],
             env={**os.environ, "HOOK_SECRET": OLD_SECRET},
@@ -388,7 +388,6 @@ def test_replay_streams_a_50000_record_file_in_under_60_mb(tmp_path: Path, recei
     """The defect: replay held every record in memory (3.2 KB each: 200 MB for 50,000). It reads
     the file twice, one line at a time (count, then send); `--last 3` keeps this test quick, the
     README has the figure for sending all 50,000 (the same loop, one result at a time)."""
-    import subprocess
     import sys
 
     from inspera_cli.recording import encode_record
@@ -404,7 +403,7 @@ def test_replay_streams_a_50000_record_file_in_under_60_mb(tmp_path: Path, recei
         "    peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "    print('maxrss', peak, file=sys.stderr)\n"
     )
-    done = subprocess.run(
+    done = run(
         [sys.executable, "-c", measured, "replay", str(path), "--to", receiver.url, "--last", "3",
          "--secret-env", "HOOK_SECRET", "--json"],
         capture_output=True, text=True, env={**os.environ, "HOOK_SECRET": SECRET}, timeout=120,

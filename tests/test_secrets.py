@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SANDBOX_API_KEY
+from tests.processes import CLI, popen, run
 
 HOOK_SECRET = "hook-secret-must-stay-hidden-5e1f"
 
@@ -119,9 +119,9 @@ def test_no_command_shows_a_secret(cli, sandbox_env, receiver, monkeypatch, tmp_
     tokens = json.loads((isolated_home / ".cache" / "inspera-hooks" / "tokens.json").read_text() or "{}")
     issued = [entry["access_token"] for entry in tokens.values()]
     assert len(runs) == 21
-    for run in runs:
+    for done in runs:
         for secret in (HOOK_SECRET, SANDBOX_API_KEY, *issued):
-            assert secret not in run.stdout + run.stderr, (secret, run.stdout, run.stderr)
+            assert secret not in done.stdout + done.stderr, (secret, done.stdout, done.stderr)
     assert "debug:" in runs[0].stderr  # the --debug log was on and checked too
 
 
@@ -138,11 +138,9 @@ def test_inspera_token_is_not_logged(cli, sandbox_env, monkeypatch):
 def test_listen_keeps_the_secret_out_of_output_and_record(sandbox_env, tmp_path):
     record = tmp_path / "events.jsonl"
     env = {**os.environ, "HOOK": HOOK_SECRET}
-    proc = subprocess.Popen(
+    proc = popen(
         [
-            sys.executable,
-            "-m",
-            "inspera_cli",
+            *CLI,
             "--debug",
             "listen",
             "--port",
@@ -168,11 +166,9 @@ def test_listen_keeps_the_secret_out_of_output_and_record(sandbox_env, tmp_path)
         if line.startswith("Ready:"):
             ready = line.split()[1]
             break
-    trigger = subprocess.run(
+    trigger = run(
         [
-            sys.executable,
-            "-m",
-            "inspera_cli",
+            *CLI,
             "--debug",
             "trigger",
             "confirm_final_grades",

@@ -25,7 +25,8 @@ def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[str, st
     shows a prompt's text, type its answer (answers: (prompt text, answer, hidden))."""
     pid, leader = pty.fork()
     if pid == 0:  # the child: becomes the CLI
-        os.execve(sys.executable, [sys.executable, "-m", "inspera_cli", *args], env)
+        processes.default_signals()
+        os.execve(sys.executable, [*processes.CLI, *args], env)
     seen = b""
     pending = list(answers)
     deadline = time.monotonic() + 20
