@@ -37,7 +37,8 @@ from load_harness import SECRET, Server, load, settle  # noqa: E402
 
 from inspera_cli.relay.queue import NewEvent, SQLiteQueue  # noqa: E402
 from tests import relay_harness  # noqa: E402
-from tests.relay_harness import crash_loop, event_body, free_port, signed_post  # noqa: E402
+from tests.receiver import free_port  # noqa: E402
+from tests.relay_harness import crash_loop, event_body, signed_post  # noqa: E402
 
 # An app that answers 200 at once and appends "delivery-id contextObjectId" per POST to a file
 # (kept across its restarts), in a process of its own.

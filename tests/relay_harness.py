@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,14 +21,9 @@ from typing import Any
 
 from inspera_cli.signing import sign
 from tests.processes import CLI, popen, run
+from tests.receiver import free_port
 
 SECRET = "relay-test-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def event_body(n: int, event: str = "confirm_final_grades") -> bytes:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -13,57 +11,21 @@ import pytest
 
 from inspera_cli.client import InsperaClient
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli, Result
+from tests.receiver import Received, Receiver
 
 SECRET = "s3cr3t-apply-value"
 EVENTS = ("confirm_final_grades", "test_closed", "candidate_submitted")
 
 
-class Receiver:
-    """Answers the sandbox's validation POST: 200, but 500 on /fail; counts concurrent requests."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver._lock:
-                    receiver.in_flight += 1
-                    receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
-                time.sleep(receiver.delay)
-                with receiver._lock:
-                    receiver.in_flight -= 1
-                self.send_response(500 if self.path.startswith("/fail") else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def failing_on_fail(request: Received) -> int:
+    """Answers the sandbox's validation POST: 200, but 500 on /fail."""
+    return 500 if request.path.startswith("/fail") else 200
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
+    with Receiver(answer=failing_on_fail) as r:
+        yield r
 
 
 @pytest.fixture
@@ -110,7 +72,7 @@ def client(sandbox: Any) -> InsperaClient:
 def test_first_apply_creates_and_second_changes_nothing(
     cli: Cli, env: Any, receiver: Receiver, tmp_path: Path
 ) -> None:
-    pairs = [(e, receiver.url(f"/{i}")) for i, e in enumerate(EVENTS)]
+    pairs = [(e, receiver.base + f"/{i}") for i, e in enumerate(EVENTS)]
     path = write(tmp_path, pairs)
 
     first = run(cli, "-f", str(path))
@@ -127,7 +89,7 @@ def test_first_apply_creates_and_second_changes_nothing(
 
 
 def test_prune_deletes_exactly_the_extras(cli: Cli, env: Any, receiver: Receiver, tmp_path: Path) -> None:
-    keep, extra_endpoint = receiver.url("/keep"), receiver.url("/extra")
+    keep, extra_endpoint = receiver.base + "/keep", receiver.base + "/extra"
     with client(env) as c:
         kept = c.create("confirm_final_grades", keep, SECRET)
         extras = [
@@ -153,16 +115,16 @@ def test_prune_deletes_exactly_the_extras(cli: Cli, env: Any, receiver: Receiver
 
 def test_dry_run_changes_nothing(cli: Cli, env: Any, receiver: Receiver, tmp_path: Path) -> None:
     with client(env) as c:
-        extra = c.create("test_closed", receiver.url("/extra"), SECRET)
+        extra = c.create("test_closed", receiver.base + "/extra", SECRET)
     before = len(writes(env))
-    path = write(tmp_path, [("confirm_final_grades", receiver.url("/new"))])
+    path = write(tmp_path, [("confirm_final_grades", receiver.base + "/new")])
 
     result = run(cli, "-f", str(path), "--prune", "--dry-run")
     assert "+ create" in result.stdout and "- delete" in result.stdout
     assert f"id {extra.subscription_id}" in result.stdout
     assert "Dry run" in result.stderr
     assert len(writes(env)) == before
-    assert live(env) == {("test_closed", receiver.url("/extra"))}
+    assert live(env) == {("test_closed", receiver.base + "/extra")}
 
     data = run(cli, "-f", str(path), "--prune", "--dry-run", "--json").json
     assert data["applied"] is False
@@ -174,12 +136,12 @@ def test_dry_run_changes_nothing(cli: Cli, env: Any, receiver: Receiver, tmp_pat
 def test_one_failed_validation_leaves_the_others_created(
     cli: Cli, env: Any, receiver: Receiver, tmp_path: Path
 ) -> None:
-    good = [(e, receiver.url(f"/ok{i}")) for i, e in enumerate(EVENTS)]
-    path = write(tmp_path, [*good[:2], ("test_closed", receiver.url("/fail")), good[2]])
+    good = [(e, receiver.base + f"/ok{i}") for i, e in enumerate(EVENTS)]
+    path = write(tmp_path, [*good[:2], ("test_closed", receiver.base + "/fail"), good[2]])
 
     result = run(cli, "-f", str(path), "--detailed-exitcode", expect=1)
     assert live(env) == set(good)
-    assert f"test_closed → {receiver.url('/fail')} failed" in result.stderr
+    assert f"test_closed → {receiver.base}/fail failed" in result.stderr
     assert "answered 500" in result.stderr
     assert "1 of 4 changes failed" in result.stderr
 
@@ -191,30 +153,30 @@ def test_one_failed_validation_leaves_the_others_created(
 
 def test_failed_create_skips_the_prune(cli: Cli, env: Any, receiver: Receiver, tmp_path: Path) -> None:
     with client(env) as c:
-        c.create("test_closed", receiver.url("/old"), SECRET)
-    path = write(tmp_path, [("test_closed", receiver.url("/fail"))])
+        c.create("test_closed", receiver.base + "/old", SECRET)
+    path = write(tmp_path, [("test_closed", receiver.base + "/fail")])
 
     data = run(cli, "-f", str(path), "--prune", "--json", expect=1).json
     [delete] = data["delete"]
     assert delete["deleted"] is False
     assert delete["error"] == "skipped: a create failed, so nothing is deleted (fix it and apply again)"
-    assert live(env) == {("test_closed", receiver.url("/old"))}
+    assert live(env) == {("test_closed", receiver.base + "/old")}
 
 
 def test_detailed_exitcode(cli: Cli, env: Any, receiver: Receiver, tmp_path: Path) -> None:
-    path = write(tmp_path, [("confirm_final_grades", receiver.url("/d"))])
+    path = write(tmp_path, [("confirm_final_grades", receiver.base + "/d")])
     run(cli, "-f", str(path), "--detailed-exitcode", "--dry-run", expect=2)
     run(cli, "-f", str(path), "--detailed-exitcode", expect=2)
     run(cli, "-f", str(path), "--detailed-exitcode", expect=0)
     run(cli, "-f", str(path), "--detailed-exitcode", "--dry-run", expect=0)
     with client(env) as c:
-        c.create("test_closed", receiver.url("/x"), SECRET)
+        c.create("test_closed", receiver.base + "/x", SECRET)
     run(cli, "-f", str(path), "--detailed-exitcode", expect=0)  # an extra without --prune is no change
     run(cli, "-f", str(path), "--detailed-exitcode", "--prune", expect=2)
 
 
 def test_json_shape(cli: Cli, env: Any, receiver: Receiver, tmp_path: Path) -> None:
-    endpoint = receiver.url("/j")
+    endpoint = receiver.base + "/j"
     path = write(tmp_path, [("confirm_final_grades", endpoint)])
     data = run(cli, "-f", str(path), "--json").json
     assert set(data) == {"create", "delete", "unchanged", "applied"}
@@ -239,9 +201,9 @@ def test_json_shape(cli: Cli, env: Any, receiver: Receiver, tmp_path: Path) -> N
 
 
 def test_creates_run_concurrently_within_the_bound(cli: Cli, env: Any, tmp_path: Path) -> None:
-    slow = Receiver(delay=0.1)
+    slow = Receiver(answer=failing_on_fail, delay=0.1)
     try:
-        pairs = [(e, slow.url(f"/{i}")) for i in range(3) for e in EVENTS[:2]]
+        pairs = [(e, slow.base + f"/{i}") for i in range(3) for e in EVENTS[:2]]
         run(cli, "-f", str(write(tmp_path, pairs)), "--concurrency", "2")
         assert live(env) == set(pairs)
         assert slow.max_in_flight == 2
@@ -294,24 +256,24 @@ def test_the_file_defaults_to_inspera_hooks_toml_here(
     expected = "inspera-hooks: error: no inspera-hooks.toml here: give the subscriptions file with -f FILE\n"
     assert missing.stderr == expected
     assert env.requests == []
-    write(tmp_path, [("confirm_final_grades", receiver.url("/a"))], name="inspera-hooks.toml")
+    write(tmp_path, [("confirm_final_grades", receiver.base + "/a")], name="inspera-hooks.toml")
     assert "Applied: 1 created" in run(cli).stderr
-    assert live(env) == {("confirm_final_grades", receiver.url("/a"))}
+    assert live(env) == {("confirm_final_grades", receiver.base + "/a")}
 
 
 def test_the_summary_never_says_the_tenant_matches_when_it_has_more(
     cli: Cli, env: Any, receiver: Receiver, tmp_path: Path
 ) -> None:
-    path = write(tmp_path, [("confirm_final_grades", receiver.url("/a"))])
+    path = write(tmp_path, [("confirm_final_grades", receiver.base + "/a")])
     run(cli, "-f", str(path))
     with client(env) as c:
-        c.create("test_closed", receiver.url("/other"), SECRET)
+        c.create("test_closed", receiver.base + "/other", SECRET)
     again = run(cli, "-f", str(path)).stderr
     assert "1 live subscription not in the file is left alone (--prune deletes it)." in again
     assert "Nothing to do: every subscription in the file is in place." in again
     assert "matches" not in again
     with client(env) as c:
-        c.create("complete_grading", receiver.url("/other"), SECRET)
+        c.create("complete_grading", receiver.base + "/other", SECRET)
     assert "2 live subscriptions not in the file are left alone (--prune deletes them)." in run(
         cli, "-f", str(path)
     ).stderr
@@ -321,7 +283,7 @@ def test_an_unsupported_event_is_refused_before_any_write(
     cli: Cli, env: Any, receiver: Receiver, tmp_path: Path
 ) -> None:
     path = write(
-        tmp_path, [("confirm_final_grades", receiver.url("/a")), ("no_such_event", receiver.url("/b"))]
+        tmp_path, [("confirm_final_grades", receiver.base + "/a"), ("no_such_event", receiver.base + "/b")]
     )
     result = run(cli, "-f", str(path), expect=1)
     assert f"{path}:9: event 'no_such_event' is not supported" in result.stderr
@@ -334,7 +296,8 @@ def test_an_interrupt_stops_the_queued_creates(sandbox: Any, receiver: Receiver)
     from inspera_cli.subscriptions_file import DesiredSubscription
 
     desired = [
-        DesiredSubscription(EVENTS[0], receiver.url(f"/{i}"), "HOOK_SECRET", secret=SECRET) for i in range(16)
+        DesiredSubscription(EVENTS[0], f"{receiver.base}/{i}", "HOOK_SECRET", secret=SECRET)
+        for i in range(16)
     ]
     plan = make_plan(desired, [], prune=False)
 

@@ -8,10 +8,8 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 from inspera_cli.commands.candidates import _event_items, _public_url, _subscription_items, cache_path
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID
 from tests.processes import run
+from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {"bash": "inspera-hooks.bash", "zsh": "_inspera-hooks", "fish": "inspera-hooks.fish"}
@@ -151,24 +150,8 @@ def test_event_names_complete_from_the_sandbox(cli: Any, sandbox_env: Any) -> No
 @pytest.fixture
 def receiver() -> Iterator[str]:
     """An endpoint that answers every POST 200, so the sandbox's validation passes."""
-
-    class Ok(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook?token=abc"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with Receiver(path="/hook?token=abc") as r:
+        yield r.url
 
 
 def test_subscription_ids_complete_for_delete(cli: Any, sandbox_env: Any, receiver: str) -> None:

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cli
-from tests.test_listen import App, closed_port
+from tests.receiver import Receiver, free_port
 
 A, B = "confirm_final_grades", "complete_grading"
 
 
 @pytest.fixture
-def app() -> Iterator[App]:
-    with App() as running:
+def app() -> Iterator[Receiver]:
+    with Receiver(path="") as running:
         yield running
 
 
@@ -33,14 +33,14 @@ def pairs(sandbox: Any) -> list[tuple[str, str]]:
     return sorted((s["event"], s["endpoint"]) for s in sandbox.subscriptions())
 
 
-def test_commas_in_event_and_a_generated_secret_on_its_own_line(cli: Cli, env: Any, app: App) -> None:
+def test_commas_in_event_and_a_generated_secret_on_its_own_line(cli: Cli, env: Any, app: Receiver) -> None:
     result = cli("create", "--event", f"{A}, {B}", "--endpoint", app.url)
     assert pairs(env) == sorted([(A, app.url), (B, app.url)])
     (secret,) = re.findall(r"^Webhook secret: ([0-9a-f]{64})$", result.stderr, re.MULTILINE)
     assert secret not in result.stdout  # not in the table
 
 
-def test_a_duplicate_pair_is_refused_naming_the_existing_one(cli: Cli, env: Any, app: App) -> None:
+def test_a_duplicate_pair_is_refused_naming_the_existing_one(cli: Cli, env: Any, app: Receiver) -> None:
     create = ("create", "--event", A, "--endpoint", app.url, "--secret-env", "HOOK_SECRET")
     (first,) = cli(*create, "--json").json
     again = cli(*create, "--json", expect=1)
@@ -58,7 +58,7 @@ def test_a_duplicate_pair_is_refused_naming_the_existing_one(cli: Cli, env: Any,
 
 
 def test_a_refused_create_prints_its_error_once_and_json_carries_it(cli: Cli, env: Any) -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}/hook"
+    endpoint = f"http://127.0.0.1:{free_port()}/hook"
     result = cli("create", "--event", A, "--endpoint", endpoint, "--json", expect=1)
     (item,) = result.json
     assert (item["event"], item["subscriptionId"], item["created"]) == (A, None, False)
@@ -68,7 +68,7 @@ def test_a_refused_create_prints_its_error_once_and_json_carries_it(cli: Cli, en
 
 
 def test_when_none_is_created_the_summary_says_so(cli: Cli, env: Any) -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}/hook"
+    endpoint = f"http://127.0.0.1:{free_port()}/hook"
     result = cli("create", "--event", f"{A},{B}", "--endpoint", endpoint, expect=1)
     assert "none of the 2 subscriptions was created" in result.stderr
     assert "in place" not in result.stderr
@@ -76,7 +76,7 @@ def test_when_none_is_created_the_summary_says_so(cli: Cli, env: Any) -> None:
 
 
 def test_a_receiver_that_answers_401_is_explained(cli: Cli, env: Any, tmp_path: Path) -> None:
-    with App(status=401) as receiver:
+    with Receiver(401, path="") as receiver:
         generated = cli("create", "--event", A, "--endpoint", receiver.url, expect=1).stderr
         given = cli("create", "--event", A, "--endpoint", receiver.url, "--secret-env", "HOOK_SECRET",
                     expect=1).stderr
@@ -84,7 +84,7 @@ def test_a_receiver_that_answers_401_is_explained(cli: Cli, env: Any, tmp_path: 
         hooks.write_text(f'[[subscription]]\nevent = "{A}"\nendpoint = "{receiver.url}"\n'
                          'secret_env = "HOOK_SECRET"\n')
         applied = cli("apply", "-f", str(hooks), expect=1).stderr
-        port = closed_port()
+        port = free_port()
         listened = cli("listen", "--port", str(port), "--subscribe", A, "--public-url", receiver.url,
                        expect=1).stderr
     for text in (generated, given, applied, listened):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from inspera_cli.event_names import BUILT_IN_NAMES, did_you_mean, unknown_events
-from tests.test_trigger import Receiver
+from tests.receiver import Receiver
 
 TYPO = "confirm_grades"
 

@@ -26,7 +26,8 @@ from inspera_cli.sandbox import Sandbox, SandboxConfig
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
 from tests.gate import Gate
 from tests.processes import CLI, LineProcess
-from tests.test_listen_tunnel import HOSTS, Listen, free_port, gone, standin_env, standin_pid
+from tests.receiver import free_port
+from tests.test_listen_tunnel import HOSTS, Listen, gone, standin_env, standin_pid
 
 A, B, C = "confirm_final_grades", "complete_grading", "test_closed"
 SUBS = "/api/v1/subscription"

@@ -12,10 +12,8 @@ import select
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from inspera_cli.listener import JSON_FIELDS
 from inspera_cli.webhook_body import verification_body
 from tests.conftest import Cli
 from tests.processes import CLI, LineProcess, popen, run
+from tests.receiver import Receiver, free_port
 
 OPENSSL = "/usr/bin/openssl"
 SECRET = "listen-test-secret-5e1f"
@@ -389,53 +388,9 @@ def test_a_reader_that_goes_away_does_not_stop_the_listener(tmp_path: Path) -> N
 # -- forwarding ----------------------------------------------------------------------------------
 
 
-class App:
-    """The user's app: a stdlib server on port 0 that answers ``status`` after ``delay`` seconds."""
-
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                app.received.append((self.path, dict(self.headers.items()), body))
-                time.sleep(delay)
-                answer = f"app says {status}".encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(answer)))
-                    self.end_headers()
-                    self.wfile.write(answer)
-                except OSError:
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> App:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_forwarding_relays_the_apps_answer_and_routes_by_event() -> None:
-    with App(200) as ok_app, App(500) as failing_app:
-        dead = f"http://127.0.0.1:{closed_port()}/gone"
+    with Receiver(body=b"app says 200", path="") as ok_app, Receiver(500, path="") as failing_app:
+        dead = f"http://127.0.0.1:{free_port()}/gone"
         with ListenProcess(
             "--secret-env", "LISTEN_SECRET", "--json",
             "--forward-to", f"{ok_app.url}/hooks?from=listen",
@@ -567,7 +522,7 @@ def test_sigterm_and_ctrl_c_print_a_summary_and_exit_0() -> None:
 
 
 def test_subscribe_creates_verifies_and_deletes_on_sigterm(sandbox_env: Any, cli: Cli) -> None:
-    port = closed_port()
+    port = free_port()
     public_url = f"http://127.0.0.1:{port}/hooks"
     with ListenProcess(
         "--subscribe", EVENT, "--public-url", public_url, "--json", "--path", "/hooks", port=port

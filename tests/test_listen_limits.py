@@ -16,6 +16,7 @@ import requests
 
 from inspera_cli.listener import Listener, ListenerConfig, Report
 from inspera_cli.signing import sign
+from tests.receiver import Receiver
 from tests.test_listen import SECRET, event_body, signed_headers
 from tests.test_listen_server import connect, raw_request, read_responses, read_until_closed
 
@@ -265,12 +266,10 @@ def test_a_silent_or_trickling_app_gets_502_at_the_forward_deadline(received: li
     """The forward timeout is a deadline for the app's whole answer (9 s in `listen`: Inspera gives
     up at 10 s; shortened here, the mechanism is the same). The defect: it was a timeout per read,
     so an app trickling its answer got Inspera a 502 only after 14.5–15 s."""
-    from tests.test_listen import App
-
     assert ListenerConfig(port=0).forward_timeout == 9.0
     deadline = 2.0
     trickling = TricklingApp()  # a byte every 0.5 s: no single read ever waits for the deadline
-    with App(200, delay=10) as silent:
+    with Receiver(delay=10, path="") as silent:
         lst = start(received, forward={None: trickling.url, "user_deleted": silent.url},
                     forward_timeout=deadline)
         answers: dict[str, tuple[int, float]] = {}

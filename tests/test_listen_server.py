@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from inspera_cli.errors import InsperaError
 from inspera_cli.listener import Listener, ListenerConfig, Report, RequestKind
 from inspera_cli.signing import sign
-from tests.test_listen import SECRET, App, event_body, openssl_sign, signed_headers
+from tests.receiver import Receiver
+from tests.test_listen import SECRET, event_body, openssl_sign, signed_headers
 
 # Raw-socket checks sign hundreds of bodies with the package's own helper, which
 # test_openssl_agrees_with_the_signatures_used_here cross-checks.
@@ -145,7 +146,7 @@ def test_shutdown_is_prompt_with_idle_keep_alive_connections(listener: Listener)
 
 
 def test_a_forward_slower_than_the_timeout_is_502(received: list[Report]) -> None:
-    with App(200, delay=2) as slow:
+    with Receiver(delay=2, path="") as slow:
         lst = start(received, forward={None: slow.url}, forward_timeout=0.3)
         try:
             body = event_body()

@@ -13,12 +13,13 @@ import pytest
 import requests
 
 from tests.processes import Terminal
-from tests.test_listen import EVENT, SECRET, App, ListenProcess, closed_port, event_body, post, signed_headers
+from tests.receiver import Receiver, free_port
+from tests.test_listen import EVENT, SECRET, ListenProcess, event_body, post, signed_headers
 
 
 def test_the_banner_says_what_listen_does(tmp_path: Path) -> None:
     record = tmp_path / "events.jsonl"
-    with App() as app, ListenProcess(
+    with Receiver(path="") as app, ListenProcess(
         "--secret-env", "LISTEN_SECRET", "--events", f"{EVENT},complete_grading",
         "--forward-to", app.url, "--forward-to", f"complete_grading={app.url}/grading",
         "--record", str(record), "--exit-after", "1", "--max-time", "30",
@@ -58,8 +59,8 @@ def test_the_banner_for_each_way_of_verifying(args: list[str], line: str) -> Non
 
 
 def test_the_summary_counts_the_apps_refusals_apart_from_its_own() -> None:
-    with App(status=401) as app, ListenProcess("--secret-env", "LISTEN_SECRET", "--forward-to", app.url) \
-            as lp:
+    with Receiver(401, path="") as app, \
+            ListenProcess("--secret-env", "LISTEN_SECRET", "--forward-to", app.url) as lp:
         verification = b'{"contextObjectId": 0, "event": "verification", "timestamp": "2024-01-01T00:00:00Z"}'
         assert post(lp.url, verification, signed_headers(verification)).status_code == 200
         body = event_body()
@@ -75,7 +76,7 @@ def test_the_summary_counts_the_apps_refusals_apart_from_its_own() -> None:
 
 
 def test_an_unreachable_app_is_counted_as_such() -> None:
-    with ListenProcess("--forward-to", f"http://127.0.0.1:{closed_port()}/") as lp:
+    with ListenProcess("--forward-to", f"http://127.0.0.1:{free_port()}/") as lp:
         body = event_body()
         assert post(lp.url, body).status_code == 502
         assert lp.stop() == 0
@@ -87,8 +88,8 @@ def test_an_unreachable_app_is_counted_as_such() -> None:
 def test_a_request_line_never_wraps(columns: int, tmp_path: Path) -> None:
     """Forward routes, an unreachable app, a bad signature, a retry, another path: one line each."""
     env = {**os.environ, "LISTEN_SECRET": SECRET}
-    unreachable = f"http://127.0.0.1:{closed_port()}/grading"
-    with App() as app:
+    unreachable = f"http://127.0.0.1:{free_port()}/grading"
+    with Receiver(path="") as app:
         term = Terminal(["listen", "--port", "0", "--secret-env", "LISTEN_SECRET", "--forward-to", app.url,
                          "--forward-to", f"complete_grading={unreachable}"], env, columns)
         assert term.read_until("Ready: "), term.screen

@@ -21,6 +21,7 @@ from inspera_cli.sandbox import Sandbox, SandboxConfig
 from inspera_cli.tunnel import INSTALL_URLS, command
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
 from tests.processes import LineProcess, running_with
+from tests.receiver import free_port
 from tests.test_completion import complete
 
 STANDINS = Path(__file__).parent / "standins"
@@ -38,12 +39,6 @@ LAUNCH = (
     "from inspera_cli.cli import main\n"
     "sys.exit(main())\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Listen(LineProcess):

@@ -15,7 +15,7 @@ from inspera_cli.signing import sign
 from inspera_cli.webhook_body import build_body, verification_body
 from tests.conftest import Cli
 from tests.processes import CLI, popen, run
-from tests.test_trigger import Receiver, closed_port
+from tests.receiver import Receiver, free_port
 
 SECRET = "replay-test-secret-42ab"
 OLD_SECRET = "the-secret-it-was-recorded-with"
@@ -203,7 +203,7 @@ def test_replay_reports_each_failure_and_exits_1(
     with Receiver(statuses=(200, 500, 200)) as r:
         result = replay(cli, path, r.url, "--json", expect=1)
     assert [item["status"] for item in result.json] == [200, 500, 200]
-    refused = replay(cli, path, f"http://127.0.0.1:{closed_port()}/", "--json", expect=1)
+    refused = replay(cli, path, f"http://127.0.0.1:{free_port()}/", "--json", expect=1)
     assert {item["error"] for item in refused.json} == {"connection refused"}
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,16 +20,11 @@ from inspera_cli.sandbox import Sandbox, SandboxConfig
 from tests import test_sandbox
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
 from tests.processes import CLI, popen, run
+from tests.receiver import free_port
 from tests.test_sandbox import Receiver, openssl_hmac_sha1
 
 EVENT = "confirm_final_grades"
 receiver = test_sandbox.receiver  # the same fixture: stdlib receivers on port 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- sandbox serve, as a real process ---------------------------------------------------------------

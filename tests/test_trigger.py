@@ -3,109 +3,26 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from inspera_cli import sending
-from inspera_cli.signing import SIGNATURE_HEADER, is_valid, sign
+from inspera_cli.signing import sign
 from inspera_cli.webhook_body import parse_event
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
+from tests.receiver import Receiver, free_port
 
 SECRET = "trigger-test-secret-7c1d"
-
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def signature(self) -> str | None:
-        return self.headers.get(SIGNATURE_HEADER.lower())
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1, port 0: records every POST exactly as it arrived.
-
-    Answers from ``statuses`` in turn (then 200); with ``secret`` set, a request whose signature
-    does not verify is answered 401 first, like a real receiver. ``delay`` slows every answer.
-    """
-
-    def __init__(
-        self, statuses: tuple[int, ...] = (), secret: str | None = None, delay: float = 0.0, port: int = 0
-    ):
-        self.statuses = list(statuses)
-        self.secret = secret
-        self.delay = delay
-        self.received: list[Received] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status = receiver._record(self.path, dict(self.headers.items()), body)
-                time.sleep(receiver.delay)
-                answer = b"ok" if status == 200 else b"nope"
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(answer)))
-                    if 300 <= status < 400:
-                        self.send_header("Location", "/elsewhere")
-                    self.end_headers()
-                    self.wfile.write(answer)
-                except OSError:
-                    pass  # the client gave up (timeout tests)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def _record(self, path: str, headers: dict[str, str], body: bytes) -> int:
-        lowered = {k.lower(): v for k, v in headers.items()}
-        with self._lock:
-            self.received.append(Received(path, lowered, body))
-            if self.secret is not None and not is_valid(
-                body, lowered.get(SIGNATURE_HEADER.lower()), self.secret
-            ):
-                return 401
-            return self.statuses.pop(0) if self.statuses else 200
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with Receiver() as r:
         yield r
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound once, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def trigger(cli: Cli, *args: str, expect: int = 0) -> Any:
@@ -170,21 +87,21 @@ def test_trigger_non_200_exits_1(cli: Cli) -> None:
 
 
 def test_trigger_shows_a_refusal_and_its_answer(cli: Cli) -> None:
-    with Receiver(secret="the-receivers-own-secret") as r:
+    with Receiver(secret="the-receivers-own-secret", body=b"nope") as r:
         result = trigger(cli, "confirm_final_grades", "--to", r.url, expect=1)
     assert result.stdout.startswith("#1  401 Unauthorized — nope")
     assert "0 of 1 answered 200" in result.stderr
 
 
 def test_trigger_redirect_is_not_followed(cli: Cli) -> None:
-    with Receiver(statuses=(302,)) as r:
+    with Receiver(answer=lambda request: (302, {"Location": "/elsewhere"})) as r:
         result = trigger(cli, "confirm_final_grades", "--to", r.url, "--json", expect=1)
         assert len(r.received) == 1
     assert result.json[0]["status"] == 302
 
 
 def test_trigger_connection_refused(cli: Cli) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/"
+    url = f"http://127.0.0.1:{free_port()}/"
     result = trigger(cli, "confirm_final_grades", "--to", url, "--repeat", "2", "--json", "--wait", "0",
                      expect=1)
     for item in result.json:
@@ -204,7 +121,7 @@ def test_trigger_sends_to_a_default_listen_when_to_is_left_out(cli: Cli, default
 
 
 def test_trigger_waits_for_a_receiver_that_is_still_starting(cli: Cli) -> None:
-    port = closed_port()
+    port = free_port()
     receivers: list[Receiver] = []
     starting = threading.Timer(1.0, lambda: receivers.append(Receiver(port=port).__enter__()))
     starting.start()
@@ -220,7 +137,7 @@ def test_trigger_waits_for_a_receiver_that_is_still_starting(cli: Cli) -> None:
 
 def test_trigger_stops_waiting_after_wait_seconds(cli: Cli) -> None:
     started = time.monotonic()
-    result = trigger(cli, "confirm_final_grades", "--to", f"http://127.0.0.1:{closed_port()}/",
+    result = trigger(cli, "confirm_final_grades", "--to", f"http://127.0.0.1:{free_port()}/",
                      "--wait", "1", "--json", expect=1)
     assert 1.0 <= time.monotonic() - started < 8
     assert [item["error"] for item in result.json] == ["connection refused"]

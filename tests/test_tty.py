@@ -16,8 +16,9 @@ import pytest
 
 from tests import processes
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID
+from tests.receiver import Receiver, free_port
 from tests.stub_server import Reply
-from tests.test_listen import EVENT, App, closed_port, openssl_sign
+from tests.test_listen import EVENT, openssl_sign
 
 
 def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[str, str, bool]]) -> tuple[int, str]:
@@ -112,7 +113,7 @@ def sandbox_env(sandbox: Any) -> dict[str, str]:
 
 @pytest.mark.parametrize("columns", [60, 120])
 def test_the_secret_create_generates_is_one_line_that_verifies_a_delivery(sandbox: Any, columns: int) -> None:
-    with App() as app:
+    with Receiver(path="") as app:
         term = Terminal(["create", "--event", EVENT, "--endpoint", f"{app.url}/hooks"], sandbox_env(sandbox),
                         columns)
         assert term.exit_code() == 0, term.screen
@@ -125,8 +126,8 @@ def test_the_secret_create_generates_is_one_line_that_verifies_a_delivery(sandbo
 
 
 def test_the_secret_listen_generates_lets_the_app_behind_it_verify(sandbox: Any) -> None:
-    port = closed_port()
-    with App() as app:
+    port = free_port()
+    with Receiver(path="") as app:
         term = Terminal(["listen", "--port", str(port), "--subscribe", EVENT, "--public-url",
                          f"http://127.0.0.1:{port}/", "--forward-to", app.url], sandbox_env(sandbox), 80)
         assert term.read_until("Subscribed:"), term.screen
