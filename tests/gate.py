@@ -38,6 +38,8 @@ class Gate:
         self._open = threading.Event()
         self._lock = threading.Lock()
         self._matched = 0
+        self._held = 0
+        self._held_changed = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
@@ -69,7 +71,15 @@ class Gate:
             self._matched += 1
             return self._matched > self.skip
 
+    def wait_held(self, count: int, timeout: float) -> bool:
+        """Whether ``count`` requests are being held (or have been) within ``timeout`` seconds."""
+        with self._held_changed:
+            return self._held_changed.wait_for(lambda: self._held >= count, timeout)
+
     def _wait(self) -> None:
+        with self._held_changed:
+            self._held += 1
+            self._held_changed.notify_all()
         self.arrived.set()
         self._open.wait(HOLD_LIMIT)
 

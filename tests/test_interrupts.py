@@ -107,9 +107,10 @@ def posts(sandbox: Sandbox) -> int:
     return sandbox.requests.count(("POST", SUBS))
 
 
-def interrupt_while_held(proc: LineProcess, gate: Gate, *signals: int) -> None:
-    """Once the gate holds a request: the first signal (the command says it waits), then the others."""
-    assert gate.arrived.wait(20), proc.err_text
+def interrupt_while_held(proc: LineProcess, gate: Gate, *signals: int, held: int = 1) -> None:
+    """Once the gate holds ``held`` requests: the first signal (the command says it waits), then
+    the others."""
+    assert gate.wait_held(held, 20), proc.err_text
     proc.proc.send_signal(signals[0])
     assert proc.wait(lambda: HOLD_NOTICE in proc.err_text), proc.err_text
     for sig in signals[1:]:
@@ -337,7 +338,8 @@ def test_a_second_signal_stops_apply_waiting_and_a_rerun_converges(
     endpoint = f"{target.url}/hook"
     hooks = hooks_file(tmp_path, endpoint, (A, B))
     with command("apply", "-f", str(hooks), "--json") as proc:
-        interrupt_while_held(proc, target, signal.SIGINT, signal.SIGINT)
+        # Both validations held: neither create's outcome is known when the signals come.
+        interrupt_while_held(proc, target, signal.SIGINT, signal.SIGINT, held=2)
         assert proc.finish() == 130  # without waiting for the gate
     creates = applied(proc)["create"]
     assert [c["created"] for c in creates] == [False, False]
