@@ -162,10 +162,7 @@ def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 @pytest.fixture
 def local_app() -> Iterator[Any]:
     """A local app on 127.0.0.1 that keeps every POST it receives (tests/inspecting.py)."""
-    from tests.inspecting import LocalApp
+    from tests.inspecting import new_local_app
 
-    local = LocalApp()
-    try:
+    with new_local_app() as local:
         yield local
-    finally:
-        local.close()

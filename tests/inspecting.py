@@ -1,4 +1,4 @@
-"""What the inspector tests share: a test app that keeps what it receives, a listener with the
+"""What the inspector tests share: the local app it forwards to, a listener with the
 inspector page beside it, plain HTTP to that page, and a server-sent-events reader."""
 
 from __future__ import annotations
@@ -7,67 +7,21 @@ import http.client
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 from inspera_cli.inspector import Inspector, InspectorConfig
 from inspera_cli.listener import Listener, ListenerConfig
+from tests.receiver import Receiver
 
 SECRET = "inspect-secret-0f3c9a"
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class LocalApp:
-    """A local app: keeps every POST, answers ``status`` with ``answer`` (JSON by default)."""
-
-    status: int = 200
-    answer: bytes = b'{"ok": true}'
-    received: list[Received] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                app.received.append(Received(self.path, dict(self.headers.items()), body))
-                self.send_response(app.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("X-App", "test-app")
-                self.send_header("Content-Length", str(len(app.answer)))
-                self.end_headers()
-                self.wfile.write(app.answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def wait(self, count: int, timeout: float = 5.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.received
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def new_local_app() -> Receiver:
+    """A local app: keeps every POST, answers ``status`` with ``body`` (JSON by default)."""
+    return Receiver(body=b'{"ok": true}', headers={"Content-Type": "application/json", "X-App": "test-app"})
 
 
 @contextmanager

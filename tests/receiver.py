@@ -76,6 +76,7 @@ class Receiver:
         self.connections = self.open_connections = self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._open: set[socket.socket] = set()
         self.server = _Server(("127.0.0.1", port), _handler(self, keep_alive))
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
@@ -97,10 +98,12 @@ class Receiver:
                 return self.statuses.pop(0)
         return self.answer(request) if self.answer is not None else self.status
 
-    def _done(self, request: Received, status: int) -> None:
+    def _done(self, request: Received, status: int | None) -> None:
+        """The request is finished: answered ``status``, or None when the answer could not be sent."""
         with self._lock:
             self.in_flight -= 1
-            self.answered.append(Answered(request, status, time.monotonic()))
+            if status is not None:
+                self.answered.append(Answered(request, status, time.monotonic()))
 
     def wait(self, count: int, timeout: float = 10.0) -> list[Received]:
         """The requests received, once there are ``count`` (or ``timeout`` has passed)."""
@@ -111,9 +114,16 @@ class Receiver:
             return list(self.received)
 
     def close(self) -> None:
+        """Stop, and close the connections kept alive too: a closed receiver answers nothing."""
         self._closing.set()
         self.server.shutdown()
         self.server.server_close()
+        with self._lock:
+            for connection in self._open:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self._thread.join(5)
 
     def __enter__(self) -> Receiver:
@@ -139,10 +149,12 @@ def _handler(receiver: Receiver, keep_alive: bool) -> type[BaseHTTPRequestHandle
             with receiver._lock:
                 receiver.connections += 1
                 receiver.open_connections += 1
+                receiver._open.add(self.connection)
 
         def finish(self) -> None:
             with receiver._lock:
                 receiver.open_connections -= 1
+                receiver._open.discard(self.connection)
             super().finish()
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -150,6 +162,7 @@ def _handler(receiver: Receiver, keep_alive: bool) -> type[BaseHTTPRequestHandle
             request = Received(self.path, CaseInsensitiveDict(self.headers.items()), body)
             outcome = receiver._take(request)
             status, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
+            sent = None
             try:
                 if receiver._closing.wait(receiver.delay):
                     return
@@ -159,10 +172,12 @@ def _handler(receiver: Receiver, keep_alive: bool) -> type[BaseHTTPRequestHandle
                 self.send_header("Content-Length", str(len(receiver.body)))
                 self.end_headers()
                 self.wfile.write(receiver.body)
+                self.wfile.flush()
+                sent = status
             except OSError:
                 pass  # the client gave up (timeout tests)
             finally:
-                receiver._done(request, status)
+                receiver._done(request, sent)
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -10,18 +10,18 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from requests.structures import CaseInsensitiveDict
+
 from inspera_cli.signing import sign
 from tests.processes import CLI, popen, run
-from tests.receiver import free_port
+from tests.receiver import Answer, Received, Receiver, free_port
 
 SECRET = "relay-test-secret-0123456789"
 
@@ -52,81 +52,57 @@ class Delivery:
     delivery_id: str | None
     attempt: int | None
     body: bytes
-    headers: dict[str, str]
+    headers: CaseInsensitiveDict[str]
     status: int
     at: float  # time.monotonic() when it was answered
 
-
-class _QuietServer(ThreadingHTTPServer):
-    """The app's server: a relay killed mid-delivery resets its connection, which is expected
-    here, not a traceback on stderr."""
-
-    allow_reuse_address = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
+    @classmethod
+    def of(cls, request: Received, status: int = 0, at: float = 0.0) -> Delivery:
+        attempt = request.headers.get("x-inspera-attempt")
+        return cls(request.headers.get("x-inspera-delivery-id"), int(attempt) if attempt else None,
+                   request.body, request.headers, status, at)
 
 
 @dataclass
 class AppStub:
-    """The user's app, on 127.0.0.1: records every POST and answers what ``answer`` says
-    (a status, or (status, headers)). ``start``/``stop`` it to simulate an outage."""
+    """The user's app (tests/receiver.py's Receiver, on a port that stays the same across
+    ``stop``/``start``, to simulate an outage): records every POST and answers what ``answer``
+    says (a status, or (status, headers))."""
 
     port: int = 0
-    answer: Callable[[Delivery], int | tuple[int, dict[str, str]]] = lambda delivery: 200
+    answer: Callable[[Delivery], Answer] = lambda delivery: 200
     delay: float = 0.0
-    deliveries: list[Delivery] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _receiver: Receiver | None = None
+    _before: list[Delivery] = field(default_factory=list)  # answered before the last stop
 
     def start(self) -> AppStub:
-        app = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if app.delay:
-                    time.sleep(app.delay)
-                headers = {name.lower(): value for name, value in self.headers.items()}
-                attempt = headers.get("x-inspera-attempt")
-                delivery = Delivery(headers.get("x-inspera-delivery-id"), int(attempt) if attempt else None,
-                                    body, headers, 0, 0.0)
-                outcome = app.answer(delivery)
-                status, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
-                self.send_response(status)
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                delivery.status, delivery.at = status, time.monotonic()
-                with app._lock:
-                    app.deliveries.append(delivery)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._receiver = Receiver(port=self.port, delay=self.delay,
+                                  answer=lambda request: self.answer(Delivery.of(request)))
+        self.port = self._receiver.port
         return self
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        if self._receiver is not None:
+            self._receiver.close()
+            self._before = self.deliveries
+            self._receiver = None
+
+    @property
+    def running(self) -> bool:
+        return self._receiver is not None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """What the app answered, in the order it answered."""
+        answered = list(self._receiver.answered) if self._receiver is not None else []
+        return self._before + [Delivery.of(a.request, a.status, a.at) for a in answered]
+
     def taken(self) -> list[Delivery]:
-        with self._lock:
-            return [d for d in self.deliveries if 200 <= d.status < 300]
+        return [d for d in self.deliveries if 200 <= d.status < 300]
 
     def wait_taken(self, count: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
@@ -267,12 +243,12 @@ def crash_loop(tmp: Path, *, events: int, kills: int, seed: int = 7, drain_timeo
         for _ in range(kills):
             time.sleep(rng.uniform(*between))
             if rng.random() < 0.3:  # the app goes down (or comes back) now and then
-                app.stop() if app._server is not None else app.start()
+                app.stop() if app.running else app.start()
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kill_times.append(time.monotonic())
             proc = start_relay(argv)
-        if app._server is None:
+        if not app.running:
             app.start()
         assert sender.join(drain_timeout), "the sender did not get every event acknowledged"
         deadline = time.monotonic() + drain_timeout

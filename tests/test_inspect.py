@@ -23,8 +23,9 @@ from inspera_cli.inspector.store import Query, Store, from_record
 from inspera_cli.recording import RecordReader, encode_record, tail_start
 from inspera_cli.signing import diagnose_signature, sign
 from inspera_cli.webhook_body import build_body
-from tests.inspecting import SECRET, EventReader, LocalApp, call, inspecting, replay, rows
+from tests.inspecting import SECRET, EventReader, call, inspecting, replay, rows
 from tests.processes import CLI, LineProcess, run
+from tests.receiver import Receiver
 
 STATIC = Path(__file__).resolve().parent.parent / "inspera_cli" / "inspector" / "static"
 
@@ -51,7 +52,7 @@ def wait_rows(inspector: object, count: int, timeout: float = 3.0) -> list[dict[
 # -- the list, the detail, filters -----------------------------------------------------------------
 
 
-def test_rows_come_newest_first_with_the_spec_fields(local_app: LocalApp) -> None:
+def test_rows_come_newest_first_with_the_spec_fields(local_app: Receiver) -> None:
     with inspecting(forward=local_app.url) as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 101))
         send(listener.url, build_body("complete_grading", 102), secret="another-secret")
@@ -92,8 +93,8 @@ def test_filters_and_search_narrow_the_list() -> None:
     assert refused == [400, 400, 400, 400]
 
 
-def test_the_detail_holds_the_exact_body_headers_both_answers(local_app: LocalApp) -> None:
-    local_app.answer = b'{"took": "it", "note": "first 64 KiB kept"}'
+def test_the_detail_holds_the_exact_body_headers_both_answers(local_app: Receiver) -> None:
+    local_app.body = b'{"took": "it", "note": "first 64 KiB kept"}'
     body = b'{"contextObjectId": 7, "event": "confirm_final_grades", "timestamp": "t", "x": "\\u00e9"}'
     with inspecting(forward=local_app.url) as (listener, inspector):
         send(listener.url, body)
@@ -111,7 +112,7 @@ def test_the_detail_holds_the_exact_body_headers_both_answers(local_app: LocalAp
     assert ["X-Inspera-Signature", sign(body, SECRET)] in json_detail["requestHeaders"]
     assert json_detail["answer"]["status"] == 200
     forward = json_detail["forward"]
-    assert forward["status"] == 200 and forward["body"] == local_app.answer.decode()
+    assert forward["status"] == 200 and forward["body"] == local_app.body.decode()
     assert ["X-App", "test-app"] in forward["headers"] and forward["latencyMs"] >= 0
     assert "body" not in binary_detail and base64.b64decode(binary_detail["bodyBase64"]) == binary
     assert binary_detail["format"] is None and binary_detail["payload"] is None
@@ -135,7 +136,7 @@ def test_an_invalid_signature_shows_verify_s_diagnosis() -> None:
     assert "includes the header name" in pasted["reason"]
 
 
-def test_without_a_secret_there_is_no_diagnosis_and_replays_go_unsigned(local_app: LocalApp) -> None:
+def test_without_a_secret_there_is_no_diagnosis_and_replays_go_unsigned(local_app: Receiver) -> None:
     with inspecting(secret=None, forward=local_app.url) as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 1), secret=None)
         wait_rows(inspector, 1)
@@ -148,13 +149,13 @@ def test_without_a_secret_there_is_no_diagnosis_and_replays_go_unsigned(local_ap
 # -- replay ------------------------------------------------------------------------------------------
 
 
-def test_replay_resends_re_signed_and_adds_a_row_marked_replay(local_app: LocalApp) -> None:
+def test_replay_resends_re_signed_and_adds_a_row_marked_replay(local_app: Receiver) -> None:
     body = build_body("confirm_final_grades", 35199862)
     with inspecting(forward=local_app.url) as (listener, inspector):
         stream = EventReader(inspector)
         send(listener.url, body)
         wait_rows(inspector, 1)
-        local_app.answer = b"thanks, again"
+        local_app.body = b"thanks, again"
         local_app.status = 202
         outcome = replay(inspector, 1)
         edited = body.replace(b"35199862", b"42")
@@ -176,7 +177,7 @@ def test_replay_resends_re_signed_and_adds_a_row_marked_replay(local_app: LocalA
     assert [r["id"] for r in stream.requests()] == [1, 2, 3]
 
 
-def test_replay_goes_to_a_typed_url_and_reports_an_app_that_is_down(local_app: LocalApp) -> None:
+def test_replay_goes_to_a_typed_url_and_reports_an_app_that_is_down(local_app: Receiver) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{closed.getsockname()[1]}/hooks"
@@ -250,7 +251,7 @@ def test_a_request_without_a_host_header_is_refused() -> None:
         assert sock.recv(100).startswith(b"HTTP/1.1 403 ")
 
 
-def test_a_replay_needs_this_page_s_origin_and_token(local_app: LocalApp) -> None:
+def test_a_replay_needs_this_page_s_origin_and_token(local_app: Receiver) -> None:
     with inspecting(forward=local_app.url) as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 1))
         wait_rows(inspector, 1)
@@ -338,10 +339,10 @@ def test_the_script_never_turns_data_into_html() -> None:
     assert "https://" not in script
 
 
-def test_the_secret_is_in_no_answer_and_no_event(local_app: LocalApp) -> None:
+def test_the_secret_is_in_no_answer_and_no_event(local_app: Receiver) -> None:
     """Canary: a distinctive secret, every route, every kind of row, and an app that echoes it."""
     canary = "canary-" + os.urandom(8).hex()
-    local_app.answer = f'{{"configured with": "{canary}"}}'.encode()
+    local_app.body = f'{{"configured with": "{canary}"}}'.encode()
     body = build_body("confirm_final_grades", 35199862)
     with inspecting(secret=canary, forward=local_app.url) as (listener, inspector):
         stream = EventReader(inspector)
@@ -533,7 +534,7 @@ CURL_BODIES = [
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 @pytest.mark.parametrize("shell", ["bash", "sh"])
-def test_copy_as_curl_reproduces_the_request_exactly(local_app: LocalApp, tmp_path: Path, shell: str) -> None:
+def test_copy_as_curl_reproduces_the_request_exactly(local_app: Receiver, tmp_path: Path, shell: str) -> None:
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} is not installed")
     with inspecting() as (listener, inspector):
@@ -605,7 +606,7 @@ def test_listen_inspect_options_need_inspect_and_a_free_port(cli: object) -> Non
     assert "Traceback" not in busy.stderr
 
 
-def test_inspect_follows_a_record_file_as_it_grows(tmp_path: Path, local_app: LocalApp) -> None:
+def test_inspect_follows_a_record_file_as_it_grows(tmp_path: Path, local_app: Receiver) -> None:
     record = tmp_path / "events.jsonl"
     lines = [_line(n) for n in (1, 2)]
     record.write_bytes(b"".join(lines) + b"not json\n")

@@ -22,7 +22,8 @@ import requests
 
 from inspera_cli.signing import diagnose_signature, sign
 from inspera_cli.webhook_body import build_body
-from tests.inspecting import SECRET, LocalApp, inspecting
+from tests.inspecting import SECRET, inspecting
+from tests.receiver import Receiver
 
 CHROMIUM = os.environ.get("INSPERA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags for a closed network: no first-run, sync, component or background fetches (each one would
@@ -140,13 +141,13 @@ def test_a_wrongly_signed_event_shows_verify_s_diagnosis(page: Any) -> None:
     assert raw == body.decode() + "↵\n"  # the unsigned trailing newline, made visible
 
 
-def test_replay_reaches_the_app_and_the_answer_shows_inline(page: Any, local_app: LocalApp) -> None:
+def test_replay_reaches_the_app_and_the_answer_shows_inline(page: Any, local_app: Receiver) -> None:
     body = build_body("confirm_final_grades", 35199862)
     with inspecting(forward=local_app.url) as (listener, inspector):
         post(listener.url, body)
         open_page(page, inspector)
         page.click("#rows tr[data-id='1']")
-        local_app.answer = b'{"replayed": "yes"}'
+        local_app.body = b'{"replayed": "yes"}'
         page.click("#replay")
         outcome = page.inner_text("#replay-outcome")
         wait_rows(page, 2)
@@ -162,7 +163,7 @@ def test_replay_reaches_the_app_and_the_answer_shows_inline(page: Any, local_app
     assert line == record_line and line.startswith(b'{"receivedAt":') and line.endswith(b"}\n")
 
 
-def test_edit_and_replay_sends_the_edited_body_signed(page: Any, local_app: LocalApp) -> None:
+def test_edit_and_replay_sends_the_edited_body_signed(page: Any, local_app: Receiver) -> None:
     body = build_body("confirm_final_grades", 35199862)
     with inspecting(forward=local_app.url) as (listener, inspector):
         post(listener.url, body)
@@ -236,7 +237,7 @@ def test_filters_and_search_narrow_the_list(page: Any) -> None:
     assert len(searched) == 1 and "complete_grading" in searched[0]
 
 
-def test_copy_as_curl_gives_a_command_that_reproduces_the_request(page: Any, local_app: LocalApp) -> None:
+def test_copy_as_curl_gives_a_command_that_reproduces_the_request(page: Any, local_app: Receiver) -> None:
     body = b'{"contextObjectId": 1, "event": "confirm_final_grades", "note": "it\'s $HOME `x` \\\\ \\n"}'
     with inspecting(forward=local_app.url) as (listener, inspector):
         post(listener.url, body)
@@ -286,7 +287,7 @@ def test_a_narrow_window_shows_the_list_then_the_detail_over_it(page: Any) -> No
     assert overflow <= 0 and closed is True
 
 
-def test_a_screenshot_of_a_realistic_session(page: Any, local_app: LocalApp, tmp_path: Path) -> None:
+def test_a_screenshot_of_a_realistic_session(page: Any, local_app: Receiver, tmp_path: Path) -> None:
     """A session as the README shows it: several events, a retry, an app failing one, a Java-map
     body, a wrongly signed request with its diagnosis open, and a replay's answer."""
     with inspecting(forward=local_app.url) as (listener, inspector):
@@ -299,9 +300,9 @@ def test_a_screenshot_of_a_realistic_session(page: Any, local_app: LocalApp, tmp
         for body in bodies:
             post(listener.url, body)
         post(listener.url, bodies[1])  # Inspera's retry
-        local_app.status, local_app.answer = 500, b'{"error": "grade sync failed: database is locked"}'
+        local_app.status, local_app.body = 500, b'{"error": "grade sync failed: database is locked"}'
         post(listener.url, build_body("confirm_final_grades", 35199880))
-        local_app.status, local_app.answer = 200, b'{"status": "queued", "job": 4182}'
+        local_app.status, local_app.body = 200, b'{"status": "queued", "job": 4182}'
         wrong = build_body("confirm_final_grades", 35199899)
         post(listener.url, wrong + b"\n", signature=sign(wrong, SECRET))
         open_page(page, inspector)

@@ -6,10 +6,8 @@ import json
 import re
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,83 +15,11 @@ import pytest
 import requests
 
 from inspera_cli.sandbox import Sandbox, SandboxConfig
+from tests.receiver import Receiver
 
 CLIENT_ID = "sandbox"
 API_KEY = "sandbox-key-for-tests-9f1c"
 EVENT = "confirm_final_grades"
-
-
-class Receiver:
-    """A stdlib webhook receiver on 127.0.0.1, port 0: answers ``status`` after ``delay`` seconds
-    and records every request (path, headers, raw body) and when it came (``arrivals``, monotonic).
-
-    ``keep_alive``: HTTP/1.1, connections stay open (else HTTP/1.0, one request a connection);
-    ``connections`` counts the TCP connections accepted, ``open_connections`` those still open;
-    ``tls``: serve HTTPS with this server context.
-    """
-
-    def __init__(
-        self, status: int = 200, delay: float = 0.0, keep_alive: bool = False, tls: Any = None
-    ) -> None:
-        self.status = status
-        self.delay = delay
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        self.arrivals: list[float] = []
-        self.connections = 0
-        self.open_connections = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
-
-            def setup(self) -> None:
-                super().setup()
-                with receiver._lock:
-                    receiver.connections += 1
-                    receiver.open_connections += 1
-
-            def finish(self) -> None:
-                with receiver._lock:
-                    receiver.open_connections -= 1
-                super().finish()
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with receiver._lock:
-                    receiver.arrivals.append(time.monotonic())
-                    receiver.received.append((self.path, dict(self.headers), body))
-                if receiver._stop.wait(receiver.delay):
-                    return
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # the sandbox hung up on a slow answer: expected here
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/hook"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(2)
 
 
 @pytest.fixture
@@ -101,7 +27,7 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
     made: list[Receiver] = []
 
     def make(status: int = 200, delay: float = 0.0, keep_alive: bool = False, tls: Any = None) -> Receiver:
-        made.append(Receiver(status, delay, keep_alive, tls))
+        made.append(Receiver(status, delay=delay, keep_alive=keep_alive, tls=tls, path="/hook"))
         return made[-1]
 
     yield make

@@ -24,7 +24,8 @@ from inspera_cli.sandbox import Sandbox
 from inspera_cli.sandbox.delivery import IDLE_SECONDS, MAX_CONNECTIONS
 from tests import test_sandbox, test_sandbox_cli
 from tests.conftest import Cli
-from tests.test_sandbox import Api, Receiver
+from tests.receiver import Receiver
+from tests.test_sandbox import Api
 from tests.test_sandbox_cli import Serve
 
 EVENT = "confirm_final_grades"

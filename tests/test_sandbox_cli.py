@@ -20,8 +20,8 @@ from inspera_cli.sandbox import Sandbox, SandboxConfig
 from tests import test_sandbox
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
 from tests.processes import CLI, popen, run
-from tests.receiver import free_port
-from tests.test_sandbox import Receiver, openssl_hmac_sha1
+from tests.receiver import Receiver, free_port
+from tests.test_sandbox import openssl_hmac_sha1
 
 EVENT = "confirm_final_grades"
 receiver = test_sandbox.receiver  # the same fixture: stdlib receivers on port 0
