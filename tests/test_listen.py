@@ -23,21 +23,13 @@ import requests
 from inspera_cli.listener import JSON_FIELDS
 from inspera_cli.webhook_body import verification_body
 from tests.conftest import Cli
+from tests.openssl import openssl_sign
 from tests.processes import CLI, LineProcess, popen, run
 from tests.receiver import Receiver, free_port
 
-OPENSSL = "/usr/bin/openssl"
 SECRET = "listen-test-secret-5e1f"
 EVENT = "confirm_final_grades"
 _ids = itertools.count(35_199_000)
-
-
-def openssl_sign(body: bytes, secret: str = SECRET) -> str:
-    """The X-Inspera-Signature value, from an implementation that is not ours."""
-    out = subprocess.run(
-        [OPENSSL, "dgst", "-sha1", "-hmac", secret], input=body, capture_output=True, check=True
-    ).stdout.decode()
-    return out.strip().rsplit(" ", 1)[-1]
 
 
 def event_body(event: str = EVENT, object_id: int | None = None, *, java: bool = False) -> bytes:
@@ -153,7 +145,7 @@ def test_the_record_line_is_on_disk_when_the_answer_arrives(receiver: ListenProc
     assert post(receiver.url, body, signed_headers(body)).status_code == 200
     line = next(r for r in records(receiver) if r["raw"] == body.decode())
     assert line["body"] == body.decode() and "bodyBase64" not in line
-    assert line["headers"]["X-Inspera-Signature"] == openssl_sign(body)
+    assert line["headers"]["X-Inspera-Signature"] == openssl_sign(body, SECRET)
     assert line["headers"]["Content-Type"] == "application/json"
     assert {k: line[k] for k in ("event", "signature", "status", "delivery")} == {
         "event": EVENT, "signature": "valid", "status": 200, "delivery": 1,
@@ -179,7 +171,7 @@ def test_a_missing_or_wrong_signature_is_401_and_not_recorded(
 
 def test_a_signature_with_sha1_prefix_in_upper_case_is_valid(receiver: ListenProcess) -> None:
     body = event_body()
-    header = "sha1=" + openssl_sign(body).upper()
+    header = "sha1=" + openssl_sign(body, SECRET).upper()
     assert post(receiver.url, body, {"X-Inspera-Signature": header}).status_code == 200
 
 
@@ -398,12 +390,12 @@ def test_forwarding_relays_the_apps_answer_and_routes_by_event() -> None:
             "--forward-to", f"user_deleted={dead}",
         ) as lp:
             body = event_body(java=True)
-            response = post(lp.url, body, {"X-Inspera-Signature": openssl_sign(body),
+            response = post(lp.url, body, {"X-Inspera-Signature": openssl_sign(body, SECRET),
                                            "Content-Type": "text/plain"})
             assert (response.status_code, response.text) == (200, "app says 200")
             path, headers, received = ok_app.received[0]
             assert (path, received) == ("/hooks?from=listen", body)
-            assert headers["X-Inspera-Signature"] == openssl_sign(body)
+            assert headers["X-Inspera-Signature"] == openssl_sign(body, SECRET)
             assert headers["Content-Type"] == "text/plain"
 
             failing = event_body("resource_created")

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from inspera_cli.errors import InsperaError
 from inspera_cli.listener import Listener, ListenerConfig, Report, RequestKind
 from inspera_cli.signing import sign
+from tests.openssl import openssl_sign
 from tests.receiver import Receiver
-from tests.test_listen import SECRET, event_body, openssl_sign, signed_headers
+from tests.test_listen import SECRET, event_body, signed_headers
 
 # Raw-socket checks sign hundreds of bodies with the package's own helper, which
 # test_openssl_agrees_with_the_signatures_used_here cross-checks.
@@ -412,4 +413,4 @@ def fuzz_listener() -> Iterator[Listener]:
 
 def test_openssl_agrees_with_the_signatures_used_here() -> None:
     body = event_body()
-    assert openssl_sign(body) == sign(body, SECRET)
+    assert openssl_sign(body, SECRET) == sign(body, SECRET)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import requests
 
 from inspera_cli.sandbox import Sandbox, SandboxConfig
+from tests.openssl import openssl_sign
 from tests.receiver import Receiver
 
 CLIENT_ID = "sandbox"
@@ -89,15 +89,6 @@ def token(sb: Sandbox, client_id: str = CLIENT_ID, code: str = API_KEY) -> str:
     )
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
-
-
-def openssl_hmac_sha1(body: bytes, secret: str) -> str:
-    """The signature as computed by an implementation nobody here wrote."""
-    out = subprocess.run(
-        ["/usr/bin/openssl", "dgst", "-sha1", "-hmac", secret],
-        input=body, capture_output=True, check=True,
-    ).stdout.decode()
-    return out.strip().rsplit(" ", 1)[-1]
 
 
 # -- token exchange ---------------------------------------------------------------------------------
@@ -197,7 +188,7 @@ def test_create_validates_with_a_signed_verification_post(
     payload = json.loads(body)
     assert payload["event"] == "verification" and payload["contextObjectId"] == 0
     assert re.fullmatch(r"[0-9a-f-]{36}", payload["contextObjectTitle"])
-    assert headers["X-Inspera-Signature"] == openssl_hmac_sha1(body, "validate-me")
+    assert headers["X-Inspera-Signature"] == openssl_sign(body, "validate-me")
 
 
 def test_validation_answered_500_fails_without_retry(
@@ -358,7 +349,7 @@ def test_fire_delivers_signed_thin_event_to_matching_subscriptions(
             "contextObjectId": 35199862, "event": EVENT,
             "timestamp": json.loads(body)["timestamp"],
         }
-        assert headers["X-Inspera-Signature"] == openssl_hmac_sha1(body, secrets_by_path[path])
+        assert headers["X-Inspera-Signature"] == openssl_sign(body, secrets_by_path[path])
     assert sorted(path for path, _, _ in events) == ["/hook", "/second"]
 
 
@@ -456,7 +447,7 @@ def test_state_file_keeps_subscriptions_across_a_restart(
         api.session.close()
     # the secret survived the restart: the kept subscription's delivery is signed with it
     [(_, headers, body)] = [(p, h, b) for p, h, b in r.received[-2:] if p == "/hook"]
-    assert headers["X-Inspera-Signature"] == openssl_hmac_sha1(body, "kept")
+    assert headers["X-Inspera-Signature"] == openssl_sign(body, "kept")
 
 
 def test_state_file_that_is_not_sqlite_is_a_clear_error(tmp_path: Path) -> None:

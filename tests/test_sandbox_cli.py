@@ -19,9 +19,9 @@ import requests
 from inspera_cli.sandbox import Sandbox, SandboxConfig
 from tests import test_sandbox
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
+from tests.openssl import openssl_sign
 from tests.processes import CLI, popen, run
 from tests.receiver import Receiver, free_port
-from tests.test_sandbox import openssl_hmac_sha1
 
 EVENT = "confirm_final_grades"
 receiver = test_sandbox.receiver  # the same fixture: stdlib receivers on port 0
@@ -117,7 +117,7 @@ def test_serve_state_and_resolve_options(tmp_path: Path, receiver: Callable[...,
         assert serve.stop() == 0
     [(path, headers, body)] = r.received
     assert path == "/inspera" and headers["Host"] == "abc.trycloudflare.com"
-    assert headers["X-Inspera-Signature"] == openssl_hmac_sha1(body, "tunnel")
+    assert headers["X-Inspera-Signature"] == openssl_sign(body, "tunnel")
 
     again = Serve("--state", str(state))
     try:
@@ -180,7 +180,7 @@ def test_fire_delivers_to_a_subscription_made_with_create(
     assert attempt["status"] == 200
     _, headers, body = r.received[-1]
     assert json.loads(body)["contextObjectId"] == 35199862
-    assert headers["X-Inspera-Signature"] == openssl_hmac_sha1(body, "from-the-cli")
+    assert headers["X-Inspera-Signature"] == openssl_sign(body, "from-the-cli")
 
     human = cli("sandbox", "fire", EVENT)
     assert human.stdout == "2\n"

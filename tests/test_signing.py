@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -16,8 +15,8 @@ from hypothesis import strategies as st
 from inspera_cli.signing import diagnose_signature, is_valid, sign
 from inspera_cli.webhook_body import build_body
 from tests.conftest import Cli
+from tests.openssl import OPENSSL, openssl_sign
 
-OPENSSL = "/usr/bin/openssl"
 SECRET = "s3cret-for-signing-tests"
 BODY = build_body("confirm_final_grades", 35199862, timestamp="2018-10-04T16:47:55Z")
 
@@ -25,23 +24,11 @@ BODY = build_body("confirm_final_grades", 35199862, timestamp="2018-10-04T16:47:
 secrets = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40)
 
 
-def openssl_hmac_sha1(body: bytes, secret: str) -> str:
-    done = subprocess.run(
-        [OPENSSL, "dgst", "-sha1", "-hmac", secret],
-        input=body,
-        capture_output=True,
-        check=True,
-        timeout=10,
-    )
-    # "HMAC-SHA1(stdin)= 5d41…" (the label differs between OpenSSL versions; the hex is last)
-    return done.stdout.decode().strip().rsplit("= ", 1)[-1]
-
-
 @pytest.mark.skipif(not os.path.exists(OPENSSL), reason="needs /usr/bin/openssl")
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=st.binary(max_size=2048) | st.text().map(str.encode), secret=secrets)
 def test_sign_agrees_with_openssl(body: bytes, secret: str) -> None:
-    expected = openssl_hmac_sha1(body, secret)
+    expected = openssl_sign(body, secret)
     assert sign(body, secret) == expected
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "body"

@@ -16,9 +16,10 @@ import pytest
 
 from tests import processes
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID
+from tests.openssl import openssl_sign
 from tests.receiver import Receiver, free_port
 from tests.stub_server import Reply
-from tests.test_listen import EVENT, openssl_sign
+from tests.test_listen import EVENT
 
 
 def run_in_pty(args: list[str], env: dict[str, str], answers: list[tuple[str, str, bool]]) -> tuple[int, str]:
