@@ -425,6 +425,9 @@ def test_debug_log_redaction(cli, stub, monkeypatch):
     assert 'key-with-\\"quote\\"' not in err and "quote" not in err
 
 
+CREATE_TWO = ("create", "--event", "confirm_final_grades", "--event", "complete_grading", "--endpoint", "https://h/")
+
+
 def test_create_goes_on_after_a_refused_event(cli, stub):
     stub.on(
         "POST",
@@ -432,17 +435,7 @@ def test_create_goes_on_after_a_refused_event(cli, stub):
         Reply(400, {"error": "endpoint validation failed: answered 500"}),
         Reply(201, {"subscriptionId": 8, "event": "complete_grading", "endpoint": "https://h/"}),
     )
-    r = cli(
-        "create",
-        "--event",
-        "confirm_final_grades",
-        "--event",
-        "complete_grading",
-        "--endpoint",
-        "https://h/",
-        "--json",
-        expect=1,
-    )
+    r = cli(*CREATE_TWO, "--json", expect=1)
     refused, item = r.json
     assert (refused["event"], refused["subscriptionId"]) == ("confirm_final_grades", None)
     assert refused["created"] is False
@@ -455,16 +448,7 @@ def test_create_goes_on_after_a_refused_event(cli, stub):
 
 def test_create_stops_on_credentials_errors(cli, stub):
     stub.on("POST", SUBS, Reply(401, {"error": "expired"}))
-    cli(
-        "create",
-        "--event",
-        "confirm_final_grades",
-        "--event",
-        "complete_grading",
-        "--endpoint",
-        "https://h/",
-        expect=3,
-    )
+    cli(*CREATE_TWO, expect=3)
     assert stub.count("POST", SUBS) == 2  # one try, one after the refresh, then stop
 
 

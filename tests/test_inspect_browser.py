@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,16 @@ def open_page(page: Any, inspector: Any) -> None:
     page.wait_for_selector("#live.on")
 
 
+@contextmanager
+def detail_open(page: Any, body: bytes, **options: Any) -> Iterator[tuple[Any, Any]]:
+    """An inspector (``options`` as for ``inspecting``) that got ``body``, its page showing that row."""
+    with inspecting(**options) as (listener, inspector):
+        post(listener.url, body)
+        open_page(page, inspector)
+        page.click("#rows tr[data-id='1']")
+        yield listener, inspector
+
+
 def row_texts(page: Any) -> list[str]:
     texts: list[str] = page.eval_on_selector_all("#rows tr", "rows => rows.map(r => r.innerText)")
     return texts
@@ -143,10 +154,7 @@ def test_a_wrongly_signed_event_shows_verify_s_diagnosis(page: Any) -> None:
 
 def test_replay_reaches_the_app_and_the_answer_shows_inline(page: Any, local_app: Receiver) -> None:
     body = build_body("confirm_final_grades", 35199862)
-    with inspecting(forward=local_app.url) as (listener, inspector):
-        post(listener.url, body)
-        open_page(page, inspector)
-        page.click("#rows tr[data-id='1']")
+    with detail_open(page, body, forward=local_app.url) as (listener, inspector):
         local_app.body = b'{"replayed": "yes"}'
         page.click("#replay")
         outcome = page.inner_text("#replay-outcome")
@@ -165,10 +173,7 @@ def test_replay_reaches_the_app_and_the_answer_shows_inline(page: Any, local_app
 
 def test_edit_and_replay_sends_the_edited_body_signed(page: Any, local_app: Receiver) -> None:
     body = build_body("confirm_final_grades", 35199862)
-    with inspecting(forward=local_app.url) as (listener, inspector):
-        post(listener.url, body)
-        open_page(page, inspector)
-        page.click("#rows tr[data-id='1']")
+    with detail_open(page, body, forward=local_app.url) as (listener, inspector):
         page.click("#edit")
         edited = body.decode().replace("35199862", "77777777")
         page.fill("#edit-body", edited)
@@ -239,10 +244,7 @@ def test_filters_and_search_narrow_the_list(page: Any) -> None:
 
 def test_copy_as_curl_gives_a_command_that_reproduces_the_request(page: Any, local_app: Receiver) -> None:
     body = b'{"contextObjectId": 1, "event": "confirm_final_grades", "note": "it\'s $HOME `x` \\\\ \\n"}'
-    with inspecting(forward=local_app.url) as (listener, inspector):
-        post(listener.url, body)
-        open_page(page, inspector)
-        page.click("#rows tr[data-id='1']")
+    with detail_open(page, body, forward=local_app.url) as (listener, inspector):
         page.click("#curl")
         command = page.inner_text("#curl-command")
         copied = page.evaluate("navigator.clipboard.readText()")
