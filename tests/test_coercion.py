@@ -193,7 +193,9 @@ def test_a_bad_value_is_reported_as_typer_reports_it(
 
 GOOD_VALUES = [
     ["--url", "http://127.0.0.1:9", "--client-id", "c", "-p", "work", "--timeout", "2.5", "events"],
-    ["trigger", "confirm_final_grades", "--to", "http://127.0.0.1:9/", "--repeat", "2", "--object-id", "7"],
+    # --wait 0: nothing listens on port 9, and the default waits 5 s for it to start.
+    ["trigger", "confirm_final_grades", "--to", "http://127.0.0.1:9/", "--repeat", "2", "--object-id", "7",
+     "--wait", "0"],
     ["replay", "missing.jsonl", "--to", "http://127.0.0.1:9/", "--last", "3", "--since", "2024-05-01"],
     ["delete", "1", "2", "--yes"],
     ["delete", "--event", "e", "--endpoint", "https://h/", "--yes", "--json"],
