@@ -123,9 +123,10 @@ def test_rate_spaces_the_events(cli: Cli, sandbox_env: Sandbox, receiver: Callab
     arrived = {json.loads(body)["contextObjectId"]: at for body, at in zip(bodies, r.arrivals, strict=True)}
     assert sorted(arrived) == [0, 1, 2, 3, 4, 5, 6]  # 0: the validation
     for index in range(6):
-        # event i is due i / rate after the fire: never earlier (a loaded machine may make it later)
+        # Event i is due i / rate after the fire: never earlier (a loaded machine may make it
+        # later, the first one too, so the gaps between arrivals prove nothing more; a burst sent
+        # at once fails here from the second event on).
         assert arrived[1 + index] - started >= index / 10 - 0.005
-    assert arrived[6] - arrived[1] >= 0.45
 
 
 @pytest.mark.parametrize(
