@@ -12,7 +12,8 @@ import socket
 import pytest
 
 from inspera_cli.webhook_body import build_body
-from tests.inspecting import LocalApp, call, inspecting, replay
+from tests.inspecting import call, inspecting, replay
+from tests.receiver import Receiver
 from tests.test_inspect import send, wait_rows
 
 
@@ -54,7 +55,7 @@ def test_non_ascii_digits_in_an_id_are_answered(capfd, target: bytes, extra: byt
     ],
     ids=["lone surrogate", "deep JSON"],
 )
-def test_a_replay_body_that_is_not_text_or_too_deep_is_refused(capfd, local_app: LocalApp,
+def test_a_replay_body_that_is_not_text_or_too_deep_is_refused(capfd, local_app: Receiver,
                                                                body: bytes) -> None:
     with inspecting(forward=local_app.url) as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 1))
@@ -67,10 +68,10 @@ def test_a_replay_body_that_is_not_text_or_too_deep_is_refused(capfd, local_app:
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_an_app_echoing_the_secret_in_a_binary_answer_does_not_show_it(local_app: LocalApp) -> None:
+def test_an_app_echoing_the_secret_in_a_binary_answer_does_not_show_it(local_app: Receiver) -> None:
     """A body that is not UTF-8 is shown as base64: the secret inside it is masked all the same."""
     canary = "canary-" + os.urandom(8).hex()
-    local_app.answer = b"\xff\xfe configured with " + canary.encode() + b"\x00"
+    local_app.body = b"\xff\xfe configured with " + canary.encode() + b"\x00"
     with inspecting(secret=canary, forward=local_app.url) as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 1), secret=canary)
         wait_rows(inspector, 1)
