@@ -321,7 +321,9 @@ def test_apply_interrupted_while_the_answers_are_on_their_way(
     api = sandbox.front
     hooks = hooks_file(tmp_path, gates(("POST", "/never-held")).url + "/", (A, B))
     with command("apply", "-f", str(hooks)) as proc:
-        interrupt_while_held(proc, api, signal.SIGINT)
+        # Both answers held before the signal: with one, the second create may not have begun,
+        # and an interrupted apply starts no other change.
+        interrupt_while_held(proc, api, signal.SIGINT, held=2)
         api.release()
         assert proc.finish() == 130
     reported = {(int(line.rsplit("id ", 1)[1].rstrip(")")), line.split()[2]) for line in proc.stdout
