@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,6 +17,13 @@ import pytest
 from typer.testing import CliRunner
 
 from inspera_cli.cli import app
+
+# Bytecode caches on for the suite, whatever PYTHONDONTWRITEBYTECODE says (this machine sets it):
+# otherwise each xdist worker rewrites and compiles every test module again (3 s of CPU each),
+# and each of the ~500 CLI children compiles the package modules it imports. Measured on 2
+# cores: about 86 s -> 70 s for the whole suite. The caches go to __pycache__/ (git ignores it).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 SANDBOX_CLIENT_ID = "sandbox"
 SANDBOX_API_KEY = "sandbox-key-for-tests-9f1c"
