@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -68,28 +68,42 @@ def parse_forward(values: list[str] | None) -> dict[str | None, str]:
     return routes
 
 
-def _printer(json_mode: bool) -> Callable[[Report], None]:
-    # Here, not at the top: TAB after `li` builds this command too, and needs neither.
-    from inspera_cli.commands.rendering import request_line
-    from inspera_cli.listener.report import RequestKind
+class _Printer:
+    """The report thread's view of each request: a line each (--json: an object), written as they
+    come and flushed once per batch (``flush``), not per line."""
 
-    broken = False
+    def __init__(self, json_mode: bool) -> None:
+        # Here, not at the top: TAB after `li` builds this command too, and needs neither.
+        from inspera_cli.commands.rendering import request_line
 
-    def print_report(report: Report) -> None:
-        nonlocal broken
-        if broken or not report.shown:
+        self._request_line = request_line
+        self._json_mode = json_mode
+        self._broken = False
+
+    def __call__(self, report: Report) -> None:
+        from inspera_cli.listener.report import RequestKind
+
+        if self._broken or not report.shown:
             return
-        try:
-            if not json_mode:
-                output.print_segments(request_line(report))
+        with self._closed_pipe():
+            if not self._json_mode:
+                output.print_segments(self._request_line(report), flush=False)
             elif report.kind is RequestKind.EVENT:
-                output.print_json_line(report.to_json())
+                output.print_json_line(report.to_json(), flush=False)
+
+    def flush(self) -> None:
+        if not self._broken:
+            with self._closed_pipe():
+                output.flush_stdout()
+
+    @contextmanager
+    def _closed_pipe(self) -> Iterator[None]:
+        try:
+            yield
         except BrokenPipeError:
             # `listen | head`: the reader left. Keep answering, recording and forwarding.
-            broken = True
+            self._broken = True
             output.discard_stdout()
-
-    return print_report
 
 
 def banner(config: ListenerConfig, *, secret_from: str, exit_after: int | None,
@@ -168,7 +182,8 @@ def serve(
     from inspera_cli.commands import inspect as inspect_command
     from inspera_cli.listener import Listener
 
-    listener: Listener = Listener(config, on_report=_printer(json_mode))
+    printer = _Printer(json_mode)
+    listener: Listener = Listener(config, on_report=printer, after_reports=printer.flush)
     inspector = None
     if inspect is not None:
         inspector = inspect_command.start_for_listener(listener, config, *inspect)

@@ -4,7 +4,8 @@
 consumer's thread only when it sleeps. The consumer gets items in the order they were put (the
 order requests were answered). When the consumer falls behind by more than ``max_items`` or
 ``max_bytes``, new items are dropped and counted (``dropped``) -- a display may lose lines, the
-receiver never slows down or grows without bound.
+receiver never slows down or grows without bound. ``idle()``, if given, runs each time the
+consumer has taken everything queued: a display flushes there, once per batch rather than per line.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ class Feed(Generic[T]):
         max_bytes: int = 32 << 20,
         size: Callable[[T], int] = lambda item: 0,
         name: str = "feed",
+        idle: Callable[[], None] | None = None,
     ) -> None:
         self._consume = consume
+        self._idle = idle
         self._max_items, self._max_bytes, self._size = max_items, max_bytes, size
         self._items: deque[tuple[T, int]] = deque()
         # Each counter has one writer (put: the loop; taken: the consumer), so no lock is needed.
@@ -68,12 +71,20 @@ class Feed(Generic[T]):
     def _run(self) -> None:
         while True:
             self._wake.wait(POLL)
+            taken = False
             while self._items and not self._stopped:
                 item, size = self._items.popleft()
                 self._taken_bytes += size
-                try:
-                    self._consume(item)
-                except Exception:
-                    log.warning("a report consumer failed", exc_info=True)
+                taken = True
+                self._call(self._consume, item)
+            if taken and self._idle is not None:
+                self._call(self._idle)
             if self._closing or self._stopped:
                 return
+
+    @staticmethod
+    def _call(function: Callable[..., None], *args: object) -> None:
+        try:
+            function(*args)
+        except Exception:
+            log.warning("a report consumer failed", exc_info=True)

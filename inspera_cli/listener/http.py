@@ -90,6 +90,11 @@ def reason(status: int) -> str:
 
 
 _date: tuple[int, str] = (0, "")
+# The bytes of recent small answers (most are the same "200 OK"), for the current second: building
+# them costs more than the lookup. Cleared when the Date changes; bounded in entries and size.
+_encoded: dict[tuple[object, ...], bytes] = {}
+_CACHED_BODY = 512
+_CACHED_ANSWERS = 64
 
 
 def _http_date() -> str:
@@ -97,13 +102,19 @@ def _http_date() -> str:
     second = int(time.time())
     if _date[0] != second:
         _date = (second, formatdate(second, usegmt=True))
+        _encoded.clear()
     return _date[1]
 
 
 def encode(answer: Answer, *, close: bool, head: bool = False) -> bytes:
     """The bytes of an answer (a HEAD's without its body)."""
+    date = _http_date()
+    key = (answer.status, answer.body, answer.content_type, answer.headers, close, head)
+    cacheable = len(answer.body) <= _CACHED_BODY
+    if cacheable and (data := _encoded.get(key)) is not None:
+        return data
     status = answer.status
-    lines = f"HTTP/1.1 {status} {reason(status)}\r\n{_SERVER}Date: {_http_date()}\r\n"
+    lines = f"HTTP/1.1 {status} {reason(status)}\r\n{_SERVER}Date: {date}\r\n"
     body = answer.body
     if status in _NO_BODY_STATUSES:
         body = b""
@@ -113,5 +124,8 @@ def encode(answer: Answer, *, close: bool, head: bool = False) -> bytes:
         lines += "Connection: close\r\n"
     for name, value in answer.headers:
         lines += f"{name}: {value}\r\n"
-    data = (lines + "\r\n").encode("latin-1")
-    return data if head else data + body
+    head_bytes = (lines + "\r\n").encode("latin-1")
+    data = head_bytes if head else head_bytes + body
+    if cacheable and len(_encoded) < _CACHED_ANSWERS:
+        _encoded[key] = data
+    return data

@@ -5,6 +5,7 @@ config, or one given: `relay`'s) -- runs them on one event loop (uvloop where in
 what was answered, and hands each report to consumers that never hold the loop up:
 
 - ``on_report(report)``: one thread, in the order requests were answered (the terminal);
+  ``after_reports()`` on that thread after each batch of them (a display flushes there, once);
 - ``add_observer(fn)``: ``fn(exchange)`` on its own thread, with the raw body, every header, the
   answer sent and the app's answer; a slow observer drops its own items, nobody else's;
 - ``add_loop_observer(fn)``: ``fn(exchange)`` on the loop itself, for code that lives there
@@ -94,6 +95,7 @@ class Listener:
         on_report: Callable[[Report], None] | None = None,
         *,
         policy: ReceiverPolicy | None = None,
+        after_reports: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.policy = policy or ListenPolicy(
@@ -105,7 +107,7 @@ class Listener:
         self._stats = ListenerStats()
         self._reports: Feed[Report] | None = None
         if on_report is not None:
-            self._reports = Feed(on_report, size=_report_size, name="listener-report")
+            self._reports = Feed(on_report, size=_report_size, name="listener-report", idle=after_reports)
         self._observers: list[Feed[Exchange]] = []
         self._loop_observers: list[Observer] = []
         self._wake_at: float = float("inf")

@@ -154,11 +154,17 @@ def print_json_items(items: Sequence[Any], *, first: bool, last: bool = False) -
     sys.stdout.flush()
 
 
-def print_json_line(data: Any) -> None:
-    """One compact JSON object per line (listen --json)."""
+def print_json_line(data: Any, *, flush: bool = True) -> None:
+    """One compact JSON object per line (listen --json); ``flush=False`` leaves it buffered for a
+    later ``flush_stdout()`` (a batch of lines, one write)."""
     import json
 
     sys.stdout.write(json.dumps(data, ensure_ascii=_ascii_only(sys.stdout), separators=(",", ":")) + "\n")
+    if flush:
+        sys.stdout.flush()
+
+
+def flush_stdout() -> None:
     sys.stdout.flush()
 
 
@@ -197,9 +203,10 @@ def styled_line(text: str, style: str | None = None, *, stderr: bool = False) ->
     console(stderr=stderr).print(_escape(one_line(text)), style=style, emoji=False)
 
 
-def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
+def print_segments(segments: Sequence[tuple[str, str | None]], *, flush: bool = True) -> None:
     """One stdout line from (text, style) pieces: coloured and cut to the terminal's width (its end
     replaced by ``…``, so it never wraps) on a terminal, plain and whole text when piped.
+    ``flush=False`` leaves it buffered for a later ``flush_stdout()``.
 
     Each piece goes through Rich's ``Style.render`` for the console's colour system rather than a
     full ``Console.print``, which costs about 100 µs a line: `listen` prints one line per request
@@ -229,7 +236,8 @@ def print_segments(segments: Sequence[tuple[str, str | None]]) -> None:
     else:
         line = "".join(piece for piece, _ in segments)
     out.file.write(line + "\n")
-    out.file.flush()
+    if flush:
+        out.file.flush()
 
 
 def _fit_line(segments: Sequence[tuple[str, str | None]], width: int) -> Sequence[tuple[str, str | None]]:
