@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections import deque
@@ -42,6 +43,10 @@ from inspera_cli.webhook_body import VERIFICATION, parse_event
 
 if TYPE_CHECKING:
     import asyncio
+
+    from inspera_cli.syncprocess import SyncProcess
+
+log = logging.getLogger(__name__)
 
 RECORD_MODE = PRIVATE_MODE
 # Longer lines are not records `listen` writes (its --max-body is far below): skipped unread.
@@ -83,13 +88,14 @@ class RecordWriter:
     and ``done`` runs on the loop; without it, each line is written at once and ``done`` runs on
     the syncing thread.
 
-    The syncing thread does nothing but sync, so it needs the GIL only to start and to hand
-    back: whenever lines are waiting it takes the size written, fsyncs (fdatasync where there is
-    one: an append's new size is data it flushes; the times are not), and reports every line up
-    to that size as durable. Lines written while it syncs wait for the next sync -- one sync
-    covers everything written during the last, and the loop never waits for the disk, nor the
-    disk for a write. ``write`` (``os.write``) and ``sync`` are replaceable to simulate a
-    failing disk.
+    The syncer does nothing but sync: whenever lines are waiting it takes the size written,
+    fsyncs (fdatasync where there is one: an append's new size is data it flushes; the times are
+    not), and reports every line up to that size as durable. Lines written while it syncs wait for
+    the next sync -- one sync covers everything written during the last, and the loop never waits
+    for the disk, nor the disk for a write. With ``loop`` the syncer is a helper process
+    (``syncprocess.SyncProcess``: no GIL to share with the loop), asked and answered on the loop;
+    otherwise, or with ``sync`` given, or if the helper cannot start, a thread of this process.
+    ``write`` (``os.write``) and ``sync`` are replaceable to simulate a failing disk.
     """
 
     def __init__(
@@ -121,8 +127,23 @@ class RecordWriter:
         self._waiting: deque[tuple[int, list[Done]]] = deque()  # (where lines end, their callbacks)
         self._turn: list[tuple[bytes, Done]] = []  # appended on the loop during this turn
         self._closing = False
-        self._syncer = threading.Thread(target=self._sync_loop, name="record-sync", daemon=True)
-        self._syncer.start()
+        self._drained = threading.Event()  # closing, and every line handed back (helper process)
+        self._syncing = False  # the helper process is syncing, up to self._target
+        self._target = 0
+        self._process = self._sync_process(loop) if loop is not None and sync is None else None
+        self._syncer: threading.Thread | None = None
+        if self._process is None:
+            self._syncer = threading.Thread(target=self._sync_loop, name="record-sync", daemon=True)
+            self._syncer.start()
+
+    def _sync_process(self, loop: asyncio.AbstractEventLoop) -> SyncProcess | None:
+        from inspera_cli.syncprocess import SyncProcess
+
+        try:
+            return SyncProcess(self._fd, loop, self._synced_by_process)
+        except OSError as exc:  # no interpreter to run it with: sync on a thread instead
+            log.warning("cannot start the record file's sync process (%s): syncing on a thread", exc)
+            return None
 
     def append(self, record: Mapping[str, Any], done: Done) -> None:
         """Write one record; ``done(None)`` once it is durable, ``done(OSError)`` if it is not
@@ -156,10 +177,31 @@ class RecordWriter:
                 else:
                     self._size += sum(map(len, lines))
                     if not self._waiting:
-                        self._wake.notify()
+                        self._start_sync()
                     self._waiting.append((self._size, callbacks))
                     return
         self._hand_back(callbacks, error)
+
+    def _start_sync(self) -> None:
+        """Lines are waiting (the lock held): have them synced."""
+        if self._process is None:
+            self._wake.notify()
+        elif not self._syncing:
+            self._syncing, self._target = True, self._size
+            self._process.request()
+
+    def _synced_by_process(self, error: OSError | None) -> None:
+        """On the loop: the helper's sync (of everything up to ``_target``) is done."""
+        if not self._syncing:
+            return  # the helper died between syncs: the next request learns it
+        with self._lock:
+            self._syncing = False
+            done = self._settle(self._target, error)
+            if self._waiting:
+                self._start_sync()
+            elif self._closing:
+                self._drained.set()
+        hand_back(None, done, error)  # on the loop already
 
     def append_and_wait(self, record: Mapping[str, Any]) -> None:
         """Write one record durably now, from a thread that is not the loop's; raise OSError
@@ -167,14 +209,22 @@ class RecordWriter:
         wait_for(lambda done: self.append(record, done))
 
     def close(self) -> None:
-        """Sync what is written and hand back its outcomes, stop the syncing thread, close the
-        file. Idempotent."""
+        """Sync what is written and hand back its outcomes, stop the syncer, close the file.
+        Idempotent. With the helper process, call it off the loop while the loop runs (the
+        outcomes come back through the loop), or on the loop once nothing is waiting."""
         with self._lock:
             if self._closing:
                 return
             self._closing = True
             self._wake.notify()
-        self._syncer.join()
+            if not self._waiting:
+                self._drained.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        elif self._process is not None:
+            if not self._drained.wait(_CLOSE_WAIT):
+                log.warning("the record file's last sync did not come back in %d s", _CLOSE_WAIT)
+            _on_loop(self._loop, self._process.close)
         os.close(self._fd)
 
     def _end_torn_line(self) -> None:
@@ -203,18 +253,23 @@ class RecordWriter:
             except OSError as exc:
                 error = exc
             with self._lock:
-                if error is None:
-                    self._durable = target
-                    done = []
-                    while self._waiting and self._waiting[0][0] <= target:
-                        done += self._waiting.popleft()[1]
-                else:
-                    # What the sync did not cover -- the lines written since the last good one,
-                    # as far as anyone can tell -- is truncated away and none of it acknowledged.
-                    self._roll_back(self._durable)
-                    done = [callback for _, callbacks in self._waiting for callback in callbacks]
-                    self._waiting.clear()
+                done = self._settle(target, error)
             self._hand_back(done, error)
+
+    def _settle(self, target: int, error: OSError | None) -> list[Done]:
+        """After a sync up to ``target`` (the lock held): the callbacks it answers."""
+        if error is None:
+            self._durable = target
+            done = []
+            while self._waiting and self._waiting[0][0] <= target:
+                done += self._waiting.popleft()[1]
+            return done
+        # What the sync did not cover -- the lines written since the last good one, as far as
+        # anyone can tell -- is truncated away and none of it acknowledged.
+        self._roll_back(self._durable)
+        done = [callback for _, callbacks in self._waiting for callback in callbacks]
+        self._waiting.clear()
+        return done
 
     def _hand_back(self, callbacks: list[Done], error: BaseException | None) -> None:
         hand_back(self._loop, callbacks, error)
@@ -238,6 +293,29 @@ class RecordWriter:
 
 class WriterClosed(OSError):
     """A record was appended after ``close()``: it was not written."""
+
+
+_CLOSE_WAIT = 30  # seconds close() waits for the last sync's outcome
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop | None, function: Callable[[], None]) -> None:
+    """Run ``function`` on ``loop`` and wait for it: at once when called there, or when the loop
+    is not running any more."""
+    import asyncio
+
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is None or running is loop or not loop.is_running():
+        function()
+        return
+    future = asyncio.run_coroutine_threadsafe(_call(function), loop)
+    future.result(_CLOSE_WAIT)
+
+
+async def _call(function: Callable[[], None]) -> None:
+    function()
 
 
 # fdatasync flushes an append's data and the new file size (what reading it back needs) and

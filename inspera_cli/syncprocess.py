@@ -1,0 +1,113 @@
+"""fdatasync in a helper process, asked and answered through the event loop (`listen --record`).
+
+Why a process and not a thread: a syncing thread needs the GIL to start each sync and again to
+return from it, and under load the event loop holds the GIL -- the thread waited for the loop's
+switch interval (5 ms) at each hand-over, so every acknowledgement waited too, and each hand-over
+cost the loop a context switch. The helper has a GIL of its own: the loop asks with one byte on a
+pipe and learns the outcome (an errno, 0 for success) from a reader callback -- no lock, no
+thread. The helper syncs the very file description the writer writes to (inherited), so a sync
+it begins after a write covers that write.
+
+The helper exits when its pipe closes: when ``close()`` closes it, or when the receiver dies
+(SIGKILL included). It ignores Ctrl-C, which a terminal sends to the whole process group: the
+receiver decides when to stop. If it dies first, every sync asked of it fails (EIO).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+log = logging.getLogger(__name__)
+
+# -I -S: no site, no user paths, no PYTHON* variables: the interpreter and this text only.
+_HELPER = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+fd = int(sys.argv[1])
+sync = getattr(os, "fdatasync", os.fsync)
+try:
+    while os.read(0, 1):
+        try:
+            sync(fd)
+            code = 0
+        except OSError as exc:
+            code = exc.errno or 5
+        os.write(1, code.to_bytes(4, "little"))
+except OSError:
+    pass
+"""
+
+Synced = Callable[[OSError | None], None]
+
+
+class SyncProcess:
+    """A helper process that syncs ``fd``. ``request()`` (on ``loop``) starts one sync; ``synced``
+    runs on the loop with its outcome. One request at a time: the next after the last answer."""
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop, synced: Synced) -> None:
+        self._loop = loop
+        self._synced = synced
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _HELPER, str(fd)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,), bufsize=0,
+        )
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._ask = self._process.stdin.fileno()
+        self._answers = self._process.stdout.fileno()
+        os.set_blocking(self._answers, False)
+        self._gone: OSError | None = None
+        loop.add_reader(self._answers, self._answered)
+
+    def request(self) -> None:
+        """Ask for one sync; its outcome comes to ``synced`` on a later turn of the loop."""
+        if self._gone is None:
+            try:
+                os.write(self._ask, b"s")
+                return
+            except OSError as exc:
+                self._lost(f"cannot reach it ({exc.strerror or exc})")
+        self._loop.call_soon_threadsafe(self._synced, self._gone)
+
+    def _answered(self) -> None:
+        try:
+            answer = os.read(self._answers, 4)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            answer, reason = b"", exc.strerror or str(exc)
+        else:
+            reason = f"it exited ({self._process.poll()})"
+        if len(answer) != 4:  # a pipe carries 4 bytes whole: anything else is its end
+            self._lost(reason)
+            self._synced(self._gone)
+            return
+        code = int.from_bytes(answer, "little")
+        self._synced(None if code == 0 else OSError(code, os.strerror(code)))
+
+    def _lost(self, reason: str) -> None:
+        log.warning("the record file's sync process is gone: %s", reason)
+        self._gone = OSError(errno.EIO, f"the record file's sync process is gone: {reason}")
+        self._loop.remove_reader(self._answers)
+
+    def close(self) -> None:
+        """On the loop: stop the helper (it has answered every request by then)."""
+        if self._gone is None:
+            self._loop.remove_reader(self._answers)
+            self._gone = OSError(errno.EIO, "the record file is closed")
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None:
+                pipe.close()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
