@@ -10,11 +10,15 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inspera_cli.listener import Listener, ListenerConfig
-from inspera_cli.recording import RecordReader
+from inspera_cli.recording import RecordReader, encode_record
 from tests.processes import running_with
 from tests.test_listen import ListenProcess, event_body, signed_headers
 
@@ -118,3 +122,22 @@ def test_lines_written_during_a_sync_wait_for_the_next_one(tmp_path: Path) -> No
         listener.shutdown()
     assert outcomes == [(200, True)] * 200
     assert sorted(r.fields["contextObjectId"] for r in RecordReader(path, strict=True)) == list(range(200))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=30,
+)
+
+
+@given(st.dictionaries(st.text(), json_values))
+def test_a_record_line_is_exactly_the_compact_ascii_json_of_the_record(record: dict[str, Any]) -> None:
+    """The line encoder is built once (not per line); its bytes are JSONEncoder's, to the byte."""
+    expected = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode(record) + "\n"
+    assert encode_record(record) == expected.encode("ascii")
+
+
+def test_a_record_that_is_not_json_is_a_type_error_that_says_so() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_record({"payload": object()})
