@@ -136,6 +136,18 @@ def is_terminal(stream: Any = None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+_stdout_tty: tuple[Any, bool] = (None, False)
+
+
+def _stdout_is_terminal() -> bool:
+    """``is_terminal()`` asked once per stdout object, not per line: `listen` prints a line per
+    request, and an isatty each cost a syscall (and a GIL hand-over) per request."""
+    global _stdout_tty
+    if _stdout_tty[0] is not sys.stdout:
+        _stdout_tty = (sys.stdout, is_terminal())
+    return _stdout_tty[1]
+
+
 def print_json(data: Any) -> None:
     """Exactly one JSON document on stdout."""
     import json
@@ -214,7 +226,7 @@ def print_segments(segments: Sequence[tuple[str, str | None]], *, flush: bool = 
     (bold and dim stay).
     """
     out = console(stderr=False)
-    terminal = is_terminal()
+    terminal = _stdout_is_terminal()
     if not all(piece.isprintable() for piece, _ in segments):
         segments = [(one_line(piece), style) for piece, style in segments]
     if terminal:
