@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -75,35 +74,36 @@ class _Printer:
     def __init__(self, json_mode: bool) -> None:
         # Here, not at the top: TAB after `li` builds this command too, and needs neither.
         from inspera_cli.commands.rendering import request_line
+        from inspera_cli.listener.report import RequestKind
 
         self._request_line = request_line
+        self._event = RequestKind.EVENT
         self._json_mode = json_mode
         self._broken = False
 
     def __call__(self, report: Report) -> None:
-        from inspera_cli.listener.report import RequestKind
-
         if self._broken or not report.shown:
             return
-        with self._closed_pipe():
+        try:
             if not self._json_mode:
                 output.print_segments(self._request_line(report), flush=False)
-            elif report.kind is RequestKind.EVENT:
+            elif report.kind is self._event:
                 output.print_json_line(report.to_json(), flush=False)
+        except BrokenPipeError:
+            self._reader_left()
 
     def flush(self) -> None:
-        if not self._broken:
-            with self._closed_pipe():
-                output.flush_stdout()
-
-    @contextmanager
-    def _closed_pipe(self) -> Iterator[None]:
+        if self._broken:
+            return
         try:
-            yield
+            output.flush_stdout()
         except BrokenPipeError:
-            # `listen | head`: the reader left. Keep answering, recording and forwarding.
-            self._broken = True
-            output.discard_stdout()
+            self._reader_left()
+
+    def _reader_left(self) -> None:
+        # `listen | head`: the reader left. Keep answering, recording and forwarding.
+        self._broken = True
+        output.discard_stdout()
 
 
 def banner(config: ListenerConfig, *, secret_from: str, exit_after: int | None,
