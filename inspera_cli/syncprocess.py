@@ -35,6 +35,7 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 fd = int(sys.argv[1])
 sync = getattr(os, "fdatasync", os.fsync)
 try:
+    os.write(1, bytes(4))  # ready
     while os.read(0, 1):
         try:
             sync(fd)
@@ -47,6 +48,7 @@ except OSError:
 """
 
 Synced = Callable[[OSError | None], None]
+_START_TIME = 10  # seconds for the helper to say it runs
 
 
 class SyncProcess:
@@ -56,6 +58,9 @@ class SyncProcess:
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop, synced: Synced) -> None:
         self._loop = loop
         self._synced = synced
+        self._gone: OSError | None = None
+        if getattr(sys, "frozen", False):  # sys.executable is the program itself, not Python
+            raise OSError(errno.ENOEXEC, "no Python interpreter to run the helper with")
         self._process = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _HELPER, str(fd)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,), bufsize=0,
@@ -63,9 +68,20 @@ class SyncProcess:
         assert self._process.stdin is not None and self._process.stdout is not None
         self._ask = self._process.stdin.fileno()
         self._answers = self._process.stdout.fileno()
+        self._wait_ready()
         os.set_blocking(self._answers, False)
-        self._gone: OSError | None = None
         loop.add_reader(self._answers, self._answered)
+
+    def _wait_ready(self) -> None:
+        """Its first answer says it runs (an interpreter that is not Python -- a frozen build --
+        would not give it): OSError, the helper stopped, if it does not come."""
+        import select
+
+        ready, _, _ = select.select([self._answers], [], [], _START_TIME)
+        if ready and os.read(self._answers, 4) == bytes(4):
+            return
+        self.close()
+        raise OSError(errno.ECHILD, f"the helper did not start within {_START_TIME} s")
 
     def request(self) -> None:
         """Ask for one sync; its outcome comes to ``synced`` on a later turn of the loop."""
@@ -101,7 +117,7 @@ class SyncProcess:
     def close(self) -> None:
         """On the loop: stop the helper (it has answered every request by then)."""
         if self._gone is None:
-            self._loop.remove_reader(self._answers)
+            self._loop.remove_reader(self._answers)  # a no-op before it was added
             self._gone = OSError(errno.EIO, "the record file is closed")
         for pipe in (self._process.stdin, self._process.stdout):
             if pipe is not None:

@@ -141,3 +141,21 @@ def test_a_record_line_is_exactly_the_compact_ascii_json_of_the_record(record: d
 def test_a_record_that_is_not_json_is_a_type_error_that_says_so() -> None:
     with pytest.raises(TypeError, match="not JSON serializable"):
         encode_record({"payload": object()})
+
+
+def test_without_a_python_to_run_the_helper_the_record_is_synced_on_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A build whose sys.executable is not Python (the helper never says it runs): the writer
+    syncs on a thread of its own, as durably; nothing is lost or acknowledged early."""
+    monkeypatch.setattr("sys.executable", "/bin/true")
+    path = tmp_path / "events.jsonl"
+    listener = Listener(ListenerConfig(port=0, secret=SECRET, record=path))
+    listener.start()
+    try:
+        with requests.Session() as session:
+            assert [post(session, listener.url, n) for n in range(5)] == [200] * 5
+    finally:
+        listener.shutdown()
+    assert "syncing on a thread" in caplog.text
+    assert [r.fields["contextObjectId"] for r in RecordReader(path, strict=True)] == list(range(5))
