@@ -59,6 +59,8 @@ class SyncProcess:
         self._loop = loop
         self._synced = synced
         self._gone: OSError | None = None
+        if os.name != "posix":  # pass_fds, and a loop reader on a pipe, are POSIX's
+            raise OSError(errno.ENOSYS, "a helper process needs POSIX")
         if getattr(sys, "frozen", False):  # sys.executable is the program itself, not Python
             raise OSError(errno.ENOEXEC, "no Python interpreter to run the helper with")
         self._process = subprocess.Popen(
