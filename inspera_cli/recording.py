@@ -44,7 +44,7 @@ from inspera_cli.webhook_body import VERIFICATION, parse_event
 if TYPE_CHECKING:
     import asyncio
 
-    from inspera_cli.syncprocess import SyncProcess
+    from inspera_cli.syncprocess import SyncPool
 
 log = logging.getLogger(__name__)
 
@@ -143,20 +143,18 @@ class RecordWriter:
         self._waiting: deque[tuple[int, list[Done]]] = deque()  # (where lines end, their callbacks)
         self._turn: list[tuple[bytes, Done]] = []  # appended on the loop during this turn
         self._closing = False
-        self._drained = threading.Event()  # closing, and every line handed back (helper process)
-        self._syncing = False  # the helper process is syncing, up to self._target
-        self._target = 0
-        self._process = self._sync_process(loop) if loop is not None and sync is None else None
+        self._drained = threading.Event()  # closing, and every line handed back (helper processes)
+        self._pool = self._sync_pool(loop) if loop is not None and sync is None else None
         self._syncer: threading.Thread | None = None
-        if self._process is None:
+        if self._pool is None:
             self._syncer = threading.Thread(target=self._sync_loop, name="record-sync", daemon=True)
             self._syncer.start()
 
-    def _sync_process(self, loop: asyncio.AbstractEventLoop) -> SyncProcess | None:
-        from inspera_cli.syncprocess import SyncProcess
+    def _sync_pool(self, loop: asyncio.AbstractEventLoop) -> SyncPool | None:
+        from inspera_cli.syncprocess import SyncPool
 
         try:
-            return SyncProcess(self._fd, loop, self._synced_by_process)
+            return SyncPool(self.path, self._fd, loop, self._synced_by_pool)
         except OSError as exc:  # no interpreter to run it with: sync on a thread instead
             log.warning("cannot start the record file's sync process (%s): syncing on a thread", exc)
             return None
@@ -192,27 +190,29 @@ class RecordWriter:
                     error = exc
                 else:
                     self._size += sum(map(len, lines))
-                    if not self._waiting:
-                        self._start_sync()
+                    # The thread syncs whatever is written once woken; the pool decides per write.
+                    start = self._pool is not None or not self._waiting
                     self._waiting.append((self._size, callbacks))
+                    if start:
+                        self._start_sync()
                     return
         self._hand_back(callbacks, error)
 
     def _start_sync(self) -> None:
         """Lines are waiting (the lock held): have them synced."""
-        if self._process is None:
+        if self._pool is None:
             self._wake.notify()
-        elif not self._syncing:
-            self._syncing, self._target = True, self._size
-            self._process.request()
+        else:
+            self._pool.request(self._size)
 
-    def _synced_by_process(self, error: OSError | None) -> None:
-        """On the loop: the helper's sync (of everything up to ``_target``) is done."""
-        if not self._syncing:
-            return  # the helper died between syncs: the next request learns it
+    def _synced_by_pool(self, target: int | None, error: OSError | None) -> None:
+        """On the loop: a helper's sync of everything up to ``target`` is done (None: one that no
+        longer counts, so only a helper is free again)."""
+        assert self._pool is not None
         with self._lock:
-            self._syncing = False
-            done = self._settle(self._target, error)
+            done = [] if target is None else self._settle(target, error)
+            if error is not None:
+                self._pool.forget()
             if self._waiting:
                 self._start_sync()
             elif self._closing:
@@ -237,10 +237,10 @@ class RecordWriter:
                 self._drained.set()
         if self._syncer is not None:
             self._syncer.join()
-        elif self._process is not None:
+        elif self._pool is not None:
             if not self._drained.wait(_CLOSE_WAIT):
                 log.warning("the record file's last sync did not come back in %d s", _CLOSE_WAIT)
-            _on_loop(self._loop, self._process.close)
+            _on_loop(self._loop, self._pool.close)
         os.close(self._fd)
 
     def _end_torn_line(self) -> None:
@@ -275,7 +275,7 @@ class RecordWriter:
     def _settle(self, target: int, error: OSError | None) -> list[Done]:
         """After a sync up to ``target`` (the lock held): the callbacks it answers."""
         if error is None:
-            self._durable = target
+            self._durable = max(self._durable, target)  # helpers may answer out of order
             done = []
             while self._waiting and self._waiting[0][0] <= target:
                 done += self._waiting.popleft()[1]

@@ -1,4 +1,4 @@
-"""fdatasync in a helper process, asked and answered through the event loop (`listen --record`).
+"""fdatasync in helper processes, asked and answered through the event loop (`listen --record`).
 
 Why a process and not a thread: a syncing thread needs the GIL to start each sync and again to
 return from it, and under load the event loop holds the GIL -- the thread waited for the loop's
@@ -8,6 +8,12 @@ pipe and learns the outcome (an errno, 0 for success) from a reader callback -- 
 thread. The helper syncs the very file description the writer writes to (inherited), so a sync
 it begins after a write covers that write.
 
+``SyncPool`` keeps two helpers, so that lines written while one sync is under way get a sync of
+their own at once instead of waiting for it to end (on average half a sync less to wait). Each
+helper syncs through a file description of its own (the file opened again, checked to be the same
+file): Linux reports a writeback error once per file description, so two syncs sharing one could
+see one fail and the other succeed without the lost data. With their own, both learn of it.
+
 The helper exits when its pipe closes: when ``close()`` closes it, or when the receiver dies
 (SIGKILL included). It ignores Ctrl-C, which a terminal sends to the whole process group: the
 receiver decides when to stop. If it dies first, every sync asked of it fails (EIO).
@@ -16,6 +22,7 @@ receiver decides when to stop. If it dies first, every sync asked of it fails (E
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import subprocess
@@ -52,10 +59,12 @@ _START_TIME = 10  # seconds for the helper to say it runs
 
 
 class SyncProcess:
-    """A helper process that syncs ``fd``. ``request()`` (on ``loop``) starts one sync; ``synced``
-    runs on the loop with its outcome. One request at a time: the next after the last answer."""
+    """A helper process that syncs the file ``fd`` is open on (through a file description of its
+    own, opened from ``path``). ``request()`` (on ``loop``) starts one sync; ``synced`` runs on
+    the loop with its outcome. One request at a time: the next after the last answer."""
 
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop, synced: Synced) -> None:
+    def __init__(self, path: str | os.PathLike[str], fd: int, loop: asyncio.AbstractEventLoop,
+                 synced: Synced) -> None:
         self._loop = loop
         self._synced = synced
         self._gone: OSError | None = None
@@ -63,10 +72,14 @@ class SyncProcess:
             raise OSError(errno.ENOSYS, "a helper process needs POSIX")
         if getattr(sys, "frozen", False):  # sys.executable is the program itself, not Python
             raise OSError(errno.ENOEXEC, "no Python interpreter to run the helper with")
-        self._process = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _HELPER, str(fd)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,), bufsize=0,
-        )
+        own = _open_again(path, fd)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _HELPER, str(own)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(own,), bufsize=0,
+            )
+        finally:
+            os.close(own)
         assert self._process.stdin is not None and self._process.stdout is not None
         self._ask = self._process.stdin.fileno()
         self._answers = self._process.stdout.fileno()
@@ -84,6 +97,10 @@ class SyncProcess:
             return
         self.close()
         raise OSError(errno.ECHILD, f"the helper did not start within {_START_TIME} s")
+
+    @property
+    def gone(self) -> bool:
+        return self._gone is not None
 
     def request(self) -> None:
         """Ask for one sync; its outcome comes to ``synced`` on a later turn of the loop."""
@@ -129,3 +146,65 @@ class SyncProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+
+
+def _open_again(path: str | os.PathLike[str], fd: int) -> int:
+    """A new file description of the file ``fd`` is open on, found at ``path``."""
+    own = os.open(path, os.O_RDONLY)
+    mine, theirs = os.fstat(own), os.fstat(fd)
+    if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+        os.close(own)
+        raise OSError(errno.ESTALE, f"{path} is not the file being written any more")
+    return own
+
+
+PoolSynced = Callable[[int | None, OSError | None], None]
+
+
+class SyncPool:
+    """Up to ``size`` helpers syncing at once. ``request(target)`` (on the loop): have the file
+    synced by a sync that begins now, unless one under way began after ``target`` bytes were
+    written, or none is free (then ask again after the next answer). ``synced(target, error)`` runs
+    on the loop for each sync; ``synced(None, None)`` when a forgotten one ends (a helper freed)."""
+
+    def __init__(self, path: str | os.PathLike[str], fd: int, loop: asyncio.AbstractEventLoop,
+                 synced: PoolSynced, size: int = 2) -> None:
+        self._synced = synced
+        self._helpers: list[SyncProcess] = []
+        self._targets: list[int | None] = []  # what each helper's sync covers; None: free
+        self._current: list[bool] = []  # its outcome still counts (not forgotten)
+        try:
+            for index in range(size):
+                self._helpers.append(SyncProcess(path, fd, loop, functools.partial(self._answered, index)))
+                self._targets.append(None)
+                self._current.append(True)
+        except OSError:
+            if not self._helpers:
+                raise
+            log.warning("started %d of %d sync processes", len(self._helpers), size, exc_info=True)
+
+    def request(self, target: int) -> None:
+        covered = max((t for t, c in zip(self._targets, self._current, strict=True) if t is not None and c),
+                      default=-1)
+        if covered >= target:
+            return
+        free = [index for index, busy in enumerate(self._targets) if busy is None]
+        # A helper that died fails what it is asked; the others carry on while there are any.
+        for index in sorted(free, key=lambda i: self._helpers[i].gone)[:1]:
+            self._targets[index], self._current[index] = target, True
+            self._helpers[index].request()
+
+    def forget(self) -> None:
+        """The syncs under way no longer count (a sync failed and the file was rolled back)."""
+        self._current = [False] * len(self._current)
+
+    def _answered(self, index: int, error: OSError | None) -> None:
+        target, self._targets[index] = self._targets[index], None
+        if target is None:
+            return  # the helper died between syncs: the next request learns it
+        self._synced(target if self._current[index] else None, error if self._current[index] else None)
+
+    def close(self) -> None:
+        """On the loop: stop every helper."""
+        for helper in self._helpers:
+            helper.close()

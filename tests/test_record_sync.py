@@ -59,10 +59,10 @@ def test_the_helper_ends_with_the_receiver_even_when_killed(tmp_path: Path) -> N
     with ListenProcess("--secret-env", "LISTEN_SECRET", "--record", str(record), env={name: value}) as lp:
         with requests.Session() as session:
             assert post(session, lp.url, 1) == 200
-        [helper] = helpers(marker)
+        assert helpers(marker)
         lp.proc.kill()  # SIGKILL: no clean-up of any kind
         lp.proc.wait(10)
-        assert wait_until(lambda: not helpers(marker)), f"the sync helper {helper} outlived listen"
+        assert wait_until(lambda: not helpers(marker)), f"sync helpers {helpers(marker)} outlived listen"
     assert [r.fields["contextObjectId"] for r in RecordReader(record, strict=True)] == [1]
 
 
@@ -73,9 +73,9 @@ def test_ctrl_c_to_the_process_group_stops_listen_and_its_helper_cleanly(tmp_pat
     with ListenProcess("--secret-env", "LISTEN_SECRET", "--record", str(record), env={name: value}) as lp:
         with requests.Session() as session:
             assert post(session, lp.url, 1) == 200
-            [helper] = helpers(marker)
-            os.kill(helper, signal.SIGINT)  # as a terminal's Ctrl-C reaches every process of the job
-            assert post(session, lp.url, 2) == 200  # the helper ignored it; listen decides
+            for helper in helpers(marker):
+                os.kill(helper, signal.SIGINT)  # as a terminal's Ctrl-C reaches every process of the job
+            assert post(session, lp.url, 2) == 200  # the helpers ignored it; listen decides
         assert lp.stop(signal.SIGINT) == 0
         assert "Traceback" not in lp.err_text
         assert wait_until(lambda: not helpers(marker))
@@ -90,8 +90,8 @@ def test_without_its_sync_helper_listen_answers_500_never_200(tmp_path: Path) ->
                        env={name: value}) as lp:
         with requests.Session() as session:
             assert post(session, lp.url, 1) == 200
-            [helper] = helpers(marker)
-            os.kill(helper, signal.SIGKILL)
+            for helper in helpers(marker):
+                os.kill(helper, signal.SIGKILL)
             assert wait_until(lambda: not helpers(marker))
             assert [post(session, lp.url, n) for n in (2, 3)] == [500, 500]
         assert lp.wait_for(lambda: len(lp.stdout) == 3)
@@ -159,3 +159,71 @@ def test_without_a_python_to_run_the_helper_the_record_is_synced_on_a_thread(
         listener.shutdown()
     assert "syncing on a thread" in caplog.text
     assert [r.fields["contextObjectId"] for r in RecordReader(path, strict=True)] == list(range(5))
+
+
+class FakeHelper:
+    """A sync helper whose answers the test gives, in any order (syncprocess.SyncProcess's face)."""
+
+    made: list[FakeHelper] = []
+
+    def __init__(self, path: Any, fd: int, loop: Any, synced: Any) -> None:
+        self.synced = synced
+        self.asked = 0
+        self.gone = False
+        FakeHelper.made.append(self)
+
+    def request(self) -> None:
+        self.asked += 1
+
+    def answer(self, error: OSError | None = None) -> None:
+        self.synced(error)
+
+    def close(self) -> None:
+        pass
+
+
+def test_two_syncs_at_once_acknowledge_only_what_each_began_after_and_a_failure_voids_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import errno
+
+    from inspera_cli import syncprocess
+    from inspera_cli.recording import RecordWriter
+
+    FakeHelper.made = []
+    monkeypatch.setattr(syncprocess, "SyncProcess", FakeHelper)
+    loop = asyncio.new_event_loop()
+    path = tmp_path / "r.jsonl"
+    writer = RecordWriter(path, loop=loop)
+    first, second = FakeHelper.made
+    outcomes: dict[int, BaseException | None] = {}
+
+    def append(n: int) -> None:
+        writer.append({"n": n}, lambda error: outcomes.__setitem__(n, error))
+        loop.run_until_complete(asyncio.sleep(0))  # the end of the loop's turn: written, sync asked
+
+    try:
+        append(1)
+        assert (first.asked, second.asked) == (1, 0)
+        append(2)  # written while the first sync is under way: a second sync begins at once
+        assert (first.asked, second.asked) == (1, 1)
+        second.answer()  # the later sync ends first: it covers both lines
+        assert outcomes == {1: None, 2: None}
+        first.answer()
+        append(3)
+        append(4)
+        assert (first.asked, second.asked) == (2, 2)
+        first.answer(OSError(errno.EIO, "Input/output error"))  # 3 fails, and 4 with it...
+        assert {n: getattr(outcomes[n], "errno", None) for n in (3, 4)} == {3: errno.EIO, 4: errno.EIO}
+        second.answer()  # ...though the other sync then succeeds: it may not have seen the error
+        assert path.read_bytes() == encode_record({"n": 1}) + encode_record({"n": 2})
+        append(5)
+        assert (first.asked, second.asked) == (3, 2)  # the first free helper
+        first.answer()
+        assert outcomes[5] is None
+    finally:
+        loop.run_until_complete(asyncio.sleep(0))
+        writer.close()
+        loop.close()
+    assert path.read_bytes() == b"".join(encode_record({"n": n}) for n in (1, 2, 5))
