@@ -4,11 +4,13 @@ the receiver, Ctrl-C to the process group stops the receiver as before."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +54,18 @@ def post(session: requests.Session, url: str, object_id: int) -> int:
     return session.post(url, data=body, headers=signed_headers(body), timeout=10).status_code
 
 
+@contextlib.contextmanager
+def recording_listen(record: Path, *args: str) -> Iterator[tuple[ListenProcess, str]]:
+    """`listen --record` in a subprocess, and the marker its sync helpers' environment holds."""
+    value = uuid.uuid4().hex
+    with ListenProcess("--secret-env", "LISTEN_SECRET", *args, "--record", str(record),
+                       env={"RECORD_SYNC_TEST": value}) as lp:
+        yield lp, f"RECORD_SYNC_TEST={value}"
+
+
 def test_the_helper_ends_with_the_receiver_even_when_killed(tmp_path: Path) -> None:
-    marker = f"RECORD_SYNC_TEST={uuid.uuid4().hex}"
-    name, value = marker.split("=")
     record = tmp_path / "events.jsonl"
-    with ListenProcess("--secret-env", "LISTEN_SECRET", "--record", str(record), env={name: value}) as lp:
+    with recording_listen(record) as (lp, marker):
         with requests.Session() as session:
             assert post(session, lp.url, 1) == 200
         assert helpers(marker)
@@ -67,10 +76,8 @@ def test_the_helper_ends_with_the_receiver_even_when_killed(tmp_path: Path) -> N
 
 
 def test_ctrl_c_to_the_process_group_stops_listen_and_its_helper_cleanly(tmp_path: Path) -> None:
-    marker = f"RECORD_SYNC_TEST={uuid.uuid4().hex}"
-    name, value = marker.split("=")
     record = tmp_path / "events.jsonl"
-    with ListenProcess("--secret-env", "LISTEN_SECRET", "--record", str(record), env={name: value}) as lp:
+    with recording_listen(record) as (lp, marker):
         with requests.Session() as session:
             assert post(session, lp.url, 1) == 200
             for helper in helpers(marker):
@@ -83,11 +90,8 @@ def test_ctrl_c_to_the_process_group_stops_listen_and_its_helper_cleanly(tmp_pat
 
 
 def test_without_its_sync_helper_listen_answers_500_never_200(tmp_path: Path) -> None:
-    marker = f"RECORD_SYNC_TEST={uuid.uuid4().hex}"
-    name, value = marker.split("=")
     record = tmp_path / "events.jsonl"
-    with ListenProcess("--secret-env", "LISTEN_SECRET", "--json", "--record", str(record),
-                       env={name: value}) as lp:
+    with recording_listen(record, "--json") as (lp, marker):
         with requests.Session() as session:
             assert post(session, lp.url, 1) == 200
             for helper in helpers(marker):
@@ -102,8 +106,8 @@ def test_without_its_sync_helper_listen_answers_500_never_200(tmp_path: Path) ->
     assert [r.fields["contextObjectId"] for r in RecordReader(record, strict=True)] == [1]
 
 
-def test_lines_written_during_a_sync_wait_for_the_next_one(tmp_path: Path) -> None:
-    """Many connections at once through the helper: every 200 is on disk when it arrives."""
+def test_every_200_is_on_disk_when_it_arrives_with_many_connections(tmp_path: Path) -> None:
+    """Many connections at once through the sync helpers: every 200 is on disk when it arrives."""
     path = tmp_path / "events.jsonl"
     listener = Listener(ListenerConfig(port=0, secret=SECRET, record=path))
     listener.start()
