@@ -106,12 +106,13 @@ class RecordWriter:
 
     The syncer does nothing but sync: whenever lines are waiting it takes the size written,
     fsyncs (fdatasync where there is one: an append's new size is data it flushes; the times are
-    not), and reports every line up to that size as durable. Lines written while it syncs wait for
-    the next sync -- one sync covers everything written during the last, and the loop never waits
-    for the disk, nor the disk for a write. With ``loop`` the syncer is a helper process
-    (``syncprocess.SyncProcess``: no GIL to share with the loop), asked and answered on the loop;
-    otherwise, or with ``sync`` given, or if the helper cannot start, a thread of this process.
-    ``write`` (``os.write``) and ``sync`` are replaceable to simulate a failing disk.
+    not), and reports every line up to that size as durable -- one sync covers everything written
+    before it began, and the loop never waits for the disk, nor the disk for a write. With
+    ``loop`` the syncers are two helper processes (``syncprocess.SyncPool``: no GIL to share with
+    the loop), asked and answered on the loop, so that lines written during one sync get the other
+    at once; otherwise, or with ``sync`` given, or if no helper can start, a thread of this process,
+    and lines written while it syncs wait for its next sync. ``write`` (``os.write``) and ``sync``
+    are replaceable to simulate a failing disk.
     """
 
     def __init__(
@@ -155,7 +156,7 @@ class RecordWriter:
 
         try:
             return SyncPool(self.path, self._fd, loop, self._synced_by_pool)
-        except OSError as exc:  # no interpreter to run it with: sync on a thread instead
+        except OSError as exc:  # no interpreter to run one with: sync on a thread instead
             log.warning("cannot start the record file's sync process (%s): syncing on a thread", exc)
             return None
 
@@ -226,7 +227,7 @@ class RecordWriter:
 
     def close(self) -> None:
         """Sync what is written and hand back its outcomes, stop the syncer, close the file.
-        Idempotent. With the helper process, call it off the loop while the loop runs (the
+        Idempotent. With helper processes, call it off the loop while the loop runs (the
         outcomes come back through the loop), or on the loop once nothing is waiting."""
         with self._lock:
             if self._closing:
@@ -240,7 +241,7 @@ class RecordWriter:
         elif self._pool is not None:
             if not self._drained.wait(_CLOSE_WAIT):
                 log.warning("the record file's last sync did not come back in %d s", _CLOSE_WAIT)
-            _on_loop(self._loop, self._pool.close)
+            self._pool.close()
         os.close(self._fd)
 
     def _end_torn_line(self) -> None:
@@ -312,26 +313,6 @@ class WriterClosed(OSError):
 
 
 _CLOSE_WAIT = 30  # seconds close() waits for the last sync's outcome
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop | None, function: Callable[[], None]) -> None:
-    """Run ``function`` on ``loop`` and wait for it: at once when called there, or when the loop
-    is not running any more."""
-    import asyncio
-
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if loop is None or running is loop or not loop.is_running():
-        function()
-        return
-    future = asyncio.run_coroutine_threadsafe(_call(function), loop)
-    future.result(_CLOSE_WAIT)
-
-
-async def _call(function: Callable[[], None]) -> None:
-    function()
 
 
 # fdatasync flushes an append's data and the new file size (what reading it back needs) and

@@ -56,6 +56,7 @@ except OSError:
 
 Synced = Callable[[OSError | None], None]
 _START_TIME = 10  # seconds for the helper to say it runs
+_STOP_TIME = 30  # seconds for the helpers to stop
 
 
 class SyncProcess:
@@ -170,6 +171,7 @@ class SyncPool:
     def __init__(self, path: str | os.PathLike[str], fd: int, loop: asyncio.AbstractEventLoop,
                  synced: PoolSynced, size: int = 2) -> None:
         self._synced = synced
+        self._loop = loop
         self._helpers: list[SyncProcess] = []
         self._targets: list[int | None] = []  # what each helper's sync covers; None: free
         self._current: list[bool] = []  # its outcome still counts (not forgotten)
@@ -205,6 +207,22 @@ class SyncPool:
         self._synced(target if self._current[index] else None, error if self._current[index] else None)
 
     def close(self) -> None:
-        """On the loop: stop every helper."""
-        for helper in self._helpers:
-            helper.close()
+        """Stop every helper: on the loop, from any thread (waiting for it), or once it stopped."""
+        import asyncio
+
+        def stop() -> None:
+            for helper in self._helpers:
+                helper.close()
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop or not self._loop.is_running():
+            stop()
+            return
+        asyncio.run_coroutine_threadsafe(_call(stop), self._loop).result(_STOP_TIME)
+
+
+async def _call(function: Callable[[], None]) -> None:
+    function()
