@@ -5,12 +5,13 @@ return from it, and under load the event loop holds the GIL -- the thread waited
 switch interval (5 ms) at each hand-over, so every acknowledgement waited too, and each hand-over
 cost the loop a context switch. The helper has a GIL of its own: the loop asks with one byte on a
 pipe and learns the outcome (an errno, 0 for success) from a reader callback -- no lock, no
-thread. The helper syncs the very file description the writer writes to (inherited), so a sync
-it begins after a write covers that write.
+thread. An fdatasync flushes the file's data whoever wrote it, so a sync the helper begins after
+a write covers that write.
 
 ``SyncPool`` keeps two helpers, so that lines written while one sync is under way get a sync of
-their own at once instead of waiting for it to end (on average half a sync less to wait). Each
-helper syncs through a file description of its own (the file opened again, checked to be the same
+their own at once instead of waiting for it to end (up to half a sync less to wait on average;
+less where the file system commits one journal transaction at a time, as ext4 does). Each helper
+syncs through a file description of its own (the file opened again, checked to be the same
 file): Linux reports a writeback error once per file description, so two syncs sharing one could
 see one fail and the other succeed without the lost data. With their own, both learn of it.
 
