@@ -71,20 +71,18 @@ class Feed(Generic[T]):
     def _run(self) -> None:
         while True:
             self._wake.wait(POLL)
-            taken = False
+            taken = bool(self._items)
             while self._items and not self._stopped:
                 item, size = self._items.popleft()
                 self._taken_bytes += size
-                taken = True
-                self._call(self._consume, item)
+                try:
+                    self._consume(item)
+                except Exception:
+                    log.warning("a report consumer failed", exc_info=True)
             if taken and self._idle is not None:
-                self._call(self._idle)
+                try:
+                    self._idle()
+                except Exception:
+                    log.warning("a report consumer failed", exc_info=True)
             if self._closing or self._stopped:
                 return
-
-    @staticmethod
-    def _call(function: Callable[..., None], *args: object) -> None:
-        try:
-            function(*args)
-        except Exception:
-            log.warning("a report consumer failed", exc_info=True)

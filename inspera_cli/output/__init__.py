@@ -227,8 +227,10 @@ def print_segments(segments: Sequence[tuple[str, str | None]], *, flush: bool = 
     """
     out = console(stderr=False)
     terminal = _stdout_is_terminal()
-    if not all(piece.isprintable() for piece, _ in segments):
+    plain = "".join([piece for piece, _ in segments])
+    if not plain.isprintable():  # one check of the whole line: its pieces then need escapes
         segments = [(one_line(piece), style) for piece, style in segments]
+        plain = "".join([piece for piece, _ in segments])
     if terminal:
         segments = _fit_line(segments, out.width)
     if terminal and out.color_system is not None:
@@ -245,8 +247,10 @@ def print_segments(segments: Sequence[tuple[str, str | None]], *, flush: bool = 
             return (parsed.without_color if no_color else parsed).render(piece, color_system=system)
 
         line = "".join(render(piece, style) if style else piece for piece, style in segments)
+    elif terminal:
+        line = "".join([piece for piece, _ in segments])
     else:
-        line = "".join(piece for piece, _ in segments)
+        line = plain
     out.file.write(line + "\n")
     if flush:
         out.file.flush()
