@@ -380,15 +380,21 @@ def test_a_setting_that_is_not_utf8_is_named_not_unexpected(stub, name: str, cod
     ],
     ids=lambda command: command[0],
 )
-def test_an_empty_secret_env_name_is_refused_not_taken_for_no_secret(tmp_path, command):
+def test_an_empty_secret_env_name_is_refused_not_taken_for_no_secret(cli, tmp_path, monkeypatch, command):
     """`--secret-env=$UNSET` must not start a receiver that checks no signature at all."""
     (tmp_path / "record.jsonl").write_text("")
-    result = run(
-        [*CLI, *command, "--secret-env="], cwd=tmp_path, capture_output=True, text=True, timeout=30,
-        env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
-    )
-    assert result.returncode == 2, result.stderr
-    assert "--secret-env needs the name of an environment variable" in one_error_line(result.stderr)
+    if command[0] == "listen":  # one receiver as the real program runs
+        result = run(
+            [*CLI, *command, "--secret-env="], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+        )
+        code, stderr = result.returncode, result.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        ran = cli(*command, "--secret-env=", expect=None, env={"XDG_DATA_HOME": str(tmp_path)})
+        code, stderr = ran.exit_code, ran.stderr
+    assert code == 2, stderr
+    assert "--secret-env needs the name of an environment variable" in one_error_line(stderr)
 
 
 def test_cache_file_keeps_no_key(cli, stub, isolated_home):

@@ -32,23 +32,42 @@ def program() -> list[str]:
     return [sys.executable, str(script)] if script.exists() else [sys.executable, "-m", "inspera_cli"]
 
 
-def complete(
-    words: str, *, shell: str = "bash", env: dict[str, str] | None = None, argv: list[str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """One completion request, as the shell scripts send it."""
+def completion_request(words: str, shell: str) -> dict[str, str]:
+    """The environment in which the shell scripts ask for the candidates of ``words``."""
     request = {"_INSPERA_HOOKS_COMPLETE": f"complete_{shell}"}
     if shell == "bash":
         parts = words.split(" ")
         request |= {"COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1)}
     else:
         request |= {"_TYPER_COMPLETE_ARGS": words, "_TYPER_COMPLETE_FISH_ACTION": "get-args"}
+    return request
+
+
+def complete(
+    words: str, *, shell: str = "bash", env: dict[str, str] | None = None, argv: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One completion request, as the shell scripts send it, to the installed program."""
     return run(
         argv or program(),
-        env={**os.environ, **(env or {}), **request},
+        env={**os.environ, **(env or {}), **completion_request(words, shell)},
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def complete_in_process(
+    words: str, *, shell: str = "bash", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The same request answered by the app in this process: for what the candidates are (the
+    tests above send the request to the real program)."""
+    from typer.testing import CliRunner
+
+    from inspera_cli.cli import app
+
+    result = CliRunner().invoke(app, [], env={**(env or {}), **completion_request(words, shell)},
+                                prog_name="inspera-hooks", catch_exceptions=False)
+    return subprocess.CompletedProcess(words, result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.mark.parametrize("shell", FILES)
@@ -125,11 +144,11 @@ def test_unreachable_tenant_is_silent() -> None:
 
 def test_event_names_complete_from_the_sandbox(cli: Any, sandbox_env: Any) -> None:
     names = [e["event"] for e in cli("events", "--json").json]
-    result = complete("inspera-hooks create --event ")
+    result = complete_in_process("inspera-hooks create --event ")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == sorted(names)
     prefix = names[0][:3]
-    narrowed = complete(f"inspera-hooks list --event {prefix}").stdout.split()
+    narrowed = complete_in_process(f"inspera-hooks list --event {prefix}").stdout.split()
     assert narrowed == sorted(n for n in names if n.startswith(prefix))
 
     path = cache_path()
@@ -138,13 +157,13 @@ def test_event_names_complete_from_the_sandbox(cli: Any, sandbox_env: Any) -> No
     assert SANDBOX_API_KEY not in text and "token" not in text.lower()
 
     sandbox_env.shutdown()  # answered from the cache for a minute
-    assert complete("inspera-hooks delete --event ").stdout.split() == sorted(names)
+    assert complete_in_process("inspera-hooks delete --event ").stdout.split() == sorted(names)
     for words in (
         "inspera-hooks trigger ",
         "inspera-hooks replay rec.jsonl --event ",
         "inspera-hooks sandbox fire ",
     ):
-        assert complete(words).stdout.split() == sorted(names), words
+        assert complete_in_process(words).stdout.split() == sorted(names), words
 
 
 @pytest.fixture
@@ -157,7 +176,7 @@ def receiver() -> Iterator[str]:
 def test_subscription_ids_complete_for_delete(cli: Any, sandbox_env: Any, receiver: str) -> None:
     created = cli("create", "--event", "confirm_final_grades", "--endpoint", receiver, "--json").json
     sid = str(created[0]["subscriptionId"])
-    result = complete("inspera-hooks delete ", shell="fish")
+    result = complete_in_process("inspera-hooks delete ", shell="fish")
     value, help_text = result.stdout.splitlines()[0].split("\t")
     assert value == sid
     assert help_text.startswith("confirm_final_grades → http://127.0.0.1:")
@@ -167,7 +186,7 @@ def test_subscription_ids_complete_for_delete(cli: Any, sandbox_env: Any, receiv
 def test_global_flags_are_used_by_completion(sandbox: Any) -> None:
     env = {"INSPERA_API_KEY": SANDBOX_API_KEY}
     words = f"inspera-hooks --url {sandbox.url} --client-id {SANDBOX_CLIENT_ID} create --event conf"
-    assert complete(words, env=env).stdout.split() == ["confirm_final_grades"]
+    assert complete_in_process(words, env=env).stdout.split() == ["confirm_final_grades"]
 
 
 @pytest.mark.parametrize(
@@ -202,7 +221,7 @@ def test_cache_ignores_a_corrupt_file(sandbox_env: Any) -> None:
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("{not json", encoding="utf-8")
-    assert "confirm_final_grades" in complete("inspera-hooks create --event ").stdout.split()
+    assert "confirm_final_grades" in complete_in_process("inspera-hooks create --event ").stdout.split()
     assert json.loads(path.read_text(encoding="utf-8"))
 
 

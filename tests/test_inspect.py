@@ -15,6 +15,7 @@ import time
 import zipfile
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -589,16 +590,15 @@ def test_listen_inspect_serves_the_page_on_its_own_port_only() -> None:
         assert proc.finish(2) == 0
 
 
-def test_listen_inspect_options_need_inspect_and_a_free_port(cli: object) -> None:
+def test_listen_inspect_options_need_inspect_and_a_free_port(cli: Any) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         busy = run([*CLI, "listen", "--port", "0", "--inspect", "--inspect-port", str(port), "--max-time",
                     "5"], capture_output=True, text=True, env=_env(), timeout=30)
-    alone = run([*CLI, "listen", "--inspect-port", "0"], capture_output=True, text=True, env=_env(),
-                timeout=30)
-    assert alone.returncode == 2 and "--inspect-port is only used with --inspect" in alone.stderr
+    alone = cli("listen", "--inspect-port", "0", expect=2)
+    assert "--inspect-port is only used with --inspect" in alone.stderr
     assert busy.returncode == 1
     assert busy.stderr.splitlines() == [  # the error alone: no "Stopped after 0.0 s" summary above it
         f"inspera-hooks: error: cannot serve the inspector on 127.0.0.1:{port}: Address "
@@ -656,13 +656,20 @@ def _line(number: int) -> bytes:
     (["x.jsonl", "--to", "ftp://x/"], 2, "--to 'ftp://x/' is not an http(s) URL"),
     (["x.jsonl", "--secret-env", "UNSET_VAR_FOR_TEST"], 2, "UNSET_VAR_FOR_TEST is not set"),
 ])
-def test_inspect_refuses_bad_input_in_one_line(tmp_path: Path, args: list[str], code: int,
-                                               message: str) -> None:
+def test_inspect_refuses_bad_input_in_one_line(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               args: list[str], code: int, message: str) -> None:
     (tmp_path / "x.jsonl").write_bytes(_line(1))
-    done = run([*CLI, "inspect", *args], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=30)
-    assert done.returncode == code, done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
-    assert len([line for line in done.stderr.splitlines() if "error" in line]) == 1
+    if args == ["missing.jsonl"]:  # one case as the real program runs
+        done = run([*CLI, "inspect", *args], capture_output=True, text=True, env=_env(), cwd=tmp_path,
+                   timeout=30)
+        exit_code, stderr = done.returncode, done.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        ran = cli("inspect", *args, expect=None, env={"HOOK_SECRET": SECRET})
+        exit_code, stderr = ran.exit_code, ran.stderr
+    assert exit_code == code, stderr
+    assert message in stderr and "Traceback" not in stderr
+    assert len([line for line in stderr.splitlines() if "error" in line]) == 1
 
 
 # -- the package -----------------------------------------------------------------------------------------

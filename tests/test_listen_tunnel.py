@@ -22,7 +22,7 @@ from inspera_cli.tunnel import INSTALL_URLS, command
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
 from tests.processes import LineProcess, running_with
 from tests.receiver import free_port
-from tests.test_completion import complete
+from tests.test_completion import complete_in_process
 
 STANDINS = Path(__file__).parent / "standins"
 EVENT = "confirm_final_grades"
@@ -311,7 +311,7 @@ def test_usage_errors_exit_2(cli: Cli, args: list[str], message: str) -> None:
 
 def test_event_names_complete_for_events_and_subscribe(tenant_env: Sandbox) -> None:
     names = sorted(tenant_env.events)
-    assert complete("inspera-hooks listen --subscribe ").stdout.split() == names
-    listed = complete(f"inspera-hooks listen --events {EVENT},").stdout.split()
+    assert complete_in_process("inspera-hooks listen --subscribe ").stdout.split() == names
+    listed = complete_in_process(f"inspera-hooks listen --events {EVENT},").stdout.split()
     assert listed == [f"{EVENT},{name}" for name in names if name != EVENT]
-    assert complete("inspera-hooks listen --tunnel ").stdout.split() == ["cloudflared", "ngrok"]
+    assert complete_in_process("inspera-hooks listen --tunnel ").stdout.split() == ["cloudflared", "ngrok"]
