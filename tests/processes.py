@@ -27,6 +27,14 @@ from collections.abc import Callable
 from typing import Any
 
 CLI = [sys.executable, "-m", "inspera_cli"]
+STANDINS = os.path.join(os.path.dirname(__file__), "standins")
+
+
+def standins_first(search_path: str) -> str:
+    """PATH with the stand-in tunnel programs (tests/standins) first and this interpreter's
+    directory next: their `#!/usr/bin/env python3` then starts a Python directly, where a pyenv
+    shim found on PATH costs three more processes and ~0.1 s of CPU per start."""
+    return os.pathsep.join([STANDINS, os.path.dirname(sys.executable), search_path])
 
 
 def default_signals() -> None:

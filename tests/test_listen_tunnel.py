@@ -20,11 +20,10 @@ import pytest
 from inspera_cli.sandbox import Sandbox, SandboxConfig
 from inspera_cli.tunnel import INSTALL_URLS, command
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
-from tests.processes import LineProcess, running_with
+from tests.processes import LineProcess, running_with, standins_first
 from tests.receiver import free_port
 from tests.test_completion import complete_in_process
 
-STANDINS = Path(__file__).parent / "standins"
 EVENT = "confirm_final_grades"
 HOSTS = {"cloudflared": "listen-test.trycloudflare.com", "ngrok": "listen-test.ngrok-free.app"}
 programs = pytest.mark.parametrize("program", ["cloudflared", "ngrok"])
@@ -49,7 +48,7 @@ class Listen(LineProcess):
         *args: str,
         port: int = 0,
         env: dict[str, str] | None = None,
-        search_path: str = f"{STANDINS}{os.pathsep}{os.environ.get('PATH', '')}",
+        search_path: str = standins_first(os.environ.get("PATH", "")),
         start_timeout: float = 30.0,
         retry_for: float = 20.0,
         debug: bool = False,

@@ -11,9 +11,8 @@ import pytest
 
 from inspera_cli.errors import ExitCode, UsageError
 from inspera_cli.tunnel import INSTALL_URLS, Tunnel, TunnelError, command, error_in, public_url_in
-from tests.processes import running_with
+from tests.processes import running_with, standins_first
 
-STANDINS = Path(__file__).parent / "standins"
 PUBLIC = {
     "cloudflared": "https://quiet-river-example-tunnel.trycloudflare.com",
     "ngrok": "https://1a2b-203-0-113-7.ngrok-free.app",
@@ -24,7 +23,7 @@ programs = pytest.mark.parametrize("program", ["cloudflared", "ngrok"])
 @pytest.fixture
 def info_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Stand-ins on PATH; each writes its argv and pid to the returned file."""
-    monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("PATH", standins_first(os.environ.get("PATH", "")))
     path = tmp_path / "standin.json"
     monkeypatch.setenv("STANDIN_INFO_FILE", str(path))
     return path
