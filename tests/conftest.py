@@ -25,6 +25,27 @@ from inspera_cli.cli import app
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On xdist workers: the slow tests first, one at the start of each worker's share in turn.
+    `--dist worksteal` hands each worker a contiguous share of this list and steals from the ends
+    of the shares, so a slow test near an end ran alone while the other workers had finished."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if workers < 2 or not slow:
+        return
+    rest = iter([item for item in items if not item.get_closest_marker("slow")])
+    ordered: list[pytest.Item] = []
+    for share in range(workers):  # the shares as worksteal cuts them
+        size = (len(items) - len(ordered)) // (workers - share)
+        first = slow[share::workers]
+        ordered += first + [next(rest) for _ in range(size - len(first))]
+    ordered += list(rest)
+    items[:] = ordered
+
+
 SANDBOX_CLIENT_ID = "sandbox"
 SANDBOX_API_KEY = "sandbox-key-for-tests-9f1c"
 
