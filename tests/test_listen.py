@@ -670,6 +670,7 @@ def hold_bodies(port: int, count: int, size: int) -> list[socket.socket]:
     return held
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 def test_memory_stays_bounded_with_300_held_one_mib_bodies() -> None:
     """The defect: 300 unsigned 1 MiB bodies in flight took 364 MB. Body bytes beyond the first
@@ -692,6 +693,7 @@ def test_memory_stays_bounded_with_300_held_one_mib_bodies() -> None:
     assert grown < 32 + 1 + 300 * 0.25, grown
 
 
+@pytest.mark.slow
 def test_stdout_not_read_drops_display_lines_but_never_records(tmp_path: Path) -> None:
     """The defect: with stdout unread, the display queue grew without bound. Now lines are
     dropped and counted; every event is still recorded."""

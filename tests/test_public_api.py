@@ -141,6 +141,7 @@ def mypy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_mypy_strict_on_the_public_modules_and_on_a_user_of_them(tmp_path: Path) -> None:
     # The user's program (and the README's examples) live outside the repository, so mypy finds
     # the installed package and only trusts its annotations because of py.typed.

@@ -177,6 +177,7 @@ def test_retry_after_is_honoured(tmp_path: Path, app: AppStub) -> None:
     assert [d.attempt for d in app.deliveries] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_dead_after_max_age_on_an_injected_clock_then_retry_dead(
     tmp_path: Path, app: AppStub, cli: Any
 ) -> None:

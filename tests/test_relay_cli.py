@@ -112,6 +112,7 @@ def test_events_lists_a_queue_holding_any_time_and_takes_any_limit(cli: Any, tmp
     assert stored.id in cli("relay", "events", "--queue", str(path)).stdout
 
 
+@pytest.mark.slow
 def test_one_relay_per_queue_and_the_subcommands_work_while_it_runs(
     cli: Any, tmp_path: Path, isolated_home: Path
 ) -> None:
@@ -162,6 +163,7 @@ def test_one_relay_per_queue_and_the_subcommands_work_while_it_runs(
         app.stop()
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_deliveries_in_flight_and_exits_0(tmp_path: Path) -> None:
     app = AppStub(delay=2.0).start()
     port, admin = free_port(), free_port()
@@ -177,6 +179,7 @@ def test_sigterm_finishes_deliveries_in_flight_and_exits_0(tmp_path: Path) -> No
     assert queue_status(tmp_path / "q.sqlite")["delivered"] == 1
 
 
+@pytest.mark.slow
 def test_app_down_while_sending_then_up_everything_is_delivered(tmp_path: Path) -> None:
     app = AppStub()
     app.port = free_port()
@@ -207,6 +210,7 @@ def test_app_down_while_sending_then_up_everything_is_delivered(tmp_path: Path) 
     assert {d.body for d in app.taken()} == sender.acknowledged
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     report = crash_loop(tmp_path, events=300, kills=6, seed=11)
     print(f"crash loop: {len(report.kills)} kills, {report.acknowledged} acknowledged, "

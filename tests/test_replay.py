@@ -383,6 +383,7 @@ def test_trigger_through_listen_then_replay_its_record(cli: Cli, tmp_path: Path)
         assert [r.body for r in target.received] == [sent[1]]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc")
 def test_replay_streams_a_50000_record_file_in_under_60_mb(tmp_path: Path, receiver: Receiver) -> None:
     """The defect: replay held every record in memory (3.2 KB each: 200 MB for 50,000). It reads

@@ -211,6 +211,7 @@ def _files_outside_the_secret_stores(root: Path) -> list[Path]:
     ]
 
 
+@pytest.mark.slow
 def test_canary_no_command_shows_the_key_token_or_secret(cli, receiver, monkeypatch, tmp_path, isolated_home):
     from tests.stub_server import Reply, StubInspera
 

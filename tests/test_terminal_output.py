@@ -40,6 +40,7 @@ def big_tenant(stub: Any) -> Any:
 # -- a reader that leaves ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["events"], ["sandbox", "deliveries"]],
                          ids=" ".join)
 def test_piping_into_head_1_ends_quietly(big_tenant: Any, tmp_path: Path, args: list[str]) -> None:
