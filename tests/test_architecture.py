@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +37,23 @@ def ruff(tree: Path) -> list[dict[str, Any]]:
     return diagnostics
 
 
+def copy_of_the_package(into: Path) -> Path:
+    """The package and the ruff configuration (top-level and nested), copied."""
+    shutil.copy(ROOT / "pyproject.toml", into / "pyproject.toml")
+    shutil.copytree(PACKAGE, into / "inspera_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    return into
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """The package and the ruff configuration (top-level and nested), copied."""
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    shutil.copytree(PACKAGE, tmp_path / "inspera_cli", ignore=shutil.ignore_patterns("__pycache__"))
-    return tmp_path
+    return copy_of_the_package(tmp_path)
 
 
 def test_the_package_as_it_is_passes(tree: Path) -> None:
     assert ruff(tree) == []
 
 
-@pytest.mark.parametrize(
-    ("path", "template", "statement", "rule", "banned"),
-    [
+PLANTS = [
         # Rich only in output/.
         ("inspera_cli/network.py", INSIDE, "import rich", "TID251", "rich"),
         ("inspera_cli/listener/policy.py", INSIDE, "from rich.table import Table", "TID251", "rich"),
@@ -90,21 +93,48 @@ def test_the_package_as_it_is_passes(tree: Path) -> None:
          "TID253", "inspera_cli.client"),
         ("inspera_cli/commands/new_command.py", TOP, "from inspera_cli.listener.server import Listener",
          "TID253", "inspera_cli.listener.server"),
-    ],
-)
+]
+
+
+@dataclass
+class Planted:
+    line: dict[tuple[str, str], int]  # (path, statement): the line it was planted on
+    found: list[tuple[str, int, str, str]]  # what ruff reported: path, line, rule, message
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Planted:
+    """Every violation of PLANTS planted in one copy of the package, and one `ruff check` of it
+    (a copy and a run per violation cost a start of ruff each)."""
+    tree = copy_of_the_package(tmp_path_factory.mktemp("planted"))
+    line = {}
+    for path, template, statement, _, _ in PLANTS:
+        planted = tree / path
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        before = planted.read_text() if planted.exists() else ""
+        planted.write_text(before + template.format(statement=statement))
+        line[path, statement] = (
+            before.count("\n") + template.format(statement=statement).rstrip("\n").count("\n") + 1
+        )
+    found = [(Path(d["filename"]).relative_to(tree).as_posix(), d["location"]["row"], d["code"], d["message"])
+             for d in ruff(tree)]
+    return Planted(line, found)
+
+
+@pytest.mark.parametrize(("path", "template", "statement", "rule", "banned"), PLANTS)
 def test_a_planted_violation_fails_ruff(
-    tree: Path, path: str, template: str, statement: str, rule: str, banned: str
+    planted: Planted, path: str, template: str, statement: str, rule: str, banned: str
 ) -> None:
-    planted = tree / path
-    planted.parent.mkdir(parents=True, exist_ok=True)
-    before = planted.read_text() if planted.exists() else ""
-    planted.write_text(before + template.format(statement=statement))
-    line = before.count("\n") + template.format(statement=statement).rstrip("\n").count("\n") + 1
-    diagnostics = ruff(tree)
-    found = [(Path(d["filename"]).relative_to(tree).as_posix(), d["location"]["row"], d["code"])
-             for d in diagnostics]
-    assert found == [(path, line, rule)]
-    assert diagnostics[0]["message"].startswith(f"`{banned}` is banned")
+    line = planted.line[path, statement]
+    here = [(code, message) for where, row, code, message in planted.found if (where, row) == (path, line)]
+    assert [code for code, _ in here] == [rule]
+    assert here[0][1].startswith(f"`{banned}` is banned")
+
+
+def test_ruff_reports_the_planted_violations_and_nothing_else(planted: Planted) -> None:
+    assert sorted((path, row) for path, row, _, _ in planted.found) == sorted(
+        (path, planted.line[path, statement]) for path, _, statement, _, _ in PLANTS
+    )
 
 
 def test_library_rooms_may_import_heavy_modules_at_module_level(tree: Path) -> None:
