@@ -142,7 +142,7 @@ def test_every_command_works_on_an_ascii_stdout(stub: Any, args: list[str], code
 
 
 @pytest.mark.parametrize("columns", [80, 120])
-def test_a_table_never_splits_a_cell_on_a_terminal(stub: Any, tmp_path: Path, columns: int) -> None:
+def test_a_table_never_splits_a_cell_on_a_terminal(cli: Any, stub: Any, tmp_path: Path, columns: int) -> None:
     long_endpoint = "https://hooks.example.edu/inspera/receivers/grading/confirm-final-grades/production"
     stub.on("GET", SUBS, Reply(body={"subscriptions": many_subscriptions(3, long_endpoint)}))
     term = Terminal(["list"], stub.subprocess_env(tmp_path), columns)
@@ -156,9 +156,8 @@ def test_a_table_never_splits_a_cell_on_a_terminal(stub: Any, tmp_path: Path, co
             assert "2021-01-29T13:09:32.287Z" in row
     if columns == 80:
         assert all("…" in row for row in rows)  # the endpoint (and the timestamp) cut, with …
-    # piped, every value is whole
-    piped = run([*CLI, "list"], env=stub.subprocess_env(tmp_path), capture_output=True, text=True)
-    assert f"{long_endpoint}/2" in piped.stdout
+    # piped (here: not a terminal), every value is whole
+    assert f"{long_endpoint}/2" in cli("list").stdout
 
 
 def test_a_tenant_cannot_send_control_characters_to_the_terminal(stub: Any) -> None:
@@ -171,10 +170,9 @@ def test_a_tenant_cannot_send_control_characters_to_the_terminal(stub: Any) -> N
     assert "confirm_final_grades\\x1b[2J" in out and "https://h.example/\\x1b]0;pwned\\x07" in out
 
 
-def test_an_empty_list_on_a_terminal_says_so(stub: Any, tmp_path: Path) -> None:
+def test_an_empty_list_on_a_terminal_says_so(cli: Any, stub: Any, tmp_path: Path) -> None:
     term = Terminal(["list"], stub.subprocess_env(tmp_path), 80)
     assert term.exit_code() == 0, term.screen
     assert "No subscriptions." in term.screen and "┏" not in term.screen and "ID" not in term.screen
-    # piped, an empty list is still its header; as JSON, []
-    piped = run([*CLI, "list"], env=stub.subprocess_env(tmp_path), capture_output=True, text=True)
-    assert piped.stdout.split() == ["ID", "EVENT", "ENDPOINT", "LAST", "MODIFIED"]
+    # piped (here: not a terminal), an empty list is still its header
+    assert cli("list").stdout.split() == ["ID", "EVENT", "ENDPOINT", "LAST", "MODIFIED"]
