@@ -316,7 +316,7 @@ def test_global_options_after_the_command(cli, stub, monkeypatch, isolated_home)
     assert "--debug: no such file" in r.stderr and "debug: >" not in r.stderr
 
 
-def test_a_subcommands_own_option_wins(stub, tmp_path):
+def test_a_subcommands_own_option_wins(cli, stub, tmp_path):
     # `listen --timeout` is the old name of listen's --max-time (stop after SECONDS), kept working;
     # the global --timeout, before the command, is the HTTP timeout.
     env = stub.subprocess_env(tmp_path)
@@ -327,9 +327,8 @@ def test_a_subcommands_own_option_wins(stub, tmp_path):
     assert result.returncode == 0 and "Ready:" in result.stderr, result.stderr
     assert "Stopping after 0.5 s" in result.stderr and "Stopped after 0." in result.stderr
     assert "note: listen --timeout is --max-time now" in result.stderr
-    both = run([*CLI, "listen", "--port", "0", "--timeout", "1", "--max-time", "1"],
-               env=env, capture_output=True, text=True, timeout=60)
-    assert both.returncode == 2 and "the old name of --max-time" in both.stderr
+    both = cli("listen", "--port", "0", "--timeout", "1", "--max-time", "1", expect=2)
+    assert "the old name of --max-time" in both.stderr
 
 
 def test_an_environment_variable_overriding_a_chosen_profile_is_named(cli, stub, monkeypatch, isolated_home):

@@ -20,7 +20,7 @@ from inspera_cli.sandbox import Sandbox, SandboxConfig
 from tests import test_sandbox
 from tests.conftest import SANDBOX_API_KEY, SANDBOX_CLIENT_ID, Cli
 from tests.openssl import openssl_sign
-from tests.processes import CLI, popen, run
+from tests.processes import CLI, popen
 from tests.receiver import Receiver, free_port
 
 EVENT = "confirm_final_grades"
@@ -151,11 +151,9 @@ def test_fire_refuses_an_empty_event_before_asking_the_sandbox(cli: Cli, sandbox
     assert not [path for _, path in sandbox_env.requests if path == "/_sandbox/fire"]
 
 
-def test_serve_refuses_an_empty_host() -> None:
+def test_serve_refuses_an_empty_host(cli: Cli) -> None:
     """`--host=$UNSET` would listen on every interface: a tenant with its key for anyone to use."""
-    result = run([*CLI, "sandbox", "serve", "--port", "0", "--host="], capture_output=True, text=True,
-                 timeout=20)
-    assert result.returncode == 2 and "--host is empty" in result.stderr
+    assert "--host is empty" in cli("sandbox", "serve", "--port", "0", "--host=", expect=2).stderr
 
 
 def test_serve_on_a_taken_port_fails(cli: Cli, sandbox: Sandbox) -> None:
