@@ -30,10 +30,10 @@ def stub_server():
         server.close()
 
 
-def run_all(commands: list[tuple[list[str], str | None]], env: dict[str, str]) -> None:
-    """Start every command at once; each must succeed."""
+def run_all(commands: list[tuple[list[str], str | None, dict[str, str]]]) -> None:
+    """Start every command (argv, stdin, environment) at once; each must succeed."""
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    procs = [(popen(argv, env=env, text=True, **pipes), stdin) for argv, stdin in commands]
+    procs = [(popen(argv, env=env, text=True, **pipes), stdin) for argv, stdin, env in commands]
     for proc, stdin in procs:
         out, err = proc.communicate(stdin, timeout=120)
         assert proc.returncode == 0, err
@@ -58,8 +58,8 @@ def test_parallel_config_set_loses_no_write(stub_server, tmp_path):
     profile race each other in one round."""
     env = stub_server.subprocess_env(tmp_path)
     settings = (("url", "https://p{n}.example"), ("client_id", "client-{n}"))
-    run_all([([*CLI, "--profile", f"p{n}", "config", "set", key, value.format(n=n)], None)
-             for n in range(PROCESSES // 2) for key, value in settings], env)
+    run_all([([*CLI, "--profile", f"p{n}", "config", "set", key, value.format(n=n)], None, env)
+             for n in range(PROCESSES // 2) for key, value in settings])
     profiles = config(tmp_path)
     assert sorted(profiles) == sorted(f"p{n}" for n in range(PROCESSES // 2))
     for n in range(PROCESSES // 2):
@@ -67,29 +67,20 @@ def test_parallel_config_set_loses_no_write(stub_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_parallel_logins_lose_no_profile_and_no_token(stub_server, tmp_path):
-    env = without_settings(stub_server.subprocess_env(tmp_path))
-    run_all([([*CLI, "--profile", f"p{n}", "login"], f"{stub_server.url}\nclient-{n}\nkey-{n}-a1b2\n")
-             for n in range(PROCESSES)], env)
+def test_parallel_logins_and_commands_lose_no_profile_and_no_token(stub_server, tmp_path):
+    """5 logins (each writes a profile and caches a token) and 5 commands of other clients (each
+    caches a token), all at once: 10 writers of the token cache, 5 of the config beside them."""
+    env = stub_server.subprocess_env(tmp_path)
+    logins = [([*CLI, "--profile", f"p{n}", "login"], f"{stub_server.url}\nclient-{n}\nkey-{n}-a1b2\n",
+               without_settings(env)) for n in range(PROCESSES // 2)]
+    commands = [([*CLI, "events", "--json"], None, {**env, "INSPERA_CLIENT_ID": f"other-{n}"})
+                for n in range(PROCESSES // 2)]
+    run_all(logins + commands)
     profiles = config(tmp_path)
-    assert len(profiles) == PROCESSES
-    for n in range(PROCESSES):
+    assert len(profiles) == PROCESSES // 2
+    for n in range(PROCESSES // 2):
         profile = profiles[f"p{n}"]
         assert profile["client_id"] == f"client-{n}" and profile["api_key"] == f"key-{n}-a1b2"
-    assert len(tokens(tmp_path)) == PROCESSES  # every login's token was cached
-
-
-@pytest.mark.slow
-def test_parallel_commands_lose_no_cached_token(stub_server, tmp_path):
-    env = stub_server.subprocess_env(tmp_path)
-    procs = [
-        popen([*CLI, "events", "--json"], env={**env, "INSPERA_CLIENT_ID": f"client-{n}"},
-              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for n in range(PROCESSES)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-    cached = tokens(tmp_path)
-    assert len(cached) == PROCESSES
-    assert {key.split()[1] for key in cached} == {f"client-{n}" for n in range(PROCESSES)}
+    cached = tokens(tmp_path)  # every login's and every command's token
+    assert {key.split()[1] for key in cached} == {f"{who}-{n}" for who in ("client", "other")
+                                                   for n in range(PROCESSES // 2)}
