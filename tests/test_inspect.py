@@ -675,7 +675,6 @@ def test_inspect_refuses_bad_input_in_one_line(cli: Any, tmp_path: Path, monkeyp
 # -- the package -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_an_installed_wheel_serves_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hatchling = pytest.importorskip("hatchling.build",
                                     reason="building the wheel offline needs hatchling (the test extra)")
