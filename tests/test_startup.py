@@ -106,7 +106,7 @@ def test_help_and_tab_need_neither_logging_nor_json() -> None:
 
 # Every command's --help, one after another in one program: what each brought in stays in
 # sys.modules, so no heavy module there after all of them means none in any one of them (a fresh
-# program per command cost 28 start-ups). The first --help's start is test_no_heavy_imports's.
+# program per command cost a start-up each). A fresh program's --help: test_no_heavy_imports.
 HELP_OF_EACH = """
 import sys
 from inspera_cli.cli import main
