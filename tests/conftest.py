@@ -31,7 +31,8 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """On xdist workers: the slow tests first, one at the start of each worker's share in turn.
     `--dist worksteal` hands each worker a contiguous share of this list and steals from the ends
-    of the shares, so a slow test near an end ran alone while the other workers had finished."""
+    of the shares, so a slow test near an end ran alone while the other workers had finished.
+    The slow tests run at the same time, so a test with a tight time bound is better not marked."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     slow = [item for item in items if item.get_closest_marker("slow")]
     if workers < 2 or not slow:
