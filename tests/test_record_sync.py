@@ -135,6 +135,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @given(st.dictionaries(st.text(), json_values))
 def test_a_record_line_is_exactly_the_compact_ascii_json_of_the_record(record: dict[str, Any]) -> None:
     """The line encoder is built once (not per line); its bytes are JSONEncoder's, to the byte."""
