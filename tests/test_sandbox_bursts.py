@@ -379,7 +379,6 @@ def test_keep_bounds_the_history_to_the_newest_attempts(receiver: Callable[..., 
     assert len(events(r)) == 12
 
 
-@pytest.mark.slow
 def test_history_and_connections_stay_bounded_over_many_deliveries(
     make_sandbox: Callable[..., Sandbox], receiver: Callable[..., Receiver]
 ) -> None:
