@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from inspera_cli.inspector.store import Entry, SeenAnswer
+from inspera_cli.inspector.store import Entry, SeenAnswer, entry_of
 from inspera_cli.listener.policy import record_of
 from inspera_cli.listener.report import ForwardResult, Report, RequestKind, SignatureState, iso_now
 from inspera_cli.recording import encode_record
@@ -21,9 +21,10 @@ def detail(entry: Entry, *, replay_target: str | None) -> dict[str, Any]:
     answers, the diagnosis and what the page needs to show the body in any form."""
     report = entry.report
     forward = report.forward
+    headers = entry.headers
     return {
         "id": entry.id,
-        **record_of(report, entry.headers),
+        **record_of(report, headers),
         "forward": None if forward is None else {
             **forward.to_json(),
             "error": None if forward.error is None else redact(forward.error),
@@ -33,7 +34,7 @@ def detail(entry: Entry, *, replay_target: str | None) -> dict[str, Any]:
         "size": len(report.body),
         "bodyBase64": base64.b64encode(report.body).decode("ascii"),
         "format": payload_format(report),
-        "requestHeaders": _pairs(entry.headers),
+        "requestHeaders": _pairs(headers),
         "answer": None if entry.answer is None else _answer(entry.answer),
         "note": report.note,
         "replayOf": entry.replay_of,
@@ -85,7 +86,7 @@ def replay_entry(original: Entry, url: str, body: bytes, sent: dict[str, str], s
         SignatureState.VALID if signed else SignatureState.UNCHECKED, event, object_id, payload, body,
         forward=result, note=f"replay of #{original.id} to {url}",
     )
-    return Entry(0, report, tuple(sent.items()), replay_of=original.id)
+    return entry_of(report, tuple(sent.items()), replay_of=original.id)
 
 
 def replay_outcome(entry: Entry) -> dict[str, Any]:

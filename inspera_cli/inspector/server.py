@@ -36,7 +36,7 @@ from inspera_cli.errors import InsperaError, UsageError
 from inspera_cli.inspector import api
 from inspera_cli.inspector.curl import curl_command
 from inspera_cli.inspector.http import EventStream, LoopbackServer, Request, Response
-from inspera_cli.inspector.store import KEEP, Entry, Query, Store, from_exchange, from_record
+from inspera_cli.inspector.store import KEEP, Entry, Query, Store, from_record
 from inspera_cli.listener.report import Exchange, RequestKind
 from inspera_cli.redaction import register_secret
 
@@ -104,12 +104,15 @@ class Inspector:
     def attach(self, listener: Listener) -> None:
         """Show every webhook request the listener answers (call before it starts)."""
 
+        add = self.store.add_exchange
+
         def observe(exchange: Exchange) -> None:
-            kind = exchange.report.kind
+            report = exchange.report
+            kind = report.kind
             # Webhooks, and POSTs to another path (a subscription with the wrong URL); not the
             # health checks of tunnels and load balancers.
-            if kind is RequestKind.EVENT or (kind is RequestKind.OTHER and exchange.report.method == "POST"):
-                self.store.add(from_exchange(exchange))
+            if kind is RequestKind.EVENT or (kind is RequestKind.OTHER and report.method == "POST"):
+                add(exchange)
 
         listener.add_loop_observer(observe)
         self._listener = listener
@@ -321,7 +324,9 @@ class Inspector:
     async def _detail(self, entry: Entry) -> Response:
         if entry.diagnosis is None:
             loop = asyncio.get_running_loop()
-            entry.diagnosis = await loop.run_in_executor(None, api.diagnose, entry, self.config.secret)
+            diagnosis = await loop.run_in_executor(None, api.diagnose, entry, self.config.secret)
+            entry = entry._replace(diagnosis=diagnosis)
+            self.store.update(entry)
         return _json(200, api.detail(entry, replay_target=self._target(entry, None)))
 
     async def _replay(self, entry: Entry, body: bytes) -> Response:
@@ -400,8 +405,9 @@ class Inspector:
         rows = self.store.after(self._sent_id)
         if rows:
             self._sent_id = rows[-1].id
+            encoded: dict[int, bytes] = {}  # each row encoded once however many pages get it
             for stream in list(self._streams):
-                stream.push(rows)
+                stream.push(rows, encoded)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -417,14 +423,19 @@ class _Stream:
         self.query = query
         self.send: Callable[[bytes], bool] = lambda data: False
 
-    def push(self, rows: list[Entry]) -> None:
-        chosen = [row for row in rows if self.query.matches(row)]
+    def push(self, rows: list[Entry], encoded: dict[int, bytes] | None = None) -> None:
+        """Send ``rows`` (oldest first) that match; ``encoded`` caches rows' JSON by id."""
+        chosen = rows if self.query.everything else [row for row in rows if self.query.matches(row)]
         skipped = max(0, len(chosen) - ROWS_PER_FLUSH)
         parts = []
         if skipped:
             parts.append(b'event: gap\ndata: {"skipped": %d}\n\n' % skipped)
+        cache = {} if encoded is None else encoded
         for row in chosen[skipped:]:
-            parts.append(b"id: %d\nevent: request\ndata: %s\n\n" % (row.id, row.row_json()))
+            data = cache.get(row.id)
+            if data is None:
+                data = cache[row.id] = row.row_json()
+            parts.append(b"id: %d\nevent: request\ndata: %s\n\n" % (row.id, data))
         if parts:
             self.send(b"".join(parts))
 
