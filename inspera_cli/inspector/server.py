@@ -37,7 +37,6 @@ from inspera_cli.inspector import api
 from inspera_cli.inspector.curl import curl_command
 from inspera_cli.inspector.http import EventStream, LoopbackServer, Request, Response
 from inspera_cli.inspector.store import KEEP, Entry, Query, Store, from_record
-from inspera_cli.listener.report import Exchange, RequestKind
 from inspera_cli.redaction import register_secret
 
 if TYPE_CHECKING:
@@ -91,7 +90,6 @@ class Inspector:
         self._listener: Listener | None = None
         self._streams: set[_Stream] = set()
         self._sent_id = 0
-        self._flush_pending = False
         self._last_flush = 0.0
         self._followed: RecordReader | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -103,18 +101,7 @@ class Inspector:
 
     def attach(self, listener: Listener) -> None:
         """Show every webhook request the listener answers (call before it starts)."""
-
-        add = self.store.add_exchange
-
-        def observe(exchange: Exchange) -> None:
-            report = exchange.report
-            kind = report.kind
-            # Webhooks, and POSTs to another path (a subscription with the wrong URL); not the
-            # health checks of tunnels and load balancers.
-            if kind is RequestKind.EVENT or (kind is RequestKind.OTHER and report.method == "POST"):
-                add(exchange)
-
-        listener.add_loop_observer(observe)
+        listener.add_loop_observer(self.store.add_exchange)
         self._listener = listener
 
     def load(self, path: str | os.PathLike[str], *, missing_ok: bool = True) -> RecordReader:
@@ -384,9 +371,10 @@ class Inspector:
         return EventStream(opened, lambda: self._streams.discard(stream))
 
     def _added(self) -> None:
-        """On the loop, after each new row: flush to the pages soon (once per flush)."""
-        if not self._flush_pending and self._loop is not None:
-            self._flush_pending = True
+        """On the loop, after a new row: flush to the pages soon. Unhooked until that flush, so
+        the rows in between (one per request the listener answers) cost no call."""
+        if self._loop is not None:
+            self.store.on_added = None
             self._loop.call_soon(self._schedule_flush)
 
     def _schedule_flush(self) -> None:
@@ -397,7 +385,8 @@ class Inspector:
             self._flush()
 
     def _flush(self) -> None:
-        self._flush_pending = False
+        if self._loop is not None:  # not closed
+            self.store.on_added = self._added
         self._last_flush = time.monotonic()
         if not self._streams:
             self._sent_id = self.store.last_id

@@ -123,6 +123,7 @@ class Entry(NamedTuple):
 
 
 _new_entry = tuple.__new__
+_EVENT, _OTHER = RequestKind.EVENT, RequestKind.OTHER
 
 
 def entry_of(report: Report, headers: Headers, *, replay_of: int | None = None) -> Entry:
@@ -242,8 +243,8 @@ def _split(value: str | None) -> list[str]:
 
 
 class Store:
-    """Rows by id, oldest first, on one thread (see the module docstring). ``on_added`` (set by
-    the server) is called after each new row and must return at once."""
+    """Rows by id, oldest first, on one thread (see the module docstring). ``on_added``, when
+    set, is called after each new row and must return at once."""
 
     def __init__(self, *, keep: int = KEEP, max_bytes: int = MAX_BYTES) -> None:
         self.keep, self.max_bytes = keep, max_bytes
@@ -257,10 +258,15 @@ class Store:
         return self._last_id
 
     def add_exchange(self, exchange: Exchange) -> None:
-        """Keep a request the listener answered (called on the loop once per request)."""
-        self._last_id += 1
-        self._keep(_entry(self._last_id, exchange.report, exchange.request_headers,
-                          exchange.answer_headers, exchange.answer_body, None, None))
+        """Keep a request the listener answered, if the page lists it: webhooks, and POSTs to
+        another path (a subscription with the wrong URL); not the health checks of tunnels and
+        load balancers. The listener's loop observer: called for every request it answers."""
+        report = exchange.report
+        kind = report.kind
+        if kind is _EVENT or (kind is _OTHER and report.method == "POST"):
+            self._last_id += 1
+            self._keep(_entry(self._last_id, report, exchange.request_headers, exchange.answer_headers,
+                              exchange.answer_body, None, None))
 
     def add(self, entry: Entry) -> Entry:
         """Number the entry and keep it (dropping the oldest beyond the bounds); the entry as kept."""
