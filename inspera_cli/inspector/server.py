@@ -2,9 +2,9 @@
 
 It serves on the receiver's own event loop (`listen --inspect`: ``start(listener)``) or on one of
 its own (`inspect FILE`: ``start()``), and never on the Inspera-facing port. Rows come from the
-listener (a loop observer: a row is made and appended to a deque on the loop itself, about
-1.5 µs a request) and from record files (``load``/``follow``). Pages get new rows at most every
-100 ms, at most 50 at a time.
+listener (the store is a loop observer: one flat tuple a request, appended on the loop itself)
+and from record files (``load``/``follow``). Pages get new rows at most every 100 ms, at most 50
+at a time: under load most rows are never encoded for a page, only counted in a ``gap`` event.
 
 Why not the listener's threaded observer feed: measured under wrk, a second Python thread that
 wakes to take rows cost the loop 17-40 µs per request in GIL hand-overs (the loop gives the GIL
