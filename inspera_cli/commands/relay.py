@@ -143,6 +143,9 @@ def _announce(relay: Relay, queue: Path, secret_env: str | None, verifying: bool
     if default is not None:
         output.info(f"Delivering {'every other event' if routes else 'every event'} to {default}")
     output.info(f"Queue: {queue}")
+    if relay.upgraded_from is not None:
+        output.info(f"Upgraded the queue from version {relay.upgraded_from}: an older inspera-hooks "
+                    "refuses it now.")
     if relay.rerouted:
         output.info(f"Re-routed {relay.rerouted} queued events to the routes above.")
     output.info(f"Admin: {relay.admin_url}health and {relay.admin_url}metrics")

@@ -6,27 +6,7 @@ Another engine can implement the same Protocol. One process writes (the relay, o
 other processes (`relay status|events|retry|purge`) open the same file meanwhile -- WAL lets them
 read while the relay writes, and their few writes wait for the relay's short transactions.
 
-Schema (``PRAGMA user_version`` = 1, ``application_id`` = 0x49485259 "IHRY")::
-
-    events(
-      seq INTEGER PRIMARY KEY,       -- arrival order
-      id TEXT UNIQUE,                -- X-Inspera-Delivery-Id: random, 32 hex digits
-      digest BLOB,                   -- BLAKE2b-128 of the body: Inspera's retries are stored once
-      event TEXT, context_object_id INTEGER,   -- parsed from the body (NULL when it is not JSON/Java-map)
-      url TEXT,                      -- the app it goes to (re-routed at start from --forward-to)
-      body BLOB, content_type TEXT, signature TEXT,   -- exactly as received
-      received_at REAL,              -- seconds since the epoch
-      state TEXT,                    -- pending | delivered | dead
-      since REAL,                    -- start of the --max-age window: receipt, or the last `retry`
-      attempts INTEGER, failures INTEGER,      -- all attempts; failures in a row since `since`
-      app_down INTEGER,              -- the last failure was the app being unreachable (resumed early)
-      next_attempt_at REAL,          -- pending: when it is due (NULL otherwise)
-      last_error TEXT, finished_at REAL)       -- delivered or dead: when
-    routes(url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL)   -- the latest failure per app
-    meta(key TEXT PRIMARY KEY, value)          -- the /health probe writes here
-
-Indexes: pending events by (url, next_attempt_at, seq) -- "what is due", in order; events by
-digest (duplicates); by (state, finished_at) (counts, purge).
+The schema, and how older files are upgraded: ``relay/schema.py``.
 
 A claim is held in the relay's memory, not in the file: an event claimed when the relay was
 killed is simply due again at the next start (at least once; the app dedupes on the id).
@@ -34,7 +14,6 @@ killed is simply due again at the next start (at least once; the app dedupes on 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import sqlite3
@@ -46,45 +25,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from inspera_cli.errors import ConfigError, NotFoundError
-from inspera_cli.files import SYMLINK_REFUSED, open_private
+from inspera_cli.errors import NotFoundError
+from inspera_cli.relay import schema
+from inspera_cli.relay.schema import QueueError as QueueError  # where callers have always found it
 
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x49485259  # "IHRY": inspera-hooks relay
 BUSY_TIMEOUT_MS = 5000
 PURGE_CHUNK = 5000  # rows per transaction: a big purge never holds the relay's writes up for long
-
-_SCHEMA = """
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    digest BLOB NOT NULL,
-    event TEXT,
-    context_object_id INTEGER,
-    url TEXT NOT NULL,
-    body BLOB NOT NULL,
-    content_type TEXT,
-    signature TEXT,
-    received_at REAL NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
-    since REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    failures INTEGER NOT NULL DEFAULT 0,
-    app_down INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL,
-    last_error TEXT,
-    finished_at REAL
-);
-CREATE INDEX events_due ON events (url, next_attempt_at, seq) WHERE state = 'pending';
-CREATE INDEX events_digest ON events (digest);
-CREATE INDEX events_finished ON events (state, finished_at);
-CREATE TABLE routes (url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value);
-"""
-
-
-class QueueError(ConfigError):
-    """The queue file cannot be opened or used; the message says which file and why."""
+_INSERT = (
+    "INSERT INTO events (id, digest, event, context_object_id, url, body, content_type, signature,"
+    " received_at, state, since, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+    " ON CONFLICT (digest) DO NOTHING"
+)
 
 
 class State(StrEnum):
@@ -286,7 +237,7 @@ class SQLiteQueue:
         self.path = Path(path)
         try:
             if create:
-                _create_private(self.path)
+                schema.create_private(self.path)
             elif not self.path.exists():
                 raise QueueError(f"no relay queue at {self.path} (start `inspera-hooks relay` first, "
                                  "or give --queue FILE)")
@@ -296,6 +247,8 @@ class SQLiteQueue:
             raise QueueError(f"cannot open the relay queue {self.path}: {_describe(exc)}") from exc
         self._depth = 0
         self._known_routes: set[str] = set()
+        #: The version of the file before this relay upgraded it (None: it did not).
+        self.upgraded_from: int | None = None
         try:
             self._prepare(create)
         except sqlite3.Error as exc:
@@ -306,26 +259,21 @@ class SQLiteQueue:
             raise
 
     def _prepare(self, create: bool) -> None:
+        """Check the file is a queue; create its tables (or, for the relay, upgrade an older file)."""
         db = self._db
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        application_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if (application_id != APPLICATION_ID and tables) or (application_id == 0 and not create):
-            raise QueueError(f"{self.path} is not a relay queue (another SQLite database)")
-        if version > SCHEMA_VERSION:
-            raise QueueError(f"{self.path} was made by a newer inspera-hooks (queue version {version}): "
-                             "upgrade inspera-hooks")
+        version = schema.check(db, self.path, create=create)
         if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise QueueError(f"cannot use the relay queue {self.path}: WAL mode is not available there")
         db.execute("PRAGMA synchronous = FULL")
-        if version == 0:
+        db.execute("PRAGMA temp_store = MEMORY")  # enqueue's savepoint: no temporary file per batch
+        if version == 0 or (create and version < schema.SCHEMA_VERSION):
             with self.transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                if version == 0:
+                    schema.create(db)
+                else:
+                    schema.upgrade(db, version)
+                    self.upgraded_from = version
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -352,30 +300,37 @@ class SQLiteQueue:
     # -- the relay's side --------------------------------------------------------------------------
 
     def enqueue(self, events: Sequence[NewEvent], *, now: float, dedupe_since: float) -> list[Stored]:
-        stored = []
+        ids = os.urandom(16 * len(events)).hex()  # one system call for the batch
+        rows = [(ids[32 * i:32 * i + 32], body_digest(new.body), new.event, new.context_object_id, new.url,
+                 new.body, new.content_type, new.signature, now, now, now) for i, new in enumerate(events)]
         with self.transaction():
             for url in {new.url for new in events} - self._known_routes:
                 self._db.execute("INSERT OR IGNORE INTO routes (url) VALUES (?)", (url,))
                 self._known_routes.add(url)
-            for new in events:
-                digest = body_digest(new.body)
-                row = self._db.execute(
-                    "SELECT id FROM events WHERE digest = ? AND received_at >= ? LIMIT 1",
-                    (digest, dedupe_since),
-                ).fetchone()
-                if row is not None:
-                    stored.append(Stored(row[0], True))
-                    continue
-                event_id = os.urandom(16).hex()
-                self._db.execute(
-                    "INSERT INTO events (id, digest, event, context_object_id, url, body, content_type,"
-                    " signature, received_at, state, since, next_attempt_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (event_id, digest, new.event, new.context_object_id, new.url, new.body, new.content_type,
-                     new.signature, now, now, now),
-                )
-                stored.append(Stored(event_id, False))
-        return stored
+            self._db.execute("SAVEPOINT enqueue")
+            before = self._db.total_changes
+            self._db.executemany(_INSERT, rows)  # a body already there is left out (its digest is UNIQUE)
+            if self._db.total_changes - before == len(rows):
+                self._db.execute("RELEASE enqueue")
+                return [Stored(row[0], False) for row in rows]
+            # Some were: one by one instead, so that seq stays the order of arrival.
+            self._db.execute("ROLLBACK TO enqueue")
+            self._db.execute("RELEASE enqueue")
+            return [self._stored_or_duplicate(row, dedupe_since) for row in rows]
+
+    def _stored_or_duplicate(self, row: tuple[Any, ...], dedupe_since: float) -> Stored:
+        """Store ``row`` unless its body is there. A body stored before ``dedupe_since`` is not a
+        duplicate: that copy gives up its digest and ``row`` is stored."""
+        if self._db.execute(_INSERT, row).rowcount:
+            return Stored(row[0], False)
+        seq, event_id, received_at = self._db.execute(
+            "SELECT seq, id, received_at FROM events WHERE digest = ?", (row[1],)
+        ).fetchone()
+        if received_at >= dedupe_since:
+            return Stored(event_id, True)
+        self._db.execute("UPDATE events SET digest = NULL WHERE seq = ?", (seq,))
+        self._db.execute(_INSERT, row)
+        return Stored(row[0], False)
 
     def claim_due(self, url: str, *, now: float, limit: int, held: Collection[int]) -> list[QueuedEvent]:
         rows = self._db.execute(
@@ -513,33 +468,37 @@ class SQLiteQueue:
         ]
 
     def retry(self, ids: Sequence[str], *, now: float) -> list[str]:
-        found: list[str] = []
+        # Found before the write transaction: ``id`` has no index, and reading the table must
+        # not hold the relay's commits up.
+        found: dict[int, str] = {}
         unknown: list[str] = []
+        for given in ids:
+            key = given.strip().lower()
+            matches = self._matching(key) if key else []
+            if len(matches) == 1:
+                found.update(matches)
+            else:
+                unknown.append(given if not matches else f"{given} (matches more than one event)")
         with self.transaction():
-            for given in ids:
-                key = given.strip().lower()
-                matches = self._matching(key) if key else []
-                if len(matches) != 1:
-                    unknown.append(given if not matches else f"{given} (matches more than one event)")
-                    continue
-                self._db.execute(
+            for seq, event_id in found.items():
+                if not self._db.execute(
                     "UPDATE events SET state = 'pending', since = ?, failures = 0, next_attempt_at = ?,"
-                    " finished_at = NULL WHERE id = ?",
-                    (now, now, matches[0]),
-                )
-                found.append(matches[0])
+                    " finished_at = NULL WHERE seq = ? AND id = ?",
+                    (now, now, seq, event_id),
+                ).rowcount:
+                    unknown.append(event_id)  # purged meanwhile
             if unknown:
                 raise NotFoundError(
                     f"no such event in {self.path}: {', '.join(unknown)} (nothing was changed)"
                 )
-        return found
+        return list(found.values())
 
-    def _matching(self, prefix: str) -> list[str]:
-        """At most two ids that start with ``prefix`` (ids are lower-case hex)."""
+    def _matching(self, prefix: str) -> list[tuple[int, str]]:
+        """At most two (seq, id) whose id starts with ``prefix`` (ids are lower-case hex)."""
         rows = self._db.execute(
-            "SELECT id FROM events WHERE id >= ? AND id < ? LIMIT 2", (prefix, prefix + "\x7f")
+            "SELECT seq, id FROM events WHERE id >= ? AND id < ? LIMIT 2", (prefix, prefix + "\x7f")
         )
-        return [row[0] for row in rows]
+        return [(seq, event_id) for seq, event_id in rows]
 
     def retry_dead(self, *, now: float) -> int:
         with self.transaction():
@@ -567,14 +526,3 @@ class SQLiteQueue:
             self._db.close()
         except sqlite3.Error:
             pass
-
-
-def _create_private(path: Path) -> None:
-    """The queue file, created 0600 (SQLite gives its -wal and -shm files the same mode); neither
-    it nor those files may be symbolic links, which SQLite would write through."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for suffix in ("-wal", "-shm", "-journal"):
-        side = path.with_name(path.name + suffix)
-        if side.is_symlink():
-            raise OSError(errno.ELOOP, f"{side.name}: {SYMLINK_REFUSED}")
-    os.close(open_private(path, os.O_RDWR | os.O_CREAT))

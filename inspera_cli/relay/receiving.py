@@ -17,7 +17,7 @@ from typing import Any
 from inspera_cli.listener.http import Answer, Request, Respond
 from inspera_cli.listener.policy import Check, ReceiverPolicy
 from inspera_cli.relay.observe import Change, ChangeKind
-from inspera_cli.relay.queue import NewEvent, Stored
+from inspera_cli.relay.queue import EventQueue, NewEvent, Stored
 from inspera_cli.relay.schedule import Clock
 from inspera_cli.relay.worker import QueueWorker
 
@@ -59,6 +59,13 @@ class RelayPolicy(ReceiverPolicy):
     def route(self, event: str | None) -> str:
         return self._routes[event] if event in self._routes else self._routes[None]
 
+    def receive(self, queue: EventQueue, events: list[NewEvent]) -> list[Stored]:
+        """On the queue's thread, in its transaction: queue a batch of events received together."""
+        # Never earlier than the last batch: arrival order stays the order of due times even if
+        # the wall clock steps back.
+        now = self._last = max(self._clock.now(), self._last)
+        return queue.enqueue(events, now=now, dedupe_since=now - self._max_age)
+
     def accept(self, request: Request, check: Check, respond: Respond) -> None:
         if check.verification or self._worker is None:
             respond(Answer(HTTPStatus.OK, _OK), check.report(request, HTTPStatus.OK))
@@ -66,22 +73,19 @@ class RelayPolicy(ReceiverPolicy):
         url = self.route(check.event)
         new = NewEvent(request.body, url, check.event, check.context_object_id,
                        request.header("content-type"), request.header("x-inspera-signature"))
-        # Never earlier than the last event: arrival order stays the order of due times even if
-        # the wall clock steps back.
-        now = self._last = max(self._clock.now(), self._last)
-        max_age = self._max_age
 
-        def committed(stored: list[Stored] | None, error: BaseException | None) -> None:
-            if error is not None or not stored:
+        def committed(stored: Stored | None, error: BaseException | None) -> None:
+            if error is not None or stored is None:
                 self.write_problem = _reason(error)
                 respond(*_not_queued(request, check, error))
                 return
             self.write_problem = None
             respond(Answer(HTTPStatus.OK, _OK), check.report(request, HTTPStatus.OK, recorded=True))
-            kind = ChangeKind.DUPLICATE if stored[0].duplicate else ChangeKind.RECEIVED
-            self._on_change(Change(kind, now, stored[0].id, check.event, check.context_object_id, url))
+            kind = ChangeKind.DUPLICATE if stored.duplicate else ChangeKind.RECEIVED
+            at = self._clock.now()
+            self._on_change(Change(kind, at, stored.id, check.event, check.context_object_id, url))
 
-        self._worker.write(lambda q: q.enqueue([new], now=now, dedupe_since=now - max_age), committed)
+        self._worker.enqueue(new, committed)
 
 
 def _reason(error: BaseException | None) -> str:

@@ -89,6 +89,7 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_deadline = 0.0
         self.rerouted = 0
+        self.upgraded_from: int | None = None  # the queue file's version before this start upgraded it
         self.admin_port = 0
         self.url = ""
 
@@ -106,6 +107,7 @@ class Relay:
                                f"{exc.strerror or exc}") from exc
         try:
             self._queue = SQLiteQueue(cfg.queue, create=True)
+            self.upgraded_from = self._queue.upgraded_from
             self.rerouted = self._queue.reroute(cfg.routes)
             self._listen()
             self._start_admin_and_delivery()
@@ -147,9 +149,9 @@ class Relay:
 
     def _opened(self, loop: asyncio.AbstractEventLoop) -> QueueWorker:
         """On the loop, before serving: the worker, the delivery lanes, the admin handler."""
-        assert self._queue is not None
+        assert self._queue is not None and self._policy is not None
         self._loop = loop
-        self._worker = QueueWorker(self._queue, loop)
+        self._worker = QueueWorker(self._queue, loop, self._policy.receive)
         urls = dict.fromkeys(self.config.routes.values())
         self._engine = DeliveryEngine(
             self._worker, urls, concurrency=self.config.concurrency, retry=self.retry, clock=self.clock,

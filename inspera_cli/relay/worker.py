@@ -1,10 +1,12 @@
 """The queue on a thread of its own, for code on the event loop: group commit of every write.
 
-``QueueWorker.write(fn, done)`` and ``read(fn, done)`` queue a call ``fn(queue)``; one thread
-runs them in batches -- everything submitted during one turn of the loop, or while the previous
-batch was being committed -- with all the batch's writes in one SQLite transaction (one fsync),
-then its reads. ``done(result, error)`` comes back on the loop. A failed transaction fails every
-call in its batch (an event not committed is answered 503, never 200).
+``QueueWorker.write(fn, done)`` and ``read(fn, done)`` queue a call ``fn(queue)``, and
+``enqueue(new, done)`` an event received; one thread runs them in batches -- everything submitted
+during one turn of the loop, or while the previous batch was being committed -- with all the
+batch's writes in one SQLite transaction (one fsync): its events first, in one ``receive`` call
+(one insert statement for them all), then the other writes; then its reads. ``done(result,
+error)`` comes back on the loop. A failed transaction fails every call in its batch (an event not
+committed is answered 503, never 200).
 """
 
 from __future__ import annotations
@@ -14,29 +16,39 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from inspera_cli.groupcommit import GroupCommit
-from inspera_cli.relay.queue import EventQueue
+from inspera_cli.relay.queue import EventQueue, NewEvent, Stored
 
 R = TypeVar("R")
 Done = Callable[[R | None, BaseException | None], None]
+Receive = Callable[[EventQueue, list[NewEvent]], list[Stored]]
 
 
 class _Call(Generic[R]):
-    __slots__ = ("error", "fn", "result", "writes")
+    __slots__ = ("error", "fn", "new", "result", "writes")
 
-    def __init__(self, fn: Callable[[EventQueue], R], writes: bool) -> None:
+    def __init__(
+        self, fn: Callable[[EventQueue], R] | None, writes: bool, new: NewEvent | None = None
+    ) -> None:
         self.fn = fn
         self.writes = writes
+        self.new = new
         self.result: R | None = None
         self.error: BaseException | None = None
 
 
 class QueueWorker:
-    """Runs calls on ``queue`` from one thread; see the module docstring."""
+    """Runs calls on ``queue`` from one thread; see the module docstring. ``receive(queue, events)``
+    queues a batch's events (on that thread) and says what became of each."""
 
-    def __init__(self, queue: EventQueue, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, queue: EventQueue, loop: asyncio.AbstractEventLoop, receive: Receive) -> None:
         self.queue = queue
         self._loop = loop
+        self._receive = receive
         self._committer: GroupCommit[_Call[Any]] = GroupCommit(self._run, loop=loop, name="relay-queue")
+
+    def enqueue(self, new: NewEvent, done: Done[Stored]) -> None:
+        """On the loop: queue ``new`` with the other events of the batch."""
+        self._submit(_Call(None, True, new), done)
 
     def write(self, fn: Callable[[EventQueue], R], done: Done[R]) -> None:
         """On the loop: ``fn(queue)`` inside the batch's transaction."""
@@ -76,13 +88,18 @@ class QueueWorker:
         self._committer.close()
 
     def _run(self, calls: Sequence[_Call[Any]]) -> None:
-        writes = [call for call in calls if call.writes]
-        if writes:
+        received = [(call, call.new) for call in calls if call.new is not None]
+        writes = [(call, call.fn) for call in calls if call.writes and call.fn is not None]
+        if received or writes:
             with self.queue.transaction():
-                for call in writes:
-                    call.result = call.fn(self.queue)
+                if received:
+                    stored = self._receive(self.queue, [new for _, new in received])
+                    for (call, _), outcome in zip(received, stored, strict=True):
+                        call.result = outcome
+                for call, fn in writes:
+                    call.result = fn(self.queue)
         for call in calls:
-            if not call.writes:
+            if not call.writes and call.fn is not None:
                 try:
                     call.result = call.fn(self.queue)
                 except Exception as exc:  # a failed read fails only itself

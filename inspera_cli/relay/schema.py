@@ -1,0 +1,139 @@
+"""The relay queue's SQLite schema: creating it, checking a file is one, upgrading older ones.
+
+Version 2 (``PRAGMA user_version``; ``application_id`` = 0x49485259 "IHRY")::
+
+    events(
+      seq INTEGER PRIMARY KEY,       -- arrival order
+      id TEXT,                       -- X-Inspera-Delivery-Id: random, 32 hex digits (not indexed)
+      digest BLOB UNIQUE,            -- BLAKE2b-128 of the body: Inspera's retries are stored once;
+                                     -- NULL once the same body came again after --max-age
+      event TEXT, context_object_id INTEGER,   -- parsed from the body (NULL when it is not JSON/Java-map)
+      url TEXT,                      -- the app it goes to (re-routed at start from --forward-to)
+      body BLOB, content_type TEXT, signature TEXT,   -- exactly as received
+      received_at REAL,              -- seconds since the epoch
+      state TEXT,                    -- pending | delivered | dead
+      since REAL,                    -- start of the --max-age window: receipt, or the last `retry`
+      attempts INTEGER, failures INTEGER,      -- all attempts; failures in a row since `since`
+      app_down INTEGER,              -- the last failure was the app being unreachable (resumed early)
+      next_attempt_at REAL,          -- pending: when it is due (NULL otherwise)
+      last_error TEXT, finished_at REAL)       -- delivered or dead: when
+    routes(url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL)   -- the latest failure per app
+    meta(key TEXT PRIMARY KEY, value)          -- the /health probe writes here
+
+Indexes: pending events by (url, next_attempt_at, seq) -- "what is due", in order; events by
+(state, finished_at) (counts, purge); the digest's (duplicates: an insert that finds its body
+there is not stored). Every index but the digest's grows at its end as events come, so a commit
+writes few pages; ``id`` has none for that reason (`relay retry ID` reads the table instead).
+
+Version 1 (inspera-hooks before the relay's accept-rate work) had ``id`` UNIQUE and a plain index
+on ``digest``: the relay upgrades such a file when it starts (one transaction), and the
+subcommands read and change either version.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+from inspera_cli.errors import ConfigError
+from inspera_cli.files import SYMLINK_REFUSED, open_private
+
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # the subcommands' statements work on both
+APPLICATION_ID = 0x49485259  # "IHRY": inspera-hooks relay
+
+_EVENTS = """
+CREATE TABLE {name} (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    digest BLOB UNIQUE,
+    event TEXT,
+    context_object_id INTEGER,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    content_type TEXT,
+    signature TEXT,
+    received_at REAL NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+    since REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    app_down INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error TEXT,
+    finished_at REAL
+)"""
+_INDEXES = [
+    "CREATE INDEX events_due ON events (url, next_attempt_at, seq) WHERE state = 'pending'",
+    "CREATE INDEX events_finished ON events (state, finished_at)",
+]
+_OTHER_TABLES = [
+    "CREATE TABLE routes (url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL)",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
+]
+_COLUMNS = ("seq, id, digest, event, context_object_id, url, body, content_type, signature, received_at,"
+            " state, since, attempts, failures, app_down, next_attempt_at, last_error, finished_at")
+
+
+class QueueError(ConfigError):
+    """The queue file cannot be opened or used; the message says which file and why."""
+
+
+def check(db: sqlite3.Connection, path: Path, *, create: bool) -> int:
+    """Raise QueueError unless ``db`` is a relay queue this build reads (or an empty file, with
+    ``create``); its version (0: empty)."""
+    application_id = db.execute("PRAGMA application_id").fetchone()[0]
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if (application_id != APPLICATION_ID and tables) or (application_id == 0 and not create):
+        raise QueueError(f"{path} is not a relay queue (another SQLite database)")
+    if version > SCHEMA_VERSION:
+        raise QueueError(f"{path} was made by a newer inspera-hooks (queue version {version}): "
+                         "upgrade inspera-hooks")
+    if version and version not in READABLE_VERSIONS:
+        raise QueueError(f"{path} is a relay queue of version {version}, which this inspera-hooks "
+                         "cannot read")
+    return version
+
+
+def create(db: sqlite3.Connection) -> None:
+    """The tables and indexes, in the caller's transaction."""
+    for statement in [_EVENTS.format(name="events"), *_INDEXES, *_OTHER_TABLES]:
+        db.execute(statement)
+    _stamp(db)
+
+
+def upgrade(db: sqlite3.Connection, version: int) -> None:
+    """From ``version`` to SCHEMA_VERSION, in the caller's transaction."""
+    if version == 1:
+        # Only the latest copy of a body keeps its digest: the UNIQUE index takes one per body,
+        # and an older copy (a body that came again after --max-age) no longer dedupes anything.
+        db.execute(_EVENTS.format(name="events_upgraded"))
+        db.execute(
+            f"INSERT INTO events_upgraded ({_COLUMNS}) SELECT {_COLUMNS.replace('digest', 'latest.digest')}"
+            " FROM events LEFT JOIN (SELECT max(seq) AS last, digest FROM events GROUP BY digest) AS latest"
+            " ON latest.last = events.seq"  # the only column both have is digest: take latest's
+        )
+        db.execute("DROP TABLE events")
+        db.execute("ALTER TABLE events_upgraded RENAME TO events")
+        for statement in _INDEXES:
+            db.execute(statement)
+    _stamp(db)
+
+
+def _stamp(db: sqlite3.Connection) -> None:
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def create_private(path: Path) -> None:
+    """The queue file, created 0600 (SQLite gives its -wal and -shm files the same mode); neither
+    it nor those files may be symbolic links, which SQLite would write through."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.is_symlink():
+            raise OSError(errno.ELOOP, f"{side.name}: {SYMLINK_REFUSED}")
+    os.close(open_private(path, os.O_RDWR | os.O_CREAT))
