@@ -83,23 +83,30 @@ def _open_queue(path: Path) -> Iterator[SQLiteQueue]:
 # -- the relay itself -------------------------------------------------------------------------------
 
 
-def _change_printer(log_format: LogFormat) -> Callable[[Change], None]:
-    broken = False
+class _ChangeLog:
+    """The log lines on stdout, from the feed's thread: each run of changes it hands over is
+    written unflushed, then flushed once (one write for many lines under load)."""
 
-    def print_change(change: Change) -> None:
-        nonlocal broken
-        if broken:
+    def __init__(self, log_format: LogFormat) -> None:
+        self.log_format = log_format
+        self.broken = False
+
+    def print(self, change: Change) -> None:
+        self._guarded(lambda: output.print_json_line(change.to_json(), flush=False)
+                      if self.log_format is LogFormat.json
+                      else output.print_segments(change_line(change), flush=False))
+
+    def flush(self) -> None:
+        self._guarded(output.flush_stdout)
+
+    def _guarded(self, write: Callable[[], None]) -> None:
+        if self.broken:
             return
         try:
-            if log_format is LogFormat.json:
-                output.print_json_line(change.to_json())
-            else:
-                output.print_segments(change_line(change))
+            write()
         except BrokenPipeError:  # the reader left: keep relaying
-            broken = True
+            self.broken = True
             output.discard_stdout()
-
-    return print_change
 
 
 _STYLES = {"received": "cyan", "duplicate": "dim", "delivered": "green", "retrying": "yellow", "dead": "red"}
@@ -239,7 +246,8 @@ def _serve(config: RelayConfig, log_format: LogFormat, secret_env: str | None) -
     from inspera_cli.listener.feed import Feed
     from inspera_cli.relay.service import Relay
 
-    lines: Feed[Change] = Feed(_change_printer(log_format), name="relay-log")
+    log = _ChangeLog(log_format)
+    lines: Feed[Change] = Feed(log.print, idle=log.flush, name="relay-log")
     relay = Relay(config, on_change=lines.put)
     started = time.monotonic()
     try:
