@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import load_harness  # noqa: E402
 from load_harness import SECRET, Server, load, settle  # noqa: E402
 
 from inspera_cli.relay.queue import NewEvent, SQLiteQueue  # noqa: E402
@@ -335,6 +336,9 @@ def main() -> int:
     parser.add_argument("--phases", type=lambda text: text.split(","), default=list(PHASES),
                         metavar="NAME,NAME", help=f"run only these ({','.join(PHASES)})")
     args = parser.parse_args()
+    # Every event distinct for the whole measurement (wrk cycles through its pool): a repeated
+    # one is a duplicate to the relay, answered without a write.
+    load_harness.WRK_POOL = max(load_harness.WRK_POOL, int(20_000 * args.duration))
     env = {**os.environ, "BENCH_SECRET": SECRET}
     relay_harness.SECRET = SECRET  # the outage's sender signs as the relay verifies
     with tempfile.TemporaryDirectory() as tmp:
