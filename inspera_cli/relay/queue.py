@@ -14,6 +14,7 @@ killed is simply due again at the next start (at least once; the app dedupes on 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
@@ -31,11 +32,16 @@ from inspera_cli.relay.schema import QueueError as QueueError  # where callers h
 
 BUSY_TIMEOUT_MS = 5000
 PURGE_CHUNK = 5000  # rows per transaction: a big purge never holds the relay's writes up for long
-_INSERT = (
-    "INSERT INTO events (id, digest, event, context_object_id, url, body, content_type, signature,"
-    " received_at, state, since, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
-    " ON CONFLICT (digest) DO NOTHING"
-)
+_INSERT = ("INSERT INTO events (id, digest, event, context_object_id, url, body, content_type, signature,"
+           " received_at, state, since, next_attempt_at) VALUES ")
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+_INSERT_ONE = _INSERT + _ROW + " ON CONFLICT (digest) DO NOTHING"
+ROWS_PER_INSERT = 64  # one statement (and one release of the GIL) for up to this many events
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert_rows(count: int) -> str:
+    return _INSERT + ", ".join([_ROW] * count)
 
 
 class State(StrEnum):
@@ -242,7 +248,8 @@ class SQLiteQueue:
                 raise QueueError(f"no relay queue at {self.path} (start `inspera-hooks relay` first, "
                                  "or give --queue FILE)")
             uri = self.path.absolute().as_uri() + ("" if create else "?mode=rw")
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                                       cached_statements=256)
         except (OSError, sqlite3.Error) as exc:
             raise QueueError(f"cannot open the relay queue {self.path}: {_describe(exc)}") from exc
         self._depth = 0
@@ -266,7 +273,7 @@ class SQLiteQueue:
         if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise QueueError(f"cannot use the relay queue {self.path}: WAL mode is not available there")
         db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA temp_store = MEMORY")  # enqueue's savepoint: no temporary file per batch
+        db.execute("PRAGMA temp_store = MEMORY")  # a statement's undo journal: no temporary file
         if version == 0 or (create and version < schema.SCHEMA_VERSION):
             with self.transaction():
                 if version == 0:
@@ -307,21 +314,22 @@ class SQLiteQueue:
             for url in {new.url for new in events} - self._known_routes:
                 self._db.execute("INSERT OR IGNORE INTO routes (url) VALUES (?)", (url,))
                 self._known_routes.add(url)
-            self._db.execute("SAVEPOINT enqueue")
-            before = self._db.total_changes
-            self._db.executemany(_INSERT, rows)  # a body already there is left out (its digest is UNIQUE)
-            if self._db.total_changes - before == len(rows):
-                self._db.execute("RELEASE enqueue")
-                return [Stored(row[0], False) for row in rows]
-            # Some were: one by one instead, so that seq stays the order of arrival.
-            self._db.execute("ROLLBACK TO enqueue")
-            self._db.execute("RELEASE enqueue")
-            return [self._stored_or_duplicate(row, dedupe_since) for row in rows]
+            stored: list[Stored] = []
+            for start in range(0, len(rows), ROWS_PER_INSERT):
+                chunk = rows[start:start + ROWS_PER_INSERT]
+                try:
+                    self._db.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
+                except sqlite3.IntegrityError:  # a body already there (its digest is UNIQUE): the
+                    # statement stored nothing; one by one instead, so seq stays the arrival order
+                    stored += [self._stored_or_duplicate(row, dedupe_since) for row in chunk]
+                else:
+                    stored += [Stored(row[0], False) for row in chunk]
+            return stored
 
     def _stored_or_duplicate(self, row: tuple[Any, ...], dedupe_since: float) -> Stored:
         """Store ``row`` unless its body is there. A body stored before ``dedupe_since`` is not a
         duplicate: that copy gives up its digest and ``row`` is stored."""
-        if self._db.execute(_INSERT, row).rowcount:
+        if self._db.execute(_INSERT_ONE, row).rowcount:
             return Stored(row[0], False)
         seq, event_id, received_at = self._db.execute(
             "SELECT seq, id, received_at FROM events WHERE digest = ?", (row[1],)
@@ -329,7 +337,7 @@ class SQLiteQueue:
         if received_at >= dedupe_since:
             return Stored(event_id, True)
         self._db.execute("UPDATE events SET digest = NULL WHERE seq = ?", (seq,))
-        self._db.execute(_INSERT, row)
+        self._db.execute(_INSERT_ONE, row)
         return Stored(row[0], False)
 
     def claim_due(self, url: str, *, now: float, limit: int, held: Collection[int]) -> list[QueuedEvent]:
