@@ -34,9 +34,8 @@ def test_a_batch_with_new_events_duplicates_and_a_body_beyond_max_age(queue: SQL
     assert [s.duplicate for s in stored] == [False, True, False, True, True, False]
     assert stored[1].id == fresh.id
     assert stored[3].id == stored[0].id and stored[4].id == stored[2].id != old.id
-    rows = queue._db.execute("SELECT id, digest IS NULL FROM events ORDER BY seq").fetchall()
-    # Stored in arrival order; the first copy of body 1 no longer dedupes (its digest went to the new one).
-    assert rows == [(old.id, 1), (fresh.id, 0), (stored[0].id, 0), (stored[2].id, 0), (stored[5].id, 0)]
+    rows = queue._db.execute("SELECT id FROM events ORDER BY seq").fetchall()
+    assert [row[0] for row in rows] == [old.id, fresh.id, stored[0].id, stored[2].id, stored[5].id]
     again = queue.enqueue([new(1)], now=later + 1, dedupe_since=later + 1 - 60)[0]
     assert again.id == stored[2].id and again.duplicate
 
@@ -62,3 +61,50 @@ def test_the_log_feed_flushes_once_per_run_of_lines_it_took() -> None:
     feed.close()
     assert [item for item in seen if item != "flush"] == list(range(1000))
     assert seen[-1] == "flush" and 1 <= seen.count("flush") < 10  # not one per line
+
+
+def test_duplicates_are_found_across_folds_restarts_and_rollbacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digests of the latest events live in memory until FOLD_AT of them are folded into the
+    table; a restart reads them back, a rolled-back batch forgets them."""
+    from inspera_cli.relay import dedupe
+
+    monkeypatch.setattr(dedupe, "FOLD_AT", 5)
+    path = tmp_path / "q.sqlite"
+    queue = SQLiteQueue(path, create=True)
+    first = queue.enqueue([new(n) for n in range(7)], now=T0, dedupe_since=0)  # 7 >= 5: folded
+    more = queue.enqueue([new(n) for n in range(7, 10)], now=T0, dedupe_since=0)  # in memory
+    indexed = queue._db.execute("SELECT count(*) FROM digests").fetchone()[0]
+    assert indexed == 7
+    with pytest.raises(RuntimeError), queue.transaction():
+        queue.enqueue([new(20)], now=T0, dedupe_since=0)
+        raise RuntimeError("the commit failed")
+    queue.close()
+    queue = SQLiteQueue(path, create=True)  # a restart
+    try:
+        again = queue.enqueue([new(n) for n in (0, 6, 7, 9, 20)], now=T0 + 1, dedupe_since=0)
+        assert [(s.id, s.duplicate) for s in again[:4]] == [(first[0].id, True), (first[6].id, True),
+                                                            (more[0].id, True), (more[2].id, True)]
+        assert not again[4].duplicate  # body 20 was never committed
+        assert queue._db.execute("SELECT count(*) FROM events").fetchone()[0] == 11
+    finally:
+        queue.close()
+
+
+def test_purge_removes_the_digests_of_what_it_deletes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inspera_cli.relay import dedupe
+
+    monkeypatch.setattr(dedupe, "FOLD_AT", 1)
+    queue = SQLiteQueue(tmp_path / "q.sqlite", create=True)
+    try:
+        gone, kept = queue.enqueue([new(1), new(2)], now=T0, dedupe_since=0)
+        queue.delivered(1, now=T0)
+        assert queue.purge_delivered(before=T0 + 1) == 1
+        assert queue._db.execute("SELECT count(*) FROM digests").fetchone()[0] == 1
+        again = queue.enqueue([new(1), new(2)], now=T0 + 2, dedupe_since=0)
+        assert [(s.duplicate, s.id == kept.id) for s in again] == [(False, False), (True, True)]
+    finally:
+        queue.close()

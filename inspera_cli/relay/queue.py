@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from inspera_cli.errors import NotFoundError
 from inspera_cli.relay import schema
+from inspera_cli.relay.dedupe import Digests, forget
 from inspera_cli.relay.schema import QueueError as QueueError  # where callers have always found it
 
 BUSY_TIMEOUT_MS = 5000
@@ -35,7 +36,6 @@ PURGE_CHUNK = 5000  # rows per transaction: a big purge never holds the relay's 
 _INSERT = ("INSERT INTO events (id, digest, event, context_object_id, url, body, content_type, signature,"
            " received_at, state, since, next_attempt_at) VALUES ")
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
-_INSERT_ONE = _INSERT + _ROW + " ON CONFLICT (digest) DO NOTHING"
 ROWS_PER_INSERT = 64  # one statement (and one release of the GIL) for up to this many events
 
 
@@ -254,8 +254,10 @@ class SQLiteQueue:
             raise QueueError(f"cannot open the relay queue {self.path}: {_describe(exc)}") from exc
         self._depth = 0
         self._known_routes: set[str] = set()
+        self._digests = Digests(self._db)
         #: The version of the file before this relay upgraded it (None: it did not).
         self.upgraded_from: int | None = None
+        self.version = 0
         try:
             self._prepare(create)
         except sqlite3.Error as exc:
@@ -269,7 +271,7 @@ class SQLiteQueue:
         """Check the file is a queue; create its tables (or, for the relay, upgrade an older file)."""
         db = self._db
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        version = schema.check(db, self.path, create=create)
+        version = self.version = schema.check(db, self.path, create=create)
         if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise QueueError(f"cannot use the relay queue {self.path}: WAL mode is not available there")
         db.execute("PRAGMA synchronous = FULL")
@@ -281,6 +283,7 @@ class SQLiteQueue:
                 else:
                     schema.upgrade(db, version)
                     self.upgraded_from = version
+            self.version = schema.SCHEMA_VERSION
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -300,6 +303,7 @@ class SQLiteQueue:
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
+            self._digests.reset()  # it may have counted on what was rolled back
             raise
         finally:
             self._depth = 0
@@ -307,38 +311,29 @@ class SQLiteQueue:
     # -- the relay's side --------------------------------------------------------------------------
 
     def enqueue(self, events: Sequence[NewEvent], *, now: float, dedupe_since: float) -> list[Stored]:
+        digests = [body_digest(new.body) for new in events]
         ids = os.urandom(16 * len(events)).hex()  # one system call for the batch
-        rows = [(ids[32 * i:32 * i + 32], body_digest(new.body), new.event, new.context_object_id, new.url,
-                 new.body, new.content_type, new.signature, now, now, now) for i, new in enumerate(events)]
         with self.transaction():
             for url in {new.url for new in events} - self._known_routes:
                 self._db.execute("INSERT OR IGNORE INTO routes (url) VALUES (?)", (url,))
                 self._known_routes.add(url)
-            stored: list[Stored] = []
+            latest = self._digests.stored(digests)
+            stored, rows = [], []
+            for i, (new, digest) in enumerate(zip(events, digests, strict=True)):
+                before = latest.get(digest)
+                if before is not None and before[1] >= dedupe_since:
+                    stored.append(Stored(before[0], True))
+                    continue
+                event_id = ids[32 * i:32 * i + 32]
+                latest[digest] = (event_id, now)  # a later copy in this batch is its duplicate
+                rows.append((event_id, digest, new.event, new.context_object_id, new.url, new.body,
+                             new.content_type, new.signature, now, now, now))
+                stored.append(Stored(event_id, False))
             for start in range(0, len(rows), ROWS_PER_INSERT):
                 chunk = rows[start:start + ROWS_PER_INSERT]
-                try:
-                    self._db.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
-                except sqlite3.IntegrityError:  # a body already there (its digest is UNIQUE): the
-                    # statement stored nothing; one by one instead, so seq stays the arrival order
-                    stored += [self._stored_or_duplicate(row, dedupe_since) for row in chunk]
-                else:
-                    stored += [Stored(row[0], False) for row in chunk]
-            return stored
-
-    def _stored_or_duplicate(self, row: tuple[Any, ...], dedupe_since: float) -> Stored:
-        """Store ``row`` unless its body is there. A body stored before ``dedupe_since`` is not a
-        duplicate: that copy gives up its digest and ``row`` is stored."""
-        if self._db.execute(_INSERT_ONE, row).rowcount:
-            return Stored(row[0], False)
-        seq, event_id, received_at = self._db.execute(
-            "SELECT seq, id, received_at FROM events WHERE digest = ?", (row[1],)
-        ).fetchone()
-        if received_at >= dedupe_since:
-            return Stored(event_id, True)
-        self._db.execute("UPDATE events SET digest = NULL WHERE seq = ?", (seq,))
-        self._db.execute(_INSERT_ONE, row)
-        return Stored(row[0], False)
+                self._db.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
+            self._digests.added((row[1], row[0], now) for row in rows)
+        return stored
 
     def claim_due(self, url: str, *, now: float, limit: int, held: Collection[int]) -> list[QueuedEvent]:
         rows = self._db.execute(
@@ -520,13 +515,15 @@ class SQLiteQueue:
         removed = 0
         while True:
             with self.transaction():
-                count = self._db.execute(
-                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE state = 'delivered'"
-                    " AND finished_at < ? LIMIT ?)",
+                rows = self._db.execute(
+                    "SELECT digest, seq FROM events WHERE state = 'delivered' AND finished_at < ? LIMIT ?",
                     (before, PURGE_CHUNK),
-                ).rowcount
-            removed += count
-            if count < PURGE_CHUNK:
+                ).fetchall()
+                if self.version >= 2:
+                    forget(self._db, rows)
+                self._db.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for _, seq in rows])
+            removed += len(rows)
+            if len(rows) < PURGE_CHUNK:
                 return removed
 
     def close(self) -> None:

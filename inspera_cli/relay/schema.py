@@ -5,8 +5,7 @@ Version 2 (``PRAGMA user_version``; ``application_id`` = 0x49485259 "IHRY")::
     events(
       seq INTEGER PRIMARY KEY,       -- arrival order
       id TEXT,                       -- X-Inspera-Delivery-Id: random, 32 hex digits (not indexed)
-      digest BLOB UNIQUE,            -- BLAKE2b-128 of the body: Inspera's retries are stored once;
-                                     -- NULL once the same body came again after --max-age
+      digest BLOB,                   -- BLAKE2b-128 of the body: Inspera's retries are stored once
       event TEXT, context_object_id INTEGER,   -- parsed from the body (NULL when it is not JSON/Java-map)
       url TEXT,                      -- the app it goes to (re-routed at start from --forward-to)
       body BLOB, content_type TEXT, signature TEXT,   -- exactly as received
@@ -17,17 +16,18 @@ Version 2 (``PRAGMA user_version``; ``application_id`` = 0x49485259 "IHRY")::
       app_down INTEGER,              -- the last failure was the app being unreachable (resumed early)
       next_attempt_at REAL,          -- pending: when it is due (NULL otherwise)
       last_error TEXT, finished_at REAL)       -- delivered or dead: when
+    digests(digest BLOB PRIMARY KEY, seq INTEGER) WITHOUT ROWID   -- the latest event per body,
+                                     -- up to meta.indexed_through (relay/dedupe.py: kept in bulk)
     routes(url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL)   -- the latest failure per app
-    meta(key TEXT PRIMARY KEY, value)          -- the /health probe writes here
+    meta(key TEXT PRIMARY KEY, value)          -- indexed_through; the /health probe writes here
 
 Indexes: pending events by (url, next_attempt_at, seq) -- "what is due", in order; events by
-(state, finished_at) (counts, purge); the digest's (duplicates: an insert that finds its body
-there is not stored). Every index but the digest's grows at its end as events come, so a commit
-writes few pages; ``id`` has none for that reason (`relay retry ID` reads the table instead).
+(state, finished_at) (counts, purge). Both grow at their end as events come, so a commit writes
+few pages; ``id`` and ``digest`` have none for that reason (`relay retry ID` reads the table).
 
-Version 1 (inspera-hooks before the relay's accept-rate work) had ``id`` UNIQUE and a plain index
-on ``digest``: the relay upgrades such a file when it starts (one transaction), and the
-subcommands read and change either version.
+Version 1 (inspera-hooks before the relay's accept-rate work) had ``id`` UNIQUE, an index on
+``digest`` and no ``digests``: the relay upgrades such a file when it starts (one transaction),
+and the subcommands read and change either version.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ _EVENTS = """
 CREATE TABLE {name} (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL,
-    digest BLOB UNIQUE,
+    digest BLOB NOT NULL,
     event TEXT,
     context_object_id INTEGER,
     url TEXT NOT NULL,
@@ -70,6 +70,7 @@ _INDEXES = [
     "CREATE INDEX events_finished ON events (state, finished_at)",
 ]
 _OTHER_TABLES = [
+    "CREATE TABLE digests (digest BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE routes (url TEXT PRIMARY KEY, last_error TEXT, last_error_at REAL)",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
 ]
@@ -108,18 +109,16 @@ def create(db: sqlite3.Connection) -> None:
 def upgrade(db: sqlite3.Connection, version: int) -> None:
     """From ``version`` to SCHEMA_VERSION, in the caller's transaction."""
     if version == 1:
-        # Only the latest copy of a body keeps its digest: the UNIQUE index takes one per body,
-        # and an older copy (a body that came again after --max-age) no longer dedupes anything.
         db.execute(_EVENTS.format(name="events_upgraded"))
-        db.execute(
-            f"INSERT INTO events_upgraded ({_COLUMNS}) SELECT {_COLUMNS.replace('digest', 'latest.digest')}"
-            " FROM events LEFT JOIN (SELECT max(seq) AS last, digest FROM events GROUP BY digest) AS latest"
-            " ON latest.last = events.seq"  # the only column both have is digest: take latest's
-        )
+        db.execute(f"INSERT INTO events_upgraded ({_COLUMNS}) SELECT {_COLUMNS} FROM events")
         db.execute("DROP TABLE events")
         db.execute("ALTER TABLE events_upgraded RENAME TO events")
         for statement in _INDEXES:
             db.execute(statement)
+        db.execute(_OTHER_TABLES[0])
+        db.execute("INSERT INTO digests (digest, seq) SELECT digest, max(seq) FROM events GROUP BY digest")
+        db.execute("INSERT INTO meta (key, value) SELECT 'indexed_through', coalesce(max(seq), 0)"
+                   " FROM events")
     _stamp(db)
 
 
