@@ -108,3 +108,19 @@ def test_purge_removes_the_digests_of_what_it_deletes(
         assert [(s.duplicate, s.id == kept.id) for s in again] == [(False, False), (True, True)]
     finally:
         queue.close()
+
+
+def test_a_batch_larger_than_one_insert_keeps_arrival_order_and_finds_its_own_duplicates(
+    queue: SQLiteQueue,
+) -> None:
+    from inspera_cli.relay.queue import ROWS_PER_INSERT
+
+    count = 2 * ROWS_PER_INSERT + 10
+    bodies = [n % (count - 20) for n in range(count)]  # the last 20 repeat the first 20
+    stored = queue.enqueue([new(n) for n in bodies], now=T0, dedupe_since=0)
+    assert [s.duplicate for s in stored] == [False] * (count - 20) + [True] * 20
+    assert [s.id for s in stored[-20:]] == [s.id for s in stored[:20]]
+    rows = queue._db.execute("SELECT seq, id, context_object_id FROM events ORDER BY seq").fetchall()
+    assert [(seq, event_id, n) for seq, event_id, n in rows] == [
+        (i + 1, stored[i].id, i) for i in range(count - 20)
+    ]
