@@ -1,6 +1,7 @@
-"""The relay's accepting path as the accept-rate work left it: a batch of events is one insert,
-duplicates are found by the digest's UNIQUE index (within --max-age only), and `retry` finds ids
-without an index."""
+"""The relay's accepting path as the accept-rate work left it: a batch of events is a few
+inserts; duplicates (within --max-age only) are found through memory and the digests table,
+across folds, restarts and rollbacks; `retry` finds ids without an index; the log is flushed
+once per run of lines."""
 
 from __future__ import annotations
 
@@ -8,21 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from inspera_cli.relay.queue import NewEvent, SQLiteQueue
-
-APP = "http://127.0.0.1:5000/hooks"
-T0 = 1_700_000_000.0
+from inspera_cli.relay.queue import SQLiteQueue
+from tests.test_relay_queue import APP, T0, new
 
 
-@pytest.fixture
-def queue(tmp_path: Path) -> SQLiteQueue:
-    q = SQLiteQueue(tmp_path / "q.sqlite", create=True)
-    yield q
-    q.close()
-
-
-def new(n: int) -> NewEvent:
-    return NewEvent(f'{{"contextObjectId": {n}}}'.encode(), APP, "confirm_final_grades", n)
+@pytest.fixture(name="queue")
+def open_queue(tmp_path: Path) -> SQLiteQueue:
+    opened = SQLiteQueue(tmp_path / "q.sqlite", create=True)
+    yield opened
+    opened.close()
 
 
 def test_a_batch_with_new_events_duplicates_and_a_body_beyond_max_age(queue: SQLiteQueue) -> None:
