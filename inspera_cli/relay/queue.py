@@ -301,9 +301,9 @@ class SQLiteQueue:
             yield
             self._db.execute("COMMIT")
         except BaseException:
+            self._digests.reset()  # it may have counted on what is rolled back
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            self._digests.reset()  # it may have counted on what was rolled back
             raise
         finally:
             self._depth = 0
