@@ -46,18 +46,6 @@ def test_retry_finds_ids_and_prefixes_without_an_index(queue: SQLiteQueue) -> No
     assert {e.id for e in queue.claim_due(APP, now=T0 + 1, limit=50, held=())} == {stored[7].id, stored[9].id}
 
 
-def test_the_log_feed_flushes_once_per_run_of_lines_it_took() -> None:
-    from inspera_cli.listener.feed import Feed
-
-    seen: list[object] = []
-    feed: Feed[int] = Feed(seen.append, idle=lambda: seen.append("flush"), name="test-feed")
-    for n in range(1000):
-        feed.put(n)
-    feed.close()
-    assert [item for item in seen if item != "flush"] == list(range(1000))
-    assert seen[-1] == "flush" and 1 <= seen.count("flush") < 10  # not one per line
-
-
 def test_duplicates_are_found_across_folds_restarts_and_rollbacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
