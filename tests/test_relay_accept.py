@@ -1,7 +1,6 @@
 """The relay's accepting path as the accept-rate work left it: a batch of events is a few
 inserts; duplicates (within --max-age only) are found through memory and the digests table,
-across folds, restarts and rollbacks; `retry` finds ids without an index; the log is flushed
-once per run of lines."""
+across folds, restarts and rollbacks; `retry` finds ids without an index."""
 
 from __future__ import annotations
 
