@@ -22,6 +22,10 @@ acknowledged is recorded exactly once. Prints req/s, p99 and the ratios the issu
     --record >= 0.8 x listen without it; --inspect with the page open >= 0.9 x listen;
     every acknowledged event recorded exactly once.
 
+Each `listen` server also shows the share of requests it printed a line for: under overload the
+display drops lines (and counts them) rather than slow the answers, and how many it drops depends
+on how often its thread gets the GIL, so two listen servers may not do the same display work.
+
 Each server's CPU time per request is printed too (Linux: /proc), with the ratios it alone would
 give: the work a request costs. It moves with the machine's other load too (caches, contention:
 +-15 % between rounds on a crowded 2-core machine), less than req/s does.
@@ -155,9 +159,18 @@ def measure(args: argparse.Namespace, chosen: dict[str, list[str]], tmp: Path,
                 figures[label, connections] = (rate, p99)
                 costs[label, connections] = cpu
                 shown = "" if cpu is None else f"  {cpu:6.1f} us CPU/request"
+                if label.startswith("listen"):
+                    shown += f"  {displayed(server.lines, rate * args.duration)}"
                 print(f"{label:>29} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms"
                       f"{shown}", flush=True)
     return figures
+
+
+def displayed(lines: int, requests: float) -> str:
+    """The share of requests `listen` printed a line for. Under overload the display drops lines
+    (counted in its summary) rather than slow the answers: a server that prints fewer lines did
+    less work, so ratios between listen servers are read beside this."""
+    return f"{min(lines / requests, 1.0):4.0%} shown" if requests else ""
 
 
 def exactly_once(tmp: Path, env: dict[str, str], count: int) -> bool:
