@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inspera_cli.listener import Listener, ListenerConfig
@@ -135,7 +135,10 @@ json_values = st.recursive(
 )
 
 
+# 50 examples of nested JSON with any text: a setting of the encoder that differs from
+# JSONEncoder's (ASCII escapes, separators, key order, floats) shows in the first few.
 @pytest.mark.slow
+@settings(max_examples=50, deadline=None)
 @given(st.dictionaries(st.text(), json_values))
 def test_a_record_line_is_exactly_the_compact_ascii_json_of_the_record(record: dict[str, Any]) -> None:
     """The line encoder is built once (not per line); its bytes are JSONEncoder's, to the byte."""
