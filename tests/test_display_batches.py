@@ -1,5 +1,6 @@
-"""`listen` writes its display lines as they come and flushes once per batch of reports (a write
-syscall per request cost the loop a GIL hand-over each); a reader that leaves still never stops it."""
+"""`listen` makes each display line on the receiver's loop and writes a batch of them in one piece
+(a write syscall, or a line's formatting, per request on the report thread cost the loop a GIL
+hand-over each); a reader that leaves still never stops it."""
 
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def test_the_printer_flushes_per_batch_not_per_line(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr("sys.stdout", stdout)
     printer = _Printer(json_mode=True)
     for object_id in (1, 2, 3):
-        printer(report(object_id))
-    assert stdout.flushes == 0
+        printer(printer.render(report(object_id)))  # made on the loop, taken by the report thread
+    assert (stdout.getvalue(), stdout.flushes) == ("", 0)
     printer.flush()
     assert stdout.flushes == 1
     assert [line.count('"contextObjectId":') for line in stdout.getvalue().splitlines()] == [1, 1, 1]
@@ -81,9 +82,9 @@ def test_a_reader_gone_at_the_flush_stops_the_display_not_the_listener(
     discarded: list[bool] = []
     monkeypatch.setattr("inspera_cli.output.discard_stdout", lambda: discarded.append(True))
     printer = _Printer(json_mode=False)
-    printer(report(1))
+    printer(printer.render(report(1)))
     printer.flush()  # BrokenPipeError: `listen | head` ended
-    printer(report(2))
+    assert printer.render(report(2)) is None  # no line is made for a reader who left
     printer.flush()
     assert discarded == [True]
     assert stdout.getvalue().count("\n") == 1  # nothing more written once the reader left

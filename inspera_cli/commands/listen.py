@@ -68,8 +68,9 @@ def parse_forward(values: list[str] | None) -> dict[str | None, str]:
 
 
 class _Printer:
-    """The report thread's view of each request: a line each (--json: an object), written as they
-    come and flushed once per batch (``flush``), not per line."""
+    """What `listen` shows of each request: a line (--json: an object), made on the receiver's
+    loop (``render``), taken by the report thread (``__call__``) and written in one piece per batch
+    (``flush``)."""
 
     def __init__(self, json_mode: bool) -> None:
         # Here, not at the top: TAB after `li` builds this command too, and needs neither.
@@ -80,30 +81,31 @@ class _Printer:
         self._event = RequestKind.EVENT
         self._json_mode = json_mode
         self._broken = False
+        self._lines: list[str] = []
 
-    def __call__(self, report: Report) -> None:
+    def render(self, report: Report) -> str | None:
         if self._broken or not report.shown:
-            return
-        try:
-            if not self._json_mode:
-                output.print_segments(self._request_line(report), flush=False)
-            elif report.kind is self._event:
-                output.print_json_line(report.to_json(), flush=False)
-        except BrokenPipeError:
-            self._reader_left()
+            return None
+        if not self._json_mode:
+            return output.segment_line(self._request_line(report))
+        if report.kind is self._event:
+            return output.json_line(report.to_json())
+        return None
+
+    def __call__(self, line: str) -> None:
+        self._lines.append(line)
 
     def flush(self) -> None:
-        if self._broken:
+        lines, self._lines = self._lines, []
+        if self._broken or not lines:
             return
         try:
+            output.write_stdout("".join(lines))
             output.flush_stdout()
         except BrokenPipeError:
-            self._reader_left()
-
-    def _reader_left(self) -> None:
-        # `listen | head`: the reader left. Keep answering, recording and forwarding.
-        self._broken = True
-        output.discard_stdout()
+            # `listen | head`: the reader left. Keep answering, recording and forwarding.
+            self._broken = True
+            output.discard_stdout()
 
 
 def banner(config: ListenerConfig, *, secret_from: str, exit_after: int | None,
@@ -183,7 +185,8 @@ def serve(
     from inspera_cli.listener import Listener
 
     printer = _Printer(json_mode)
-    listener: Listener = Listener(config, on_report=printer, after_reports=printer.flush)
+    listener: Listener = Listener(config, on_report=printer, after_reports=printer.flush,
+                                  render=printer.render)
     inspector = None
     if inspect is not None:
         inspector = inspect_command.start_for_listener(listener, config, *inspect)

@@ -169,11 +169,21 @@ def print_json_items(items: Sequence[Any], *, first: bool, last: bool = False) -
 def print_json_line(data: Any, *, flush: bool = True) -> None:
     """One compact JSON object per line (listen --json); ``flush=False`` leaves it buffered for a
     later ``flush_stdout()`` (a batch of lines, one write)."""
-    import json
-
-    sys.stdout.write(json.dumps(data, ensure_ascii=_ascii_only(sys.stdout), separators=(",", ":")) + "\n")
+    sys.stdout.write(json_line(data))
     if flush:
         sys.stdout.flush()
+
+
+def json_line(data: Any) -> str:
+    """The stdout line (ending in a newline) of one compact JSON object; any thread may make it."""
+    import json
+
+    return json.dumps(data, ensure_ascii=_ascii_only(sys.stdout), separators=(",", ":")) + "\n"
+
+
+def write_stdout(text: str) -> None:
+    """Lines made before (``segment_line``, ``json_line``), buffered: ``flush_stdout()`` sends them."""
+    sys.stdout.write(text)
 
 
 def flush_stdout() -> None:
@@ -216,9 +226,17 @@ def styled_line(text: str, style: str | None = None, *, stderr: bool = False) ->
 
 
 def print_segments(segments: Sequence[tuple[str, str | None]], *, flush: bool = True) -> None:
-    """One stdout line from (text, style) pieces: coloured and cut to the terminal's width (its end
-    replaced by ``…``, so it never wraps) on a terminal, plain and whole text when piped.
-    ``flush=False`` leaves it buffered for a later ``flush_stdout()``.
+    """One stdout line from (text, style) pieces, as ``segment_line`` makes it. ``flush=False``
+    leaves it buffered for a later ``flush_stdout()``."""
+    sys.stdout.write(segment_line(segments))
+    if flush:
+        sys.stdout.flush()
+
+
+def segment_line(segments: Sequence[tuple[str, str | None]]) -> str:
+    """The stdout line (ending in a newline) of (text, style) pieces: coloured and cut to the
+    terminal's width (its end replaced by ``…``, so it never wraps) on a terminal, plain and whole
+    text when piped. Any thread may make it; `listen` makes one a request on its event loop.
 
     Each piece goes through Rich's ``Style.render`` for the console's colour system rather than a
     full ``Console.print``, which costs about 100 µs a line: `listen` prints one line per request
@@ -251,9 +269,7 @@ def print_segments(segments: Sequence[tuple[str, str | None]], *, flush: bool = 
         line = "".join([piece for piece, _ in segments])
     else:
         line = plain
-    out.file.write(line + "\n")
-    if flush:
-        out.file.flush()
+    return line + "\n"
 
 
 def _fit_line(segments: Sequence[tuple[str, str | None]], width: int) -> Sequence[tuple[str, str | None]]:
