@@ -26,7 +26,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -412,7 +412,7 @@ class _Stream:
         self.query = query
         self.send: Callable[[bytes], bool] = lambda data: False
 
-    def push(self, rows: list[Entry], encoded: dict[int, bytes] | None = None) -> None:
+    def push(self, rows: Sequence[Entry], encoded: dict[int, bytes] | None = None) -> None:
         """Send ``rows`` (oldest first) that match; ``encoded`` caches rows' JSON by id."""
         chosen = rows if self.query.everything else [row for row in rows if self.query.matches(row)]
         skipped = max(0, len(chosen) - ROWS_PER_FLUSH)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import itertools
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from inspera_cli.listener.report import Exchange, ForwardResult, Report, RequestKind, SignatureState
 from inspera_cli.recording import RecordedRequest
@@ -334,10 +334,33 @@ class Store:
                     break
         return found
 
-    def after(self, entry_id: int) -> list[Entry]:
-        """Rows newer than ``entry_id``, oldest first."""
+    def after(self, entry_id: int) -> Sequence[Entry]:
+        """Rows newer than ``entry_id``, oldest first (made Entries as they are read: a page sent
+        the newest 50 of a burst's thousands reads 50)."""
         entries = self._entries
         if entry_id >= self._last_id or not entries:
             return []
-        first = max(0, entry_id + 1 - entries[0][_ID])
-        return [_new_entry(Entry, fields) for fields in itertools.islice(entries, first, None)]
+        return _Rows(list(itertools.islice(entries, max(0, entry_id + 1 - entries[0][_ID]), None)))
+
+
+class _Rows(Sequence[Entry]):
+    """Kept rows (plain tuples) read as Entries."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self, kept: list[Fields]) -> None:
+        self._kept = kept
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @overload
+    def __getitem__(self, index: int) -> Entry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Entry]: ...
+
+    def __getitem__(self, index: int | slice) -> Entry | Sequence[Entry]:
+        if isinstance(index, slice):
+            return _Rows(self._kept[index])
+        return _new_entry(Entry, self._kept[index])
