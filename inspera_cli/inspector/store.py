@@ -130,13 +130,7 @@ _EVENT, _OTHER = RequestKind.EVENT, RequestKind.OTHER
 def entry_of(report: Report, headers: Headers, *, replay_of: int | None = None) -> Entry:
     """A row, not numbered yet, of a report that did not come from a live answer (a record
     line, a replay)."""
-    return _entry(0, report, headers, None, b"", report.payload, replay_of)
-
-
-def _entry(entry_id: int, report: Report, headers: Headers, answer_headers: Headers | None,
-           answer_body: bytes, payload: dict[str, Any] | None, replay_of: int | None) -> Entry:
-    return _new_entry(Entry, _kept_fields(entry_id, report, headers, answer_headers, answer_body,
-                                          payload, replay_of))
+    return _new_entry(Entry, _kept_fields(0, report, headers, None, b"", report.payload, replay_of))
 
 
 # How the Store keeps a row: the Entry's fields in a plain tuple. The cyclic GC untracks a tuple
