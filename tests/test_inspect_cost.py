@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import http.client
 import json
+import sys
 import time
 import tracemalloc
 
@@ -106,3 +107,27 @@ def test_kept_live_rows_drop_out_of_the_garbage_collectors_sight() -> None:
     assert holders == []
     assert detail["signature"] == "valid" and detail["payload"]["contextObjectId"] == 2
     assert [row["contextObjectId"] for row in listed] == [4, 3, 2, 1, 0]
+
+
+def test_a_kept_live_row_is_a_handful_of_objects_not_one_per_header() -> None:
+    """Rows are kept long after the request: every object a row holds is freed a thousand requests
+    later, out of the CPU's cache (keeping the parser's pair of strings per header, some 26 memory
+    blocks a row, cost the loop about 2 µs a request in freeing alone; now about 9)."""
+    bodies = [json.dumps({"contextObjectId": n, "event": "confirm_final_grades"}).encode()
+              for n in range(500)]
+    with inspecting(keep=1000) as (listener, inspector):
+        assert _post(listener.port, bodies[:100]) == [200] * 100  # connections, caches: warm
+        deadline = time.monotonic() + 5
+        while inspector.store.last_id < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        gc.collect()
+        before = sys.getallocatedblocks()
+        assert _post(listener.port, bodies[100:]) == [200] * 400
+        while inspector.store.last_id < 500 and time.monotonic() < deadline + 5:
+            time.sleep(0.02)
+        gc.collect()
+        per_row = (sys.getallocatedblocks() - before) / 400
+        detail = call(inspector, "GET", "/api/requests/500").json
+    assert per_row < 14, f"{per_row:.1f} memory blocks kept per row"
+    assert [name for name, _ in detail["requestHeaders"]] == [
+        "Host", "Accept-Encoding", "Content-Length", "Content-Type", "X-Inspera-Signature"]

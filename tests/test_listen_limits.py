@@ -300,9 +300,10 @@ def test_a_silent_or_trickling_app_gets_502_at_the_forward_deadline(received: li
 
 def test_observers_see_every_exchange_and_a_slow_one_slows_nobody() -> None:
     from inspera_cli.listener import Exchange
+    from inspera_cli.listener.http import Answer, Request
 
     lst = start(forward={})
-    seen_on_loop: list[Exchange] = []
+    seen_on_loop: list[tuple[Report, Request, Answer]] = []
     seen_slowly: list[Exchange] = []
 
     def slow(exchange: Exchange) -> None:
@@ -310,7 +311,7 @@ def test_observers_see_every_exchange_and_a_slow_one_slows_nobody() -> None:
         time.sleep(0.5)
 
     feed = lst.add_observer(slow, max_items=5)
-    lst.add_loop_observer(seen_on_loop.append)
+    lst.add_loop_observer(lambda *answered: seen_on_loop.append(answered))
     try:
         started = time.monotonic()
         with requests.Session() as session:
@@ -322,10 +323,14 @@ def test_observers_see_every_exchange_and_a_slow_one_slows_nobody() -> None:
     finally:
         lst.shutdown()
     assert len(seen_on_loop) == 40
-    first = seen_on_loop[0]
+    report, request, answer = seen_on_loop[0]
+    assert report.body == request.body and report.status == answer.status == 200
+    assert ("X-Inspera-Signature", sign(report.body, SECRET)) in request.headers
+    assert answer.body == b"OK\n"
+    first = seen_slowly[0]
     assert first.report.body == first.report.raw.encode() and first.report.status == 200
     assert ("X-Inspera-Signature", sign(first.report.body, SECRET)) in first.request_headers
-    assert first.answer_body == b"OK\n"
+    assert first.answer_headers[0][0] == "Content-Type" and first.answer_body == b"OK\n"
     assert feed.dropped > 0 and len(seen_slowly) + feed.dropped == 40
 
 

@@ -101,7 +101,7 @@ class Inspector:
 
     def attach(self, listener: Listener) -> None:
         """Show every webhook request the listener answers (call before it starts)."""
-        listener.add_loop_observer(self.store.add_exchange)
+        listener.add_loop_observer(self.store.add_answered)
         self._listener = listener
 
     def load(self, path: str | os.PathLike[str], *, missing_ok: bool = True) -> RecordReader:

@@ -6,11 +6,12 @@ the order they arrive (``id``) and kept up to ``keep`` rows and ``max_bytes`` of
 oldest go first.
 
 An entry is one flat tuple of strings, numbers and bytes -- not the receiver's ``Report`` with its
-parsed payload, nor a tuple per header -- because the listener adds one per request it answers
-and a thousand are kept: measured on the loop, keeping the exchange as it came (some thirty
-objects a row) cost about 3 µs a request (the objects outlive the CPU cache before they are
-freed), keeping this one about 0.3 µs. What a detail page needs is rebuilt when it is asked for:
-``report`` (the payload parsed again from the body), ``headers``, ``answer``.
+parsed payload, nor a tuple per header (a live row's headers are one string) -- because the
+listener adds one per request it answers and a thousand are kept: measured on the loop, keeping
+the exchange as it came (some thirty objects a row) cost about 3 µs a request (the objects
+outlive the CPU cache before they are freed), keeping this one about 0.3 µs. What a detail page
+needs is rebuilt when it is asked for: ``report`` (the payload parsed again from the body),
+``headers``, ``answer``.
 
 A ``Store`` lives on one thread -- the event loop the inspector serves on -- so it takes no lock.
 """
@@ -24,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
 
-from inspera_cli.listener.report import Exchange, ForwardResult, Report, RequestKind, SignatureState
+from inspera_cli.listener.http import Answer, Request
+from inspera_cli.listener.report import ForwardResult, Report, RequestKind, SignatureState
 from inspera_cli.recording import RecordedRequest
 from inspera_cli.webhook_body import as_int, parse_event
 
@@ -46,14 +48,15 @@ class SeenAnswer(NamedTuple):
 
 
 class Entry(NamedTuple):
-    """One row: the request's headers as received, our answer's (None when the answer was not
-    seen: a record line). ``payload`` is None for a live row: parsed from the body when asked.
-    ``replay_of`` is the row it replays (then ``forward`` holds the app's answer and ``headers``
-    what was sent). ``size``: bytes held, about."""
+    """One row. ``payload`` is None for a live row: parsed from the body when asked.
+    ``replay_of`` is the row it replays (then ``forward`` holds the app's answer and the headers
+    what was sent). ``size``: bytes held, about. Read the request's headers as ``headers`` and
+    our answer as ``answer`` (None when it was not seen: a record line); the fields behind them
+    are kept in the form cheapest to keep (see ``Store.add_answered``)."""
 
     id: int
     received_at: str
-    kind: str  # RequestKind's value, and signature SignatureState's: see _entry
+    kind: str  # RequestKind's value, and signature SignatureState's: see _kept_fields
     method: str
     path: str
     status: int
@@ -65,8 +68,9 @@ class Entry(NamedTuple):
     verification: bool
     note: str | None
     body: bytes
-    headers: Headers
-    answer_headers: Headers | None
+    raw_headers: str | Headers  # a live row's: names and values in one string, NUL between them
+    answer_type: str | None  # our answer's Content-Type; None: the answer was not seen
+    answer_headers: Headers  # its other headers
     answer_body: bytes
     payload: dict[str, Any] | None
     replay_of: int | None
@@ -90,10 +94,20 @@ class Entry(NamedTuple):
         )
 
     @property
+    def headers(self) -> Headers:
+        """The request's headers as received, in order."""
+        raw = self.raw_headers
+        if not isinstance(raw, str):
+            return raw
+        parts = raw.split(_NUL)
+        return tuple(zip(parts[::2], parts[1::2], strict=True))
+
+    @property
     def answer(self) -> SeenAnswer | None:
-        if self.answer_headers is None:
+        if self.answer_type is None:
             return None
-        return SeenAnswer(self.status, self.answer_headers, self.answer_body)
+        return SeenAnswer(self.status, (("Content-Type", self.answer_type), *self.answer_headers),
+                          self.answer_body)
 
     def header(self, name: str) -> str | None:
         """The last value of a request header (any case)."""
@@ -124,13 +138,15 @@ class Entry(NamedTuple):
 
 
 _new_entry = tuple.__new__
+_flat = itertools.chain.from_iterable
+_NUL = "\x00"
 _EVENT, _OTHER = RequestKind.EVENT, RequestKind.OTHER
 
 
 def entry_of(report: Report, headers: Headers, *, replay_of: int | None = None) -> Entry:
     """A row, not numbered yet, of a report that did not come from a live answer (a record
     line, a replay)."""
-    return _new_entry(Entry, _kept_fields(0, report, headers, None, b"", report.payload, replay_of))
+    return _new_entry(Entry, _kept_fields(0, report, headers, None, (), b"", report.payload, replay_of))
 
 
 # How the Store keeps a row: the Entry's fields in a plain tuple. The cyclic GC untracks a tuple
@@ -142,15 +158,16 @@ Fields = tuple[Any, ...]
 _ID, _EVENT_NAME, _SIZE = (Entry._fields.index(name) for name in ("id", "event", "size"))
 
 
-def _kept_fields(entry_id: int, report: Report, headers: Headers, answer_headers: Headers | None,
-                 answer_body: bytes, payload: dict[str, Any] | None, replay_of: int | None) -> Fields:
+def _kept_fields(entry_id: int, report: Report, headers: str | Headers, answer_type: str | None,
+                 answer_headers: Headers, answer_body: bytes, payload: dict[str, Any] | None,
+                 replay_of: int | None) -> Fields:
     body, forward = report.body, report.forward
     size = len(body) + (len(forward.body) if forward else 0) + len(answer_body) + _ENTRY_OVERHEAD
     return (
         entry_id, report.received_at, report.kind.value, report.method, report.path, report.status,
         report.signature.value, report.event, report.context_object_id, report.delivery, forward,
-        report.verification, report.note, body, headers, answer_headers, answer_body, payload,
-        replay_of, None, size,
+        report.verification, report.note, body, headers, answer_type, answer_headers, answer_body,
+        payload, replay_of, None, size,
     )
 
 
@@ -267,16 +284,20 @@ class Store:
     def last_id(self) -> int:
         return self._last_id
 
-    def add_exchange(self, exchange: Exchange) -> None:
+    def add_answered(self, report: Report, request: Request, answer: Answer) -> None:
         """Keep a request the listener answered, if the page lists it: webhooks, and POSTs to
         another path (a subscription with the wrong URL); not the health checks of tunnels and
-        load balancers. The listener's loop observer: called for every request it answers."""
-        report = exchange.report
+        load balancers. The listener's loop observer: called for every request it answers.
+
+        The request's headers are kept as one string, not the parser's pairs: a thousand rows
+        of some twenty objects each, freed long after they were made, cost the loop 1.7 µs a
+        request in freeing alone. The parser refuses a NUL in a header, so NUL separates them.
+        The answer's parts are the listener's own (shared by the answers that are alike)."""
         kind = report.kind
         if kind is _EVENT or (kind is _OTHER and report.method == "POST"):
             self._last_id += 1
-            self._keep(_kept_fields(self._last_id, report, exchange.request_headers, exchange.answer_headers,
-                               exchange.answer_body, None, None))
+            self._keep(_kept_fields(self._last_id, report, _NUL.join(_flat(request.headers)),
+                                    answer.content_type, answer.headers, answer.body, None, None))
 
     def add(self, entry: Entry) -> Entry:
         """Number the entry and keep it (dropping the oldest beyond the bounds); the entry as kept."""

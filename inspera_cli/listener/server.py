@@ -9,8 +9,9 @@ what was answered, and hands each report to consumers that never hold the loop u
   with ``render``, ``on_report`` gets what ``render(report)`` made of each on the loop instead;
 - ``add_observer(fn)``: ``fn(exchange)`` on its own thread, with the raw body, every header, the
   answer sent and the app's answer; a slow observer drops its own items, nobody else's;
-- ``add_loop_observer(fn)``: ``fn(exchange)`` on the loop itself, for code that lives there
-  (an inspector's server started with ``run_on_loop``); it must return at once.
+- ``add_loop_observer(fn)``: ``fn(report, request, answer)`` on the loop itself, for code that
+  lives there (an inspector's server started with ``run_on_loop``); it must return at once and
+  keep only what it needs (no ``Exchange`` is built for it: that cost 1-2 µs a request).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from inspera_cli.listener.report import Exchange, Report, RequestKind
 from inspera_cli.listener.wire import Wire
 
 Observer = Callable[[Exchange], None]
+LoopObserver = Callable[[Report, Request, Answer], None]
 
 
 @dataclass
@@ -118,7 +120,7 @@ class Listener:
             self._reports = Feed(on_report, size=_report_size if render is None else len,
                                  name="listener-report", idle=after_reports)
         self._observers: list[Feed[Exchange]] = []
-        self._loop_observers: list[Observer] = []
+        self._loop_observers: list[LoopObserver] = []
         self._wake_at: float = float("inf")
         self._accepted_changed = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,9 +138,9 @@ class Listener:
         self._observers.append(feed)
         return feed
 
-    def add_loop_observer(self, observer: Observer) -> None:
-        """Call ``observer(exchange)`` on the event loop for every answered request: it must not
-        block (append to a buffer, wake a waiter)."""
+    def add_loop_observer(self, observer: LoopObserver) -> None:
+        """Call ``observer(report, request, answer)`` on the event loop for every answered
+        request: it must not block (append to a buffer, wake a waiter)."""
         self._loop_observers.append(observer)
 
     def run_on_loop(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
@@ -270,13 +272,13 @@ class Listener:
                 self._reports.put(report)
             elif (item := self._render(report)) is not None:
                 self._reports.put(item)
-        if self._observers or self._loop_observers:
+        for observer in self._loop_observers:
+            observer(report, request, answer)
+        if self._observers:
             exchange = Exchange(report, tuple(request.headers),
                                 (("Content-Type", answer.content_type), *answer.headers), answer.body)
             for feed in self._observers:
                 feed.put(exchange)
-            for observer in self._loop_observers:
-                observer(exchange)
 
     def _count(self, report: Report) -> None:
         stats = self._stats
