@@ -1,7 +1,9 @@
-"""Ctrl-C and SIGTERM: one policy for the whole command line, installed once by ``cli.py``.
+"""Ctrl-C, SIGTERM and SIGHUP: one policy for the whole command line, installed once by ``cli.py``.
 
 - SIGTERM is handled like Ctrl-C: it raises ``Terminated``, a ``KeyboardInterrupt``, so every
-  ``except KeyboardInterrupt`` (cleanup, exit code 130) serves both.
+  ``except KeyboardInterrupt`` (cleanup, exit code 130) serves both. So is SIGHUP, what a closed
+  terminal window or a dropped ssh session sends: its default, dying on the spot, left the
+  subscriptions `listen --subscribe` made calling a receiver that was gone.
 - A write in flight is not abandoned: inside ``write()`` the first signal is held and announced;
   the block runs to its end (a request ends at its timeout at most), and only then is the signal
   raised, so the caller has recorded what the request made. A second signal stops the wait: it is
@@ -26,18 +28,18 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 _SIGNAL_NUMBERS = frozenset(int(sig) for sig in SIGNALS)
 # Sent to the main thread to interrupt a blocked call (see _Watcher); absent on Windows.
 _POKE = getattr(signal, "SIGURG", None)
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt."""
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt."""
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 @dataclass

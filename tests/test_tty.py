@@ -141,3 +141,18 @@ def test_the_secret_listen_generates_lets_the_app_behind_it_verify(sandbox: Any)
     assert json.loads(body)["contextObjectId"] == 6002
     assert headers["X-Inspera-Signature"] == openssl_sign(body, secret)
     assert "Deleted subscription" in term.screen and sandbox.subscriptions() == []
+
+
+def test_closing_the_terminal_deletes_what_listen_subscribed(sandbox: Any) -> None:
+    """A terminal window closed, an ssh session dropped: the kernel hangs up (SIGHUP), and `listen`
+    ends as on SIGTERM -- the subscription it made is deleted, not left pointing Inspera at a
+    receiver that is gone."""
+    port = free_port()
+    term = Terminal(["listen", "--port", str(port), "--subscribe", EVENT, "--public-url",
+                     f"http://127.0.0.1:{port}/"], sandbox_env(sandbox), 80)
+    assert term.read_until("Subscribed:"), term.screen
+    assert len(sandbox.subscriptions()) == 1
+    os.close(term.leader)  # the window closes: the terminal hangs up
+    _, status = os.waitpid(term.pid, 0)
+    assert sandbox.subscriptions() == []
+    assert os.WIFEXITED(status)  # it ran its cleanup and exited; SIGHUP's default killed it
