@@ -13,9 +13,11 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -42,6 +44,30 @@ _CLOUDFLARED_BOX_URL = re.compile(r"\|\s*(https://[^\s|]+?)/?\s*\|")
 # `2024-08-01T10:00:00Z ERR failed to ...` (cloudflared), `ERROR:  authentication failed` (ngrok).
 _TEXT_ERROR = re.compile(r"(?:^|\s)(?:ERR|FTL|ERROR:)\s+(\S.*)")
 _LAST_LINES = 20
+
+
+# Run first in the tunnel's process, then replaced by the program (same pid, same argv): on Linux,
+# ask the kernel for SIGTERM when the process that started it dies -- even by SIGKILL, which runs
+# none of our cleanup -- and give up if that has already happened.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(0)\n"
+    "try:\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as exc:\n"
+    "    sys.exit(f'cannot run {sys.argv[2]}: {exc.strerror}')\n"
+)
+
+
+def _ended_with_us(argv: list[str]) -> list[str]:
+    """``argv`` so that the program ends when this process does, where the kernel can do that (on
+    Linux; when started from the main thread, as the kernel ties it to the thread that started it)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not (sys.platform.startswith("linux") and sys.executable and main):
+        return argv
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
 
 
 class TunnelError(InsperaError):
@@ -144,7 +170,7 @@ class Tunnel:
         try:
             # cloudflared logs to stderr, ngrok (with --log stdout) to stdout: read both as one stream.
             process = subprocess.Popen(
-                [executable, *argv[1:]],
+                _ended_with_us([executable, *argv[1:]]),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

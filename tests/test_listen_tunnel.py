@@ -94,11 +94,31 @@ def standin_pid(info: Path) -> int:
 
 
 def gone(pid: int) -> bool:
+    """No such process, or one that has exited and waits to be reaped by whoever adopted it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a parent-death signal is Linux's")
+def test_the_tunnel_ends_with_listen_even_when_listen_is_killed(tmp_path: Path) -> None:
+    """SIGKILL (an impatient `kill -9`, the OOM killer) runs none of listen's cleanup; the tunnel
+    program it started must not stay behind, still forwarding to a port nobody listens on."""
+    with Listen("--tunnel", "cloudflared", env=standin_env(tmp_path, "cloudflared")) as lp:
+        assert lp.wait_for("Public URL:"), lp.err_text
+        pid = standin_pid(tmp_path / "standin.json")
+        assert not gone(pid)
+        lp.proc.kill()
+        lp.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while not gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone(pid)
 
 
 def standin_env(tmp_path: Path, program: str, **extra: str) -> dict[str, str]:
