@@ -165,17 +165,27 @@ def test_reroute_follows_the_routes_given_at_start(queue: SQLiteQueue) -> None:
     assert {e.url for e in queue.events()} == {"http://new/", "http://a/"}
 
 
-def test_a_file_that_is_not_a_queue_is_refused(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_queue_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """`--queue` pointed at the app's own database by mistake: refused, and not touched -- its
+    mode tightened to 0600 first would lock out the app's other users (a web server's group)."""
     other = tmp_path / "other.sqlite"
     db = sqlite3.connect(other)
     db.execute("CREATE TABLE t (x)")
     db.commit()
     db.close()
+    text = tmp_path / "text.sqlite"
+    text.write_text("hello, not sqlite at all" * 100)
+    for path in (other, text):
+        path.chmod(0o644)
+    before = {path: path.read_bytes() for path in (other, text)}
     with pytest.raises(QueueError, match="is not a relay queue"):
         SQLiteQueue(other, create=True)
-    (tmp_path / "text.sqlite").write_text("hello, not sqlite at all" * 100)
     with pytest.raises(QueueError, match="cannot (open|use) the relay queue .*text.sqlite"):
-        SQLiteQueue(tmp_path / "text.sqlite")
+        SQLiteQueue(text, create=True)
+    with pytest.raises(QueueError, match="cannot (open|use) the relay queue .*text.sqlite"):
+        SQLiteQueue(text)
+    for path, data in before.items():
+        assert (path.stat().st_mode & 0o777, path.read_bytes()) == (0o644, data)
     with pytest.raises(QueueError, match="no relay queue at"):
         SQLiteQueue(tmp_path / "missing.sqlite")
     assert not (tmp_path / "missing.sqlite").exists()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from inspera_cli.errors import ConfigError
@@ -129,10 +130,32 @@ def _stamp(db: sqlite3.Connection) -> None:
 
 def create_private(path: Path) -> None:
     """The queue file, created 0600 (SQLite gives its -wal and -shm files the same mode); neither
-    it nor those files may be symbolic links, which SQLite would write through."""
+    it nor those files may be symbolic links, which SQLite would write through. A file that is
+    there already is tightened to 0600 only if it is a queue (or empty): another file -- the app's
+    own database, given by mistake -- is left as it is, and ``check`` refuses it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     for suffix in ("-wal", "-shm", "-journal"):
         side = path.with_name(path.name + suffix)
         if side.is_symlink():
             raise OSError(errno.ELOOP, f"{side.name}: {SYMLINK_REFUSED}")
-    os.close(open_private(path, os.O_RDWR | os.O_CREAT))
+    if _queue_or_nothing(path):
+        os.close(open_private(path, os.O_RDWR | os.O_CREAT))
+
+
+def _queue_or_nothing(path: Path) -> bool:
+    """No file, an empty one, or a SQLite file stamped with our application id (its header holds
+    it at bytes 68-71). A link or a file we may not read counts as one: ``open_private`` refuses
+    it, saying why. Read without following a link or waiting on a FIFO."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return True
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 72)
+    finally:
+        os.close(fd)
+    return not head or (head.startswith(b"SQLite format 3\x00")
+                        and int.from_bytes(head[68:72], "big") == APPLICATION_ID)
