@@ -78,6 +78,22 @@ def open_private(path: str | os.PathLike[str], flags: int) -> int:
     return fd
 
 
+def regular_file_head(path: str | os.PathLike[str], size: int) -> bytes | None:
+    """The first ``size`` bytes of a regular file, read without following a symbolic link or
+    waiting on a FIFO; None when there is no such file to read (missing, a link, a device, not
+    readable). For checking what a file is before ``open_private`` makes it ours."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write a file atomically with mode 0600 (temp file in the same folder, fsync, rename).
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from inspera_cli.errors import ConfigError
-from inspera_cli.files import PRIVATE_MODE, open_private
+from inspera_cli.files import PRIVATE_MODE, open_private, regular_file_head
 from inspera_cli.groupcommit import DirectCallback, Done, hand_back, wait_for
 from inspera_cli.sending import CONTENT_TYPE
 from inspera_cli.webhook_body import VERIFICATION, parse_event
@@ -128,6 +129,10 @@ class RecordWriter:
         self._sync = sync or _sync
         self._loop = loop
         existed = self.path.exists()
+        if regular_file_head(self.path, 1) not in (None, b"", b"{"):
+            # Given another file by mistake: neither chmodded to 0600 nor appended to.
+            raise OSError(errno.EINVAL, "not a record file (one `listen --record` wrote starts with a "
+                                        "JSON object): give a new file name")
         self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             if not existed:

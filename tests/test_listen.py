@@ -633,6 +633,29 @@ def test_a_listener_that_cannot_start_says_why_in_one_line_and_exits_1(
     assert stdout == ""
 
 
+def test_a_record_file_that_is_some_other_file_is_refused_untouched(cli: Cli, tmp_path: Path) -> None:
+    """`--record notes.txt` by mistake: appending JSON lines to it, and tightening its mode to
+    0600 first, would damage a file the user cares about. A file `listen --record` wrote, or an
+    empty one, is appended to as before."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("meeting notes\nnot a record\n")
+    notes.chmod(0o644)
+    ran = cli("listen", "--port", "0", "--record", str(notes), "--max-time", "0.1", expect=None)
+    assert ran.exit_code == 1
+    assert ran.stderr.splitlines() == [
+        f"inspera-hooks: error: cannot open the record file {notes}: not a record file (one "
+        "`listen --record` wrote starts with a JSON object): give a new file name"]
+    assert (notes.read_text(), notes.stat().st_mode & 0o777) == ("meeting notes\nnot a record\n", 0o644)
+    record = tmp_path / "events.jsonl"
+    record.write_text("")
+    for _ in range(2):  # empty, then one it wrote: both taken
+        with ListenProcess("--secret-env", "LISTEN_SECRET", "--record", str(record)) as lp:
+            body = event_body()
+            assert post(lp.url, body, signed_headers(body)).status_code == 200
+            assert lp.stop(signal.SIGTERM) == 0
+    assert len(record.read_text().splitlines()) == 2
+
+
 def test_a_port_in_use_is_a_clear_error(cli: Cli) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

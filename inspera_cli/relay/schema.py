@@ -35,11 +35,10 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import stat
 from pathlib import Path
 
 from inspera_cli.errors import ConfigError
-from inspera_cli.files import SYMLINK_REFUSED, open_private
+from inspera_cli.files import SYMLINK_REFUSED, open_private, regular_file_head
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # the subcommands' statements work on both
@@ -144,18 +143,8 @@ def create_private(path: Path) -> None:
 
 def _queue_or_nothing(path: Path) -> bool:
     """No file, an empty one, or a SQLite file stamped with our application id (its header holds
-    it at bytes 68-71). A link or a file we may not read counts as one: ``open_private`` refuses
-    it, saying why. Read without following a link or waiting on a FIFO."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return True
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        head = os.read(fd, 72)
-    finally:
-        os.close(fd)
+    it at bytes 68-71). Nothing readable as a file (a link, a FIFO) counts as one: ``open_private``
+    refuses a link, saying why, and leaves what is not a regular file as it is."""
+    head = regular_file_head(path, 72)
     return not head or (head.startswith(b"SQLite format 3\x00")
                         and int.from_bytes(head[68:72], "big") == APPLICATION_ID)
