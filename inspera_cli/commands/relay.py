@@ -90,9 +90,10 @@ class _ChangeLog:
     def __init__(self, log_format: LogFormat) -> None:
         self.log_format = log_format
         self.broken = False
+        self._ascii_only = output.stdout_ascii_only()
 
     def print(self, change: Change) -> None:
-        self._guarded(lambda: output.print_json_line(change.to_json(), flush=False)
+        self._guarded(lambda: output.write_stdout(change.json_line(ensure_ascii=self._ascii_only) + "\n")
                       if self.log_format is LogFormat.json
                       else output.print_segments(change_line(change), flush=False))
 

@@ -115,6 +115,11 @@ def _ascii_only(stream: Any) -> bool:
     return not encoding.startswith("utf")
 
 
+def stdout_ascii_only() -> bool:
+    """Whether JSON on stdout must escape every non-ASCII character (as ``json_line`` does)."""
+    return _ascii_only(sys.stdout)
+
+
 def discard_stdout() -> None:
     """Point stdout at /dev/null: its reader left (`| head`), and a later flush (at exit, say)
     must not fail again."""
