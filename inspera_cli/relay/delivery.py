@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT = 10.0  # Inspera's own: an app that answers Inspera in time answers us in time
 POLL_SECONDS = 1.0  # look at the queue at least this often (events made due by `relay retry`)
 RELEASE_AFTER_FAILED_WRITE = 5.0  # seconds an event stays claimed when its outcome was not saved
+# A lane claims this many events (and at least its slots twice over) at a time, once fewer than
+# its slots are left ready: under load a claim (two queries on the queue's thread and a trip
+# there and back) per delivery or two cost as much as the delivery itself.
+CLAIM_BATCH = 32
 DELIVERY_ID_HEADER = "X-Inspera-Delivery-Id"
 ATTEMPT_HEADER = "X-Inspera-Attempt"
 USER_AGENT = f"inspera-hooks/{__version__} (relay)"
@@ -81,7 +85,8 @@ class DeliveryEngine:
         self.on_change = on_change
         self.timeout = timeout
         self.lanes = {url: _Lane(url, _target(url)) for url in dict.fromkeys(urls)}
-        self._wake = asyncio.Event()
+        self._woken = False  # new work may be due since the lanes were last looked at
+        self._waiter: asyncio.Future[bool] | None = None  # run() sleeping: True when the poll ends it
         self._stopping = False
         self._tls_for = delivery_client.OriginTls()
 
@@ -89,25 +94,30 @@ class DeliveryEngine:
         """On the loop: events were queued (for ``url``, or any lane): look for due work now."""
         for lane in self.lanes.values() if url is None else [self.lanes[url]] if url in self.lanes else []:
             lane.next_due = 0.0
-        self._wake.set()
+        self._wake()
+
+    def _wake(self, polled: bool = False) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(polled)
 
     async def run(self) -> None:
         while not self._stopping:
-            self._wake.clear()
+            self._woken = False
             now = self.clock.now()
             for lane in self.lanes.values():
                 if self._room(lane) and lane.next_due is not None and lane.next_due <= now:
                     await self._fill(lane, now)
-            if not self._stopping:
+            if not self._stopping and not self._woken:
                 await self._sleep()
 
     def _room(self, lane: _Lane) -> bool:
-        """Whether the lane would claim more: it holds less than its slots and as many again."""
-        return len(lane.ready) + len(lane.running) < 2 * self.concurrency
+        """Whether the lane would claim more: fewer events ready than it has slots."""
+        return len(lane.ready) < self.concurrency
 
     async def _fill(self, lane: _Lane, now: float) -> None:
-        """Claim what is due (up to the free slots and as many again), start what fits."""
-        wanted = 2 * self.concurrency - len(lane.ready) - len(lane.running)
+        """Claim what is due (a batch), start what fits."""
+        wanted = max(CLAIM_BATCH, 2 * self.concurrency) - len(lane.ready) - len(lane.running)
         held = frozenset(lane.held)
         try:
             events, lane.next_due = await self.worker.call(
@@ -134,16 +144,20 @@ class DeliveryEngine:
         now = self.clock.now()
         dues = [lane.next_due for lane in self.lanes.values()
                 if lane.next_due is not None and self._room(lane)]
-        poll = asyncio.ensure_future(asyncio.sleep(POLL_SECONDS))
-        waiting = [asyncio.ensure_future(self._wake.wait()), poll]
-        if dues:
-            waiting.append(asyncio.ensure_future(self.clock.sleep(max(0.0, min(dues) - now))))
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        poll = loop.call_later(POLL_SECONDS, self._wake, True)
+        due = asyncio.ensure_future(self.clock.sleep(max(0.0, min(dues) - now))) if dues else None
+        if due is not None:
+            due.add_done_callback(lambda task: task.cancelled() or self._wake())
         try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            polled = await waiter
         finally:
-            for future in waiting:
-                future.cancel()
-        if poll.done() and not poll.cancelled():
+            self._waiter = None
+            poll.cancel()
+            if due is not None:
+                due.cancel()
+        if polled:
             for lane in self.lanes.values():
                 lane.next_due = 0.0
 
@@ -158,7 +172,7 @@ class DeliveryEngine:
         def release() -> None:
             lane.held.discard(event.seq)
             lane.next_due = 0.0
-            self._wake.set()
+            self._wake()
 
         asyncio.get_running_loop().call_later(RELEASE_AFTER_FAILED_WRITE, release)
 
@@ -233,14 +247,15 @@ class DeliveryEngine:
                 log.warning("cannot save the outcome of event %s: %s", event.id, error)
                 self._release_later(lane, event)
             self._start(lane)
-            self._wake.set()
+            if self._room(lane):
+                self._wake()
 
         self.worker.write(write, saved)
 
     def stop_starting(self) -> None:
         """On the loop: start nothing more (what runs may finish)."""
         self._stopping = True
-        self._wake.set()
+        self._wake()
 
     async def finish(self, grace: float) -> None:
         """Let deliveries in flight finish for up to ``grace`` seconds, then cut them off (they
