@@ -42,6 +42,12 @@ RELEASE_AFTER_FAILED_WRITE = 5.0  # seconds an event stays claimed when its outc
 # its slots are left ready: under load a claim (two queries on the queue's thread and a trip
 # there and back) per delivery or two cost as much as the delivery itself.
 CLAIM_BATCH = 32
+# While events flood in -- far faster than any Inspera tenant sends them -- each lane keeps one
+# delivery in flight instead of --concurrency: acknowledging (what Inspera waits for, and retries
+# when it times out) gets the CPU, the app (often on the same machine) is not driven at full speed
+# meanwhile, and the deliveries keep flowing and catch up once the flood is over.
+BURST_EVENTS = 100  # received within
+BURST_WINDOW = 0.1  # seconds (1,000 events/s) is a flood; it ends a window after the last such count
 DELIVERY_ID_HEADER = "X-Inspera-Delivery-Id"
 ATTEMPT_HEADER = "X-Inspera-Attempt"
 USER_AGENT = f"inspera-hooks/{__version__} (relay)"
@@ -88,7 +94,23 @@ class DeliveryEngine:
         self._woken = False  # new work may be due since the lanes were last looked at
         self._waiter: asyncio.Future[bool] | None = None  # run() sleeping: True when the poll ends it
         self._stopping = False
+        self._window_start = self._flood_until = 0.0
+        self._window_events = 0
         self._tls_for = delivery_client.OriginTls()
+
+    def received(self, url: str) -> None:
+        """On the loop: an event for ``url`` was queued: it is due now."""
+        now = time.monotonic()
+        if now - self._window_start >= BURST_WINDOW:
+            self._window_start, self._window_events = now, 0
+        self._window_events += 1
+        if self._window_events >= BURST_EVENTS:
+            self._flood_until = now + BURST_WINDOW
+        self.notify(url)
+
+    def _slots(self) -> int:
+        """Deliveries each lane may have in flight now (see BURST_EVENTS)."""
+        return 1 if self._flood_until and time.monotonic() < self._flood_until else self.concurrency
 
     def notify(self, url: str | None = None) -> None:
         """On the loop: events were queued (for ``url``, or any lane): look for due work now."""
@@ -100,6 +122,10 @@ class DeliveryEngine:
         self._woken = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(polled)
+
+    def _due(self, sleep: asyncio.Future[None]) -> None:
+        if not sleep.cancelled():
+            self._wake()
 
     async def run(self) -> None:
         while not self._stopping:
@@ -133,7 +159,8 @@ class DeliveryEngine:
         self._start(lane)
 
     def _start(self, lane: _Lane) -> None:
-        while lane.ready and len(lane.running) < self.concurrency and not self._stopping:
+        slots = self._slots()
+        while lane.ready and len(lane.running) < slots and not self._stopping:
             task = asyncio.create_task(self._attempt(lane, lane.ready.popleft()))
             lane.running.add(task)
             task.add_done_callback(lane.running.discard)
@@ -149,7 +176,7 @@ class DeliveryEngine:
         poll = loop.call_later(POLL_SECONDS, self._wake, True)
         due = asyncio.ensure_future(self.clock.sleep(max(0.0, min(dues) - now))) if dues else None
         if due is not None:
-            due.add_done_callback(lambda task: task.cancelled() or self._wake())
+            due.add_done_callback(self._due)
         try:
             polled = await waiter
         finally:

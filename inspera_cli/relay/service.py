@@ -166,7 +166,7 @@ class Relay:
     def _changed(self, change: Change) -> None:
         self.metrics.count(change)
         if self._engine is not None and change.kind is ChangeKind.RECEIVED:
-            self._engine.notify(change.url)
+            self._engine.received(change.url)
         self._on_change(change)
 
     def stop(self, grace: float = STOP_GRACE) -> None:
