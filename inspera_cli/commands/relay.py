@@ -85,19 +85,25 @@ def _open_queue(path: Path) -> Iterator[SQLiteQueue]:
 
 class _ChangeLog:
     """The log lines on stdout, from the feed's thread: each run of changes it hands over is
-    written unflushed, then flushed once (one write for many lines under load)."""
+    written in one piece and flushed once (one write for many lines under load)."""
 
     def __init__(self, log_format: LogFormat) -> None:
         self.log_format = log_format
         self.broken = False
         self._ascii_only = output.stdout_ascii_only()
+        self._lines: list[str] = []  # JSON lines of the run being handed over
 
     def print(self, change: Change) -> None:
-        self._guarded(lambda: output.write_stdout(change.json_line(ensure_ascii=self._ascii_only) + "\n")
-                      if self.log_format is LogFormat.json
-                      else output.print_segments(change_line(change), flush=False))
+        if self.log_format is LogFormat.json:
+            self._lines.append(change.json_line(ensure_ascii=self._ascii_only))
+        else:
+            self._guarded(lambda: output.print_segments(change_line(change), flush=False))
 
     def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            text = "\n".join(lines) + "\n"
+            self._guarded(lambda: output.write_stdout(text))
         self._guarded(output.flush_stdout)
 
     def _guarded(self, write: Callable[[], None]) -> None:

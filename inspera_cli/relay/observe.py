@@ -64,11 +64,11 @@ class Change:
         """``to_json()`` as one compact JSON text, exactly as ``json.dumps(..., separators=(",",
         ":"))`` writes it, without building the dict: the log writes one per event under load,
         and the dict and the encoder's walk over it were most of the log thread's time."""
-        event = "null" if self.event is None else _string(self.event, ensure_ascii)
+        event = "null" if self.event is None else _repeated_string(self.event, ensure_ascii)
         object_id = "null" if self.context_object_id is None else int.__repr__(self.context_object_id)
         text = (f'{{"time":"{iso_time(self.at)}","state":"{self.kind.value}",'
                 f'"id":{_string(self.id, ensure_ascii)},"event":{event},"contextObjectId":{object_id},'
-                f'"url":{_string(self.url, ensure_ascii)}')
+                f'"url":{_repeated_string(self.url, ensure_ascii)}')
         if self.attempt is not None:
             text += f',"attempt":{int.__repr__(self.attempt)}'
         if self.status is not None:
@@ -86,6 +86,20 @@ def _string(text: str, ensure_ascii: bool) -> str:
     if _PLAIN.fullmatch(text):
         return f'"{text}"'
     return json.dumps(text, ensure_ascii=ensure_ascii)
+
+
+_quoted: dict[tuple[str, bool], str] = {}
+
+
+def _repeated_string(text: str, ensure_ascii: bool) -> str:
+    """``_string`` of a value most lines repeat (an event name, a route's URL)."""
+    key = (text, ensure_ascii)
+    quoted = _quoted.get(key)
+    if quoted is None:
+        if len(_quoted) >= 1024:  # bodies may name any event: memory stays bounded
+            _quoted.clear()
+        quoted = _quoted[key] = _string(text, ensure_ascii)
+    return quoted
 
 
 @dataclass
