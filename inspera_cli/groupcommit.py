@@ -70,6 +70,11 @@ class GroupCommit(Generic[T]):
             self._loop.call_soon(self._end_of_turn)
         self._turn.append((item, done))
 
+    def submit_now(self, item: T, done: Done) -> None:
+        """``submit``, for a caller on the loop that gathered a turn's items itself: the item goes
+        to the committer at once, not at the end of the next turn. Raises CommitterClosed."""
+        self._enqueue([(item, done)])
+
     def _end_of_turn(self) -> None:
         turn, self._turn = self._turn, []
         try:

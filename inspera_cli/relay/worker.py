@@ -64,7 +64,7 @@ class QueueWorker:
             for each, outcome in zip(dones, outcomes, strict=True):
                 each(outcome, error)
 
-        self._submit(_Call(None, True, news), done)
+        self._submit(_Call(None, True, news), done, now=True)
 
     def write(self, fn: Callable[[EventQueue], R], done: Done[R]) -> None:
         """On the loop: ``fn(queue)`` inside the batch's transaction."""
@@ -89,13 +89,13 @@ class QueueWorker:
         self._submit(_Call(fn, writes), done)
         return await future
 
-    def _submit(self, call: _Call[R], done: Done[R]) -> None:
+    def _submit(self, call: _Call[R], done: Done[R], *, now: bool = False) -> None:
         def finished(error: BaseException | None) -> None:
             error = error or call.error
             done(None if error else call.result, error)
 
         try:
-            self._committer.submit(call, finished)
+            (self._committer.submit_now if now else self._committer.submit)(call, finished)
         except OSError as exc:  # closed: shutting down
             done(None, exc)
 
