@@ -294,3 +294,42 @@ def test_a_full_disk_is_503_and_unhealthy(tmp_path: Path, app: AppStub) -> None:
         subprocess.run(["umount", "-l", str(mount)], check=False)
     assert statuses[0] == 200 and statuses[-1] == 503 and set(statuses) == {200, 503}
     assert health[0] == 503 and "cannot be written" in json.loads(health[1])["error"]
+
+
+def wal_syncers(wal: Path) -> list[int]:
+    """This process's children that sync ``wal`` (relay/walsync.py's helpers), zombies left out."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            if int(fields[1]) != os.getpid() or fields[0] == b"Z":
+                continue
+            links = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:
+            continue
+        if str(wal) in links:
+            found.append(int(entry))
+    return found
+
+
+def test_a_200_waits_for_a_sync_of_the_wal_and_without_one_the_answer_is_503(
+    tmp_path: Path, app: AppStub
+) -> None:
+    wal = tmp_path / "relay.sqlite-wal"
+    with running(tmp_path, {None: app.url}) as relay:
+        assert signed_post(port_of(relay), event_body(1)) == 200
+        syncers = wal_syncers(wal)
+        assert len(syncers) == 2  # the commits are synced by helper processes, not at commit
+        for pid in syncers:
+            os.kill(pid, 9)
+        wait_for(lambda: not wal_syncers(wal))
+        statuses = [signed_post(port_of(relay), event_body(n)) for n in (2, 3)]
+        admin = int(relay.admin_url.rsplit(":", 1)[1].strip("/"))
+        health = http_get(admin, "/health")
+        app.wait_taken(1, 10)
+    assert statuses == [503, 503]  # committed, maybe, but not known to be on disk: Inspera retries
+    assert health[0] == 503 and "sync process is gone" in json.loads(health[1])["error"]
+    assert [json.loads(d.body)["contextObjectId"] for d in app.taken()][:1] == [1]

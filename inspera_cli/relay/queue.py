@@ -1,7 +1,8 @@
 """The relay's queue: events received and not yet delivered, in one SQLite file.
 
 ``EventQueue`` is the small interface the relay needs; ``SQLiteQueue`` implements it with the
-standard library's ``sqlite3`` (WAL, ``synchronous=FULL``: a commit is on disk when it returns).
+standard library's ``sqlite3`` (WAL, ``synchronous=FULL``: a commit is on disk when it returns;
+the relay itself turns that off and syncs the WAL in helper processes, ``relay/walsync.py``).
 Another engine can implement the same Protocol. One process writes (the relay, on one thread);
 other processes (`relay status|events|retry|purge`) open the same file meanwhile -- WAL lets them
 read while the relay writes, and their few writes wait for the relay's short transactions.
@@ -284,6 +285,16 @@ class SQLiteQueue:
                     schema.upgrade(db, version)
                     self.upgraded_from = version
             self.version = schema.SCHEMA_VERSION
+
+    @property
+    def wal(self) -> Path:
+        """The WAL file, where a commit's pages go first."""
+        return self.path.with_name(self.path.name + "-wal")
+
+    def sync_commits(self, sync: bool) -> None:
+        """Whether a commit ends in an fsync of the WAL (``synchronous=FULL``, the default) or
+        leaves it to the caller (``NORMAL``: checkpoints still sync); before any transaction."""
+        self._db.execute(f"PRAGMA synchronous = {'FULL' if sync else 'NORMAL'}")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -31,6 +31,7 @@ from inspera_cli.relay.observe import Change, ChangeKind, Metrics
 from inspera_cli.relay.queue import SQLiteQueue
 from inspera_cli.relay.receiving import RelayPolicy
 from inspera_cli.relay.schedule import Clock, RetryPolicy, SystemClock
+from inspera_cli.relay.walsync import WalSync
 from inspera_cli.relay.worker import QueueWorker
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class Relay:
         """On the loop, before serving: the worker, the delivery lanes, the admin handler."""
         assert self._queue is not None and self._policy is not None
         self._loop = loop
-        self._worker = QueueWorker(self._queue, loop, self._policy.receive)
+        self._worker = QueueWorker(self._queue, loop, self._policy.receive, wal_sync=self._wal_sync(loop))
         urls = dict.fromkeys(self.config.routes.values())
         self._engine = DeliveryEngine(
             self._worker, urls, concurrency=self.config.concurrency, retry=self.retry, clock=self.clock,
@@ -162,6 +163,18 @@ class Relay:
                                write_problem=lambda: policy.write_problem if policy else None)
         self._admin = AdminServer(loop, handler)
         return self._worker
+
+    def _wal_sync(self, loop: asyncio.AbstractEventLoop) -> WalSync | None:
+        """Commits are synced by helper processes (relay/walsync.py); or, when none can start,
+        each commit syncs as it ends."""
+        assert self._queue is not None
+        try:
+            wal_sync = WalSync(self._queue.wal, loop)
+        except OSError as exc:
+            log.warning("cannot start the queue's sync processes (%s): each commit syncs itself", exc)
+            return None
+        self._queue.sync_commits(False)
+        return wal_sync
 
     def _changed(self, change: Change) -> None:
         self.metrics.count(change)

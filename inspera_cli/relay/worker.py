@@ -8,6 +8,8 @@ batch's writes in one SQLite transaction (one fsync): its events first, in one `
 error)`` comes back on the loop. A failed transaction fails every call in its batch (an event not
 committed is answered 503, never 200). The events of one turn travel as one call, and their
 outcomes come back in one callback (not one hand-off each: under load a turn carries dozens).
+With a ``WalSync`` (the queue then commits without an fsync), a write's ``done`` waits on the loop
+for a sync of the WAL that began after its commit returned; the thread goes on meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from inspera_cli.groupcommit import GroupCommit
 from inspera_cli.relay.queue import EventQueue, NewEvent, Stored
+from inspera_cli.relay.walsync import WalSync
 
 R = TypeVar("R")
 Done = Callable[[R | None, BaseException | None], None]
@@ -25,7 +28,7 @@ Receive = Callable[[EventQueue, list[NewEvent]], list[Stored]]
 
 
 class _Call(Generic[R]):
-    __slots__ = ("error", "fn", "new", "result", "writes")
+    __slots__ = ("commit", "error", "fn", "new", "result", "writes")
 
     def __init__(
         self, fn: Callable[[EventQueue], R] | None, writes: bool, new: list[NewEvent] | None = None
@@ -35,16 +38,22 @@ class _Call(Generic[R]):
         self.new = new
         self.result: R | None = None
         self.error: BaseException | None = None
+        self.commit = 0  # of a write: the number of the commit that made it
 
 
 class QueueWorker:
     """Runs calls on ``queue`` from one thread; see the module docstring. ``receive(queue, events)``
     queues a batch's events (on that thread) and says what became of each."""
 
-    def __init__(self, queue: EventQueue, loop: asyncio.AbstractEventLoop, receive: Receive) -> None:
+    def __init__(
+        self, queue: EventQueue, loop: asyncio.AbstractEventLoop, receive: Receive, *,
+        wal_sync: WalSync | None = None,
+    ) -> None:
         self.queue = queue
         self._loop = loop
         self._receive = receive
+        self._wal_sync = wal_sync
+        self._commits = 0  # on the thread: transactions committed
         self._committer: GroupCommit[_Call[Any]] = GroupCommit(self._run, loop=loop, name="relay-queue")
         self._turn: list[NewEvent] = []  # received during this turn of the loop
         self._turn_done: list[Done[Stored]] = []
@@ -92,6 +101,9 @@ class QueueWorker:
     def _submit(self, call: _Call[R], done: Done[R], *, now: bool = False) -> None:
         def finished(error: BaseException | None) -> None:
             error = error or call.error
+            if error is None and call.writes and self._wal_sync is not None:
+                self._wal_sync.after(call.commit, lambda bad: done(None if bad else call.result, bad))
+                return
             done(None if error else call.result, error)
 
         try:
@@ -100,8 +112,10 @@ class QueueWorker:
             done(None, exc)
 
     def close(self) -> None:
-        """Run what is queued, then stop the thread (the queue itself stays open)."""
+        """Run what is queued, then stop the thread (the queue itself stays open) and the syncs."""
         self._committer.close()
+        if self._wal_sync is not None:
+            self._wal_sync.close()
 
     def _run(self, calls: Sequence[_Call[Any]]) -> None:
         received = [call for call in calls if call.new is not None]
@@ -116,6 +130,11 @@ class QueueWorker:
                         call.result, start = stored[start:end], end
                 for call, fn in writes:
                     call.result = fn(self.queue)
+            self._commits += 1
+            for call in received:
+                call.commit = self._commits
+            for call, _ in writes:
+                call.commit = self._commits
         for call in calls:
             if not call.writes and call.fn is not None:
                 try:
