@@ -10,6 +10,7 @@ import random
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.utils import formatdate
@@ -22,6 +23,7 @@ from inspera_cli.relay.observe import Change, ChangeKind
 from inspera_cli.relay.queue import SQLiteQueue
 from inspera_cli.relay.service import Relay, RelayConfig
 from inspera_cli.signing import sign
+from tests.processes import running_with
 from tests.relay_harness import SECRET, AppStub, VirtualClock, event_body, http_get, signed_post
 
 pytestmark = pytest.mark.timeout(60)
@@ -296,36 +298,32 @@ def test_a_full_disk_is_503_and_unhealthy(tmp_path: Path, app: AppStub) -> None:
     assert health[0] == 503 and "cannot be written" in json.loads(health[1])["error"]
 
 
-def wal_syncers(wal: Path) -> list[int]:
-    """This process's children that sync ``wal`` (relay/walsync.py's helpers), zombies left out."""
+def wal_syncers(marker: str, wal: Path) -> list[int]:
+    """The processes started with ``marker`` in their environment that hold ``wal`` open: the
+    relay's sync helpers (relay/walsync.py)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in running_with(marker):
         try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-            if int(fields[1]) != os.getpid() or fields[0] == b"Z":
-                continue
-            links = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+            if str(wal) in [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]:
+                found.append(pid)
         except OSError:
             continue
-        if str(wal) in links:
-            found.append(int(entry))
     return found
 
 
 def test_a_200_waits_for_a_sync_of_the_wal_and_without_one_the_answer_is_503(
-    tmp_path: Path, app: AppStub
+    tmp_path: Path, app: AppStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wal = tmp_path / "relay.sqlite-wal"
+    marker = f"RELAY_WAL_TEST={uuid.uuid4().hex}"
+    monkeypatch.setenv(*marker.split("="))  # what the helpers are started with
     with running(tmp_path, {None: app.url}) as relay:
         assert signed_post(port_of(relay), event_body(1)) == 200
-        syncers = wal_syncers(wal)
+        syncers = wal_syncers(marker, wal)
         assert len(syncers) == 2  # the commits are synced by helper processes, not at commit
         for pid in syncers:
             os.kill(pid, 9)
-        wait_for(lambda: not wal_syncers(wal))
+        wait_for(lambda: not wal_syncers(marker, wal))
         statuses = [signed_post(port_of(relay), event_body(n)) for n in (2, 3)]
         admin = int(relay.admin_url.rsplit(":", 1)[1].strip("/"))
         health = http_get(admin, "/health")

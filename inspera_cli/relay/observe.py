@@ -26,7 +26,7 @@ class ChangeKind(StrEnum):
     DEAD = "dead"  # failed until --max-age: kept, listed, retryable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per event, and a frozen __init__ costs ~4x
 class Change:
     kind: ChangeKind
     at: float

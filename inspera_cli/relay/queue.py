@@ -51,9 +51,9 @@ class State(StrEnum):
     DEAD = "dead"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that __init__ sets each field through object.__setattr__
 class NewEvent:
-    """A signed event to queue, as received."""
+    """A signed event to queue, as received (one per request: nothing changes it)."""
 
     body: bytes
     url: str
@@ -63,7 +63,7 @@ class NewEvent:
     signature: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as NewEvent: one per event
 class Stored:
     """The outcome of queuing one event: its id, and whether the same body was already queued."""
 
@@ -71,7 +71,7 @@ class Stored:
     duplicate: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as NewEvent: one per delivery
 class QueuedEvent:
     """A pending event, claimed for delivery."""
 
@@ -148,8 +148,9 @@ class QueueStats:
 
 
 class EventQueue(Protocol):
-    """What the relay needs from a queue. Writes are durable when they return; ``transaction``
-    groups several into one commit (group commit)."""
+    """What the relay needs from a queue. Writes are durable when they return (``SQLiteQueue``:
+    unless told ``sync_commits(False)``, when its caller syncs the WAL); ``transaction`` groups
+    several into one commit (group commit)."""
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
