@@ -66,7 +66,8 @@ class SyncProcess:
     the loop with its outcome. One request at a time: the next after the last answer."""
 
     def __init__(self, path: str | os.PathLike[str], fd: int, loop: asyncio.AbstractEventLoop,
-                 synced: Synced) -> None:
+                 synced: Synced, what: str = "the record file") -> None:
+        self._what = what  # what the messages call the file
         self._loop = loop
         self._synced = synced
         self._gone: OSError | None = None
@@ -131,15 +132,15 @@ class SyncProcess:
         self._synced(None if code == 0 else OSError(code, os.strerror(code)))
 
     def _lost(self, reason: str) -> None:
-        log.warning("the record file's sync process is gone: %s", reason)
-        self._gone = OSError(errno.EIO, f"the record file's sync process is gone: {reason}")
+        log.warning("%s's sync process is gone: %s", self._what, reason)
+        self._gone = OSError(errno.EIO, f"{self._what}'s sync process is gone: {reason}")
         self._loop.remove_reader(self._answers)
 
     def close(self) -> None:
         """On the loop: stop the helper (it has answered every request by then)."""
         if self._gone is None:
             self._loop.remove_reader(self._answers)  # a no-op before it was added
-            self._gone = OSError(errno.EIO, "the record file is closed")
+            self._gone = OSError(errno.EIO, f"{self._what} is closed")
         for pipe in (self._process.stdin, self._process.stdout):
             if pipe is not None:
                 pipe.close()
@@ -170,7 +171,7 @@ class SyncPool:
     on the loop for each sync; ``synced(None, None)`` when a forgotten one ends (a helper freed)."""
 
     def __init__(self, path: str | os.PathLike[str], fd: int, loop: asyncio.AbstractEventLoop,
-                 synced: PoolSynced, size: int = 2) -> None:
+                 synced: PoolSynced, size: int = 2, what: str = "the record file") -> None:
         self._synced = synced
         self._loop = loop
         self._helpers: list[SyncProcess] = []
@@ -178,7 +179,9 @@ class SyncPool:
         self._current: list[bool] = []  # its outcome still counts (not forgotten)
         try:
             for index in range(size):
-                self._helpers.append(SyncProcess(path, fd, loop, functools.partial(self._answered, index)))
+                self._helpers.append(
+                    SyncProcess(path, fd, loop, functools.partial(self._answered, index), what)
+                )
                 self._targets.append(None)
                 self._current.append(True)
         except OSError:

@@ -46,7 +46,7 @@ class WalSync:
 
         fd = os.open(wal, os.O_RDONLY)
         try:
-            self._pool: SyncPool = SyncPool(wal, fd, loop, self._synced)
+            self._pool: SyncPool = SyncPool(wal, fd, loop, self._synced, what="the relay queue")
         finally:
             os.close(fd)
         self._loop = loop
