@@ -174,7 +174,7 @@ class FakeHelper:
 
     made: list[FakeHelper] = []
 
-    def __init__(self, path: Any, fd: int, loop: Any, synced: Any) -> None:
+    def __init__(self, path: Any, fd: int, loop: Any, synced: Any, what: str = "") -> None:
         self.synced = synced
         self.asked = 0
         self.gone = False
