@@ -94,8 +94,24 @@ def regular_file_head(path: str | os.PathLike[str], size: int) -> bytes | None:
         os.close(fd)
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries durable (a file created in it survives a power loss), where
+    the system can; best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file atomically with mode 0600 (temp file in the same folder, fsync, rename).
+    """Write a file atomically with mode 0600 (temp file in the same folder, fsync, rename, and
+    the folder synced so that the rename survives a power loss too).
 
     The temp file is created exclusively: a stale one (or a link planted in its place) is
     removed, never written through.
@@ -117,6 +133,7 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
 
 
 @contextmanager

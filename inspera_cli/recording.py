@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from inspera_cli.errors import ConfigError
-from inspera_cli.files import PRIVATE_MODE, open_private, regular_file_head
+from inspera_cli.files import PRIVATE_MODE, fsync_directory, open_private, regular_file_head
 from inspera_cli.groupcommit import DirectCallback, Done, hand_back, wait_for
 from inspera_cli.sending import CONTENT_TYPE
 from inspera_cli.webhook_body import VERIFICATION, parse_event
@@ -136,7 +136,7 @@ class RecordWriter:
         self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             if not existed:
-                _fsync_dir(self.path.parent)  # make the new directory entry durable too
+                fsync_directory(self.path.parent)  # make the new directory entry durable too
             self._size = os.fstat(self._fd).st_size  # whole lines written (not all durable yet)
             self._broken: OSError | None = None
             self._end_torn_line()
@@ -323,19 +323,6 @@ _CLOSE_WAIT = 30  # seconds close() waits for the last sync's outcome
 # fdatasync flushes an append's data and the new file size (what reading it back needs) and
 # skips the times; fsync where there is no fdatasync.
 _sync = getattr(os, "fdatasync", os.fsync)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- reading ------------------------------------------------------------------------------------

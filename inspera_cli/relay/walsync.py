@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from inspera_cli.files import fsync_directory
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -49,6 +51,10 @@ class WalSync:
             self._pool: SyncPool = SyncPool(wal, fd, loop, self._synced, what="the relay queue")
         finally:
             os.close(fd)
+        # The WAL may be new (SQLite removes it when the last connection closes): a sync of the
+        # file does not make its directory entry durable, and SQLite would sync the directory
+        # only at the first checkpoint, a thousand pages on.
+        fsync_directory(wal.parent)
         self._loop = loop
         self._waiting: deque[tuple[int, Synced]] = deque()  # (commit, done), commits in order
         self._durable = 0  # every commit up to this one is on disk
