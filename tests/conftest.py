@@ -47,6 +47,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[:] = ordered
 
 
+@pytest.fixture(autouse=True)
+def interpreter_per_child(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test about the process itself (start-up, memory, the entry point) starts each CLI child
+    in a new interpreter, never from the fork server (tests/forkserver.py)."""
+    if request.node.get_closest_marker("fresh_interpreter"):
+        from tests import forkserver
+
+        monkeypatch.setattr(forkserver, "fresh_interpreter", True)
+
+
 SANDBOX_CLIENT_ID = "sandbox"
 SANDBOX_API_KEY = "sandbox-key-for-tests-9f1c"
 

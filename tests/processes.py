@@ -7,6 +7,8 @@
   Ctrl-C test would signal a program that cannot hear it.
 - ``LineProcess`` reads a child's output as lines in the background, for tests that watch it.
 - ``Terminal`` runs the CLI on a pty of a given width, as a person runs it.
+- ``popen``/``run`` of ``CLI`` come from the fork server (tests/forkserver.py) where a fork cannot
+  be told from a new interpreter: no interpreter start and no typer/rich/requests import per child.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tests import forkserver
+
 CLI = [sys.executable, "-m", "inspera_cli"]
 STANDINS = os.path.join(os.path.dirname(__file__), "standins")
 
@@ -43,6 +47,9 @@ def default_signals() -> None:
 
 
 def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    server = forkserver.server_for(argv, kwargs)
+    if server is not None:
+        return forkserver.ForkedPopen(server, argv, **kwargs)
     return subprocess.Popen(argv, preexec_fn=default_signals, **kwargs)
 
 
@@ -50,6 +57,11 @@ def run(
     argv: list[str], *, also_in_child: Callable[[], None] | None = None, **kwargs: Any
 ) -> subprocess.CompletedProcess[Any]:
     """``subprocess.run`` with default signals; ``also_in_child`` runs in the child first (limits)."""
+    server = None if also_in_child else forkserver.server_for(
+        argv, {name: value for name, value in kwargs.items()
+               if name not in ("input", "capture_output", "timeout", "check")})
+    if server is not None:
+        return forkserver.run(server, argv, **kwargs)
 
     def prepare() -> None:
         default_signals()
