@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import CLI, run
 
 
@@ -20,6 +22,7 @@ def test_demo_in_process_shows_the_verified_event(cli):
     ) < out.index("4. inspera-hooks list") < out.index("5. inspera-hooks delete")
 
 
+@pytest.mark.fresh_interpreter
 def test_demo_entry_point_exits_0_without_any_settings(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("INSPERA_")}
     env["HOME"] = str(tmp_path)

@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.processes import CLI, popen, run
 from tests.stub_server import Reply
+
+pytestmark = pytest.mark.fresh_interpreter
 
 
 def test_ctrl_c_exits_130_without_traceback(stub, tmp_path):

@@ -693,6 +693,7 @@ def hold_bodies(port: int, count: int, size: int) -> list[socket.socket]:
     return held
 
 
+@pytest.mark.fresh_interpreter
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 def test_memory_stays_bounded_with_300_held_one_mib_bodies() -> None:
     """The defect: 300 unsigned 1 MiB bodies in flight took 364 MB. Body bytes beyond the first

@@ -267,6 +267,7 @@ def test_canary_no_command_shows_the_key_token_or_secret(cli, receiver, monkeypa
         assert not _leaks(path.read_text(errors="replace"), secrets), path
 
 
+@pytest.mark.fresh_interpreter
 def test_canary_debug_traceback_in_a_real_process(tmp_path):
     """Python's own traceback path: a subprocess with --debug, the tenant echoing the key."""
     from tests.processes import CLI, run

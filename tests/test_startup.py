@@ -30,6 +30,8 @@ from tests.stub_server import StubInspera
 from tests.test_completion import program
 from tests.test_help import COMMANDS
 
+pytestmark = pytest.mark.fresh_interpreter  # start-up and imports are this file's subject
+
 # Modules no command needs before it does its work (a table, an HTTP request, a server).
 HEAVY = (
     "requests",
