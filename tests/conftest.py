@@ -26,6 +26,22 @@ sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The xdist controller imports the test modules (and compiles the package) once, before the
+    workers start: pytest rewrites a test module's asserts on import and caches the result in
+    __pycache__, so the workers read it instead of each rewriting and compiling everything again
+    (a first run: about 1.5 s of CPU per worker)."""
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        return
+    import compileall
+    import importlib
+
+    import inspera_cli
+
+    compileall.compile_dir(os.path.dirname(inspera_cli.__file__), quiet=1)
+    for module in sorted(Path(__file__).parent.glob("test_*.py")):
+        importlib.import_module(f"tests.{module.stem}")
+
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
