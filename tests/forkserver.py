@@ -37,8 +37,9 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from inspect import signature
 from typing import Any
 
-# What a CLI child imports from outside the package (and the standard library they pull in).
-PRELOAD = ("typer", "rich.console", "requests", "platformdirs", "shellingham", "annotated_doc")
+# What CLI children import from outside the package (and the standard library that pulls in).
+PRELOAD = ("typer", "rich.console", "rich.markup", "requests", "platformdirs", "shellingham",
+           "annotated_doc", "filelock", "tomli_w", "tomllib", "asyncio", "httptools", "uvloop")
 # Read by the interpreter as it starts, before any module: these must equal the server's.
 STARTUP_VARIABLES = ("LANG", "LANGUAGE", "TZ", "OPENSSL_CONF", "SSL_CERT_FILE", "SSL_CERT_DIR")
 STARTUP_PREFIXES = ("PYTHON", "LC_")
