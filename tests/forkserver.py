@@ -190,6 +190,7 @@ def become_cli(request: dict[str, Any], stdio: list[int]) -> None:
 
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the test run: it ends with the run
     startup_environment = dict(os.environ)  # as the interpreter left it (a coerced locale shows)
     reads = preload()
     # Out of the collector's reach: a child's collections (and the one at its exit) would otherwise
