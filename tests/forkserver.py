@@ -8,7 +8,7 @@ working directory, an empty ``__main__``) and runs the package's ``__main__`` as
 does. ``ForkedPopen`` is ``subprocess.Popen`` with the process started that way: the pid is the
 real child's, the exit status comes back from the server (the child's parent).
 
-What a fork could show differently goes to a real interpreter instead (``popen_kind``): an
+What a fork could show differently goes to a real interpreter instead (``server_for``): an
 environment that differs from the server's in what the interpreter reads as it starts (PYTHON*,
 locale, TZ, OpenSSL) or in a variable a preloaded module read as it was imported (recorded while
 preloading). Tests about the process itself (start-up imports, memory, the entry point) are marked
@@ -99,8 +99,7 @@ def serve(control: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
     while True:
         ready = select.select([control, wake_read], [], [])[0]
         if wake_read in ready:
-            while os.read(wake_read, 512) == 512:
-                pass
+            os.read(wake_read, 4096)  # what is left wakes the next select: nothing is missed
             report_exits(exits)
         if control not in ready:
             continue
@@ -191,6 +190,7 @@ def become_cli(request: dict[str, Any], stdio: list[int]) -> None:
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the test run: it ends with the run
+    sys.path[0] = os.getcwd()  # as for `-m` in "/": not tests/, whose modules could shadow others
     startup_environment = dict(os.environ)  # as the interpreter left it (a coerced locale shows)
     reads = preload()
     # Out of the collector's reach: a child's collections (and the one at its exit) would otherwise
@@ -202,7 +202,6 @@ def main() -> None:
     child = serve(control)
     if child is not None:
         become_cli(*child)
-
 
 
 # -- the test side ----------------------------------------------------------------------------------
@@ -239,7 +238,7 @@ class ForkServer:
     """The server process of this test process, and what it can start faithfully."""
 
     def __init__(self) -> None:
-        self.environment = dict(os.environ)
+        self.environment = process_environment()
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
