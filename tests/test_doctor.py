@@ -334,8 +334,11 @@ def test_endpoint_slower_than_inspera_waits(
         result = cli("doctor", "--endpoint", url, "--json", expect=1)
     assert failing(result.json) == [doctor_checks.ENDPOINT_VALIDATION]
     validation = by_name(result.json)[doctor_checks.ENDPOINT_VALIDATION]
-    assert re.fullmatch(r"answered 200 OK in 4\d\d ms", validation["detail"])
-    assert validation["fix"].startswith("took 0.4 s: Inspera gives up after 0.3 s; answer at once")
+    # 0.4 s and what a loaded machine adds (it measured 500 ms with the load at 10 on 2 cores).
+    answered = re.fullmatch(r"answered 200 OK in (\d+) ms", validation["detail"])
+    assert answered and 400 <= int(answered[1]) < 1000, validation["detail"]
+    took = re.match(r"took (\d\.\d) s: Inspera gives up after 0\.3 s; answer at once", validation["fix"])
+    assert took and abs(float(took[1]) - int(answered[1]) / 1000) <= 0.051, validation["fix"]
 
 
 def test_endpoint_that_never_answers(trusted: trustme.CA) -> None:
