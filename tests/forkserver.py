@@ -3,10 +3,11 @@
 One server per test process (started on first use) has imported the third-party modules a CLI child
 imports (typer, rich, requests, ...), never inspera_cli itself. For each child it forks; the fork
 takes the test's stdin/stdout/stderr, argv, environment, working directory and umask, gets what a
-new interpreter would have (SIGINT at Python's default, fresh sys.std* streams, ``sys.path[0]`` the
-working directory, an empty ``__main__``) and runs the package's ``__main__`` as ``python -m``
-does. ``ForkedPopen`` is ``subprocess.Popen`` with the process started that way: the pid is the
-real child's, the exit status comes back from the server (the child's parent).
+new interpreter would have (SIGINT at Python's default, SIGHUP at the system's, fresh sys.std*
+streams, ``sys.path[0]`` the working directory, an empty ``__main__``) and runs the package's
+``__main__`` as ``python -m`` does. ``ForkedPopen`` is ``subprocess.Popen`` with the process
+started that way: the pid is the real child's, the exit status comes back from the server (the
+child's parent).
 
 What a fork could show differently goes to a real interpreter instead (``server_for``): an
 environment that differs from the server's in what the interpreter reads as it starts (PYTHON*,
@@ -167,7 +168,8 @@ def become_cli(request: dict[str, Any], stdio: list[int]) -> None:
     for number, fd in enumerate(stdio):
         os.dup2(fd, number)
     close_other_fds()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python sets an inherited SIG_DFL
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as processes.default_signals
     os.umask(request["umask"])
     if request["start_new_session"]:
         os.setsid()

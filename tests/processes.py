@@ -2,9 +2,9 @@
 
 - ``CLI`` runs the package with the interpreter that runs the tests, so an un-activated venv
   (``venv/bin/pytest``) tests its own install, never an ``inspera-hooks`` found on PATH.
-- ``popen``/``run`` start children with SIGINT at its default: under ``nohup`` or as a background
-  job, a shell starts the test run with SIGINT ignored and children would inherit that, so a
-  Ctrl-C test would signal a program that cannot hear it.
+- ``popen``/``run`` start children with SIGINT and SIGHUP at their defaults: under ``nohup`` or as
+  a background job, a shell starts the test run with them ignored and children would inherit that,
+  so a Ctrl-C or hang-up test would signal a program that cannot hear it.
 - ``LineProcess`` reads a child's output as lines in the background, for tests that watch it.
 - ``Terminal`` runs the CLI on a pty of a given width, as a person runs it.
 - ``popen``/``run`` of ``CLI`` come from the fork server (tests/forkserver.py) where a fork cannot
@@ -42,8 +42,10 @@ def standins_first(search_path: str) -> str:
 
 
 def default_signals() -> None:
-    """preexec_fn: what an interactive shell gives a program it starts in the foreground."""
+    """preexec_fn: what an interactive shell gives a program it starts in the foreground (under
+    ``nohup`` SIGHUP is ignored too, and a closed terminal would not reach the program)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:

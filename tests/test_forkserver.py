@@ -3,6 +3,7 @@ reports what a program can see of how it was started, and the reports must be eq
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pty
@@ -119,7 +120,8 @@ def test_a_terminal_on_stdout_makes_it_line_buffered_in_both(
     monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # unbuffered, nothing is line-buffered
     server = forkserver.ForkServer()
     reports = []
-    for start in (subprocess.Popen, lambda argv, **kw: forkserver.ForkedPopen(server, argv, **kw)):
+    new_interpreter = functools.partial(subprocess.Popen, preexec_fn=processes.default_signals)
+    for start in (new_interpreter, functools.partial(forkserver.ForkedPopen, server)):
         leader, follower = pty.openpty()
         with start([sys.executable, "-m", "probe"], cwd=probe, stdout=follower, stdin=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL) as child:
