@@ -97,7 +97,7 @@ def test_the_same_body_within_max_age_is_stored_once(queue: SQLiteQueue) -> None
     first, again = queue.enqueue([new(1), new(1)], now=T0, dedupe_since=T0 - 60)
     assert again.duplicate and again.id == first.id and not first.duplicate
     later = queue.enqueue([new(1)], now=T0 + 30, dedupe_since=T0 + 30 - 60)[0]
-    assert later == first.__class__(first.id, True)
+    assert later == first.__class__(first.id, True, T0 + 30)
     beyond = queue.enqueue([new(1)], now=T0 + 100, dedupe_since=T0 + 100 - 60)[0]
     assert not beyond.duplicate and beyond.id != first.id
     assert queue.stats(now=T0 + 100).pending == 2

@@ -65,10 +65,12 @@ class NewEvent:
 
 @dataclass(slots=True)  # not frozen, as NewEvent: one per event
 class Stored:
-    """The outcome of queuing one event: its id, and whether the same body was already queued."""
+    """The outcome of queuing one event: its id, whether the same body was already queued, and
+    when this copy was taken (for a new event its ``received_at``, from which --max-age counts)."""
 
     id: str
     duplicate: bool
+    at: float
 
 
 @dataclass(slots=True)  # not frozen, as NewEvent: one per delivery
@@ -334,13 +336,13 @@ class SQLiteQueue:
             for i, (new, digest) in enumerate(zip(events, digests, strict=True)):
                 before = latest.get(digest)
                 if before is not None and before[1] >= dedupe_since:
-                    stored.append(Stored(before[0], True))
+                    stored.append(Stored(before[0], True, now))
                     continue
                 event_id = ids[32 * i:32 * i + 32]
                 latest[digest] = (event_id, now)  # a later copy in this batch is its duplicate
                 rows.append((event_id, digest, new.event, new.context_object_id, new.url, new.body,
                              new.content_type, new.signature, now, now, now))
-                stored.append(Stored(event_id, False))
+                stored.append(Stored(event_id, False, now))
             for start in range(0, len(rows), ROWS_PER_INSERT):
                 chunk = rows[start:start + ROWS_PER_INSERT]
                 self._db.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])

@@ -82,8 +82,9 @@ class RelayPolicy(ReceiverPolicy):
             self.write_problem = None
             respond(Answer(HTTPStatus.OK, _OK), check.report(request, HTTPStatus.OK, recorded=True))
             kind = ChangeKind.DUPLICATE if stored.duplicate else ChangeKind.RECEIVED
-            at = self._clock.now()
-            self._on_change(Change(kind, at, stored.id, check.event, check.context_object_id, url))
+            # The time it was queued at, from which --max-age counts: the answer waits for a
+            # sync of the disk, and meanwhile the clock goes on (an injected one, hours).
+            self._on_change(Change(kind, stored.at, stored.id, check.event, check.context_object_id, url))
 
         self._worker.enqueue(new, committed)
 
