@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import signal
 import sys
 import termios
 import time
@@ -153,6 +154,13 @@ def test_closing_the_terminal_deletes_what_listen_subscribed(sandbox: Any) -> No
     assert term.read_until("Subscribed:"), term.screen
     assert len(sandbox.subscriptions()) == 1
     os.close(term.leader)  # the window closes: the terminal hangs up
-    _, status = os.waitpid(term.pid, 0)
+    deadline = time.monotonic() + 30
+    while (ended := os.waitpid(term.pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if ended[0] == 0:  # never left running after the test
+        os.kill(term.pid, signal.SIGKILL)
+        os.waitpid(term.pid, 0)
+        pytest.fail("listen did not end when its terminal hung up")
+    status = ended[1]
     assert sandbox.subscriptions() == []
     assert os.WIFEXITED(status)  # it ran its cleanup and exited; SIGHUP's default killed it
