@@ -19,6 +19,7 @@ the next --max-backoff.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -163,7 +164,14 @@ class DeliveryEngine:
         while lane.ready and len(lane.running) < slots and not self._stopping:
             task = asyncio.create_task(self._attempt(lane, lane.ready.popleft()))
             lane.running.add(task)
-            task.add_done_callback(lane.running.discard)
+            task.add_done_callback(functools.partial(self._ended, lane))
+
+    def _ended(self, lane: _Lane, task: asyncio.Task[None]) -> None:
+        """An attempt's task ended: its slot is free, so the next ready event starts. (Starting it
+        from the attempt's own outcome is not enough: that may run before the task has ended,
+        while the slot still counts as taken -- one slot in a flood, and nothing went on.)"""
+        lane.running.discard(task)
+        self._start(lane)
 
     async def _sleep(self) -> None:
         """Until new work may be due: a notification, the next due time (on the clock), or the
