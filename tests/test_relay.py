@@ -331,3 +331,41 @@ def test_a_200_waits_for_a_sync_of_the_wal_and_without_one_the_answer_is_503(
     assert statuses == [503, 503]  # committed, maybe, but not known to be on disk: Inspera retries
     assert health[0] == 503 and "sync process is gone" in json.loads(health[1])["error"]
     assert [json.loads(d.body)["contextObjectId"] for d in app.taken()][:1] == [1]
+
+
+def test_while_another_process_holds_the_write_lock_events_wait_and_the_relay_serves_on(
+    tmp_path: Path, app: AppStub
+) -> None:
+    """`relay retry` or `purge` in another process holds the queue's write lock: an event is not
+    acknowledged before it is written (it waits, then 200), and meanwhile the relay still answers
+    what needs no write -- the batch waits off the event loop, never blocking it. A lock held past
+    the usual 5 s: 503, so that Inspera retries."""
+    import sqlite3
+
+    from inspera_cli.webhook_body import verification_body
+
+    with running(tmp_path, {None: app.url}) as relay:
+        holder = sqlite3.connect(tmp_path / "relay.sqlite", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        answers: list[int | None] = []
+        waiting = threading.Thread(target=lambda: answers.append(signed_post(port_of(relay), event_body(1))))
+        waiting.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert signed_post(port_of(relay), verification_body()) == 200  # no write: answered at once
+        assert time.monotonic() - started < 0.5
+        assert waiting.is_alive() and answers == []  # not acknowledged while it cannot be written
+        holder.execute("COMMIT")
+        waiting.join(10)
+        assert answers == [200]
+        app.wait_taken(1, 15)
+
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        try:
+            assert signed_post(port_of(relay), event_body(2), timeout=15) == 503
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert 4.5 < time.monotonic() - started < 10
+        assert signed_post(port_of(relay), event_body(2)) == 200  # free again: taken

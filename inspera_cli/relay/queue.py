@@ -206,6 +206,11 @@ class EventQueue(Protocol):
     def close(self) -> None: ...
 
 
+def busy(exc: BaseException) -> bool:
+    """Another connection holds the write lock (SQLITE_BUSY)."""
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
+
+
 def default_queue_path() -> Path:
     """``relay.sqlite`` in the user's data directory (platformdirs)."""
     from platformdirs import user_data_dir
@@ -293,6 +298,12 @@ class SQLiteQueue:
     def wal(self) -> Path:
         """The WAL file, where a commit's pages go first."""
         return self.path.with_name(self.path.name + "-wal")
+
+    def wait_for_locks(self, wait: bool) -> None:
+        """Whether a write waits (up to BUSY_TIMEOUT_MS) while another process holds the write
+        lock, or fails at once with ``sqlite3.OperationalError`` "database is locked" (``busy``):
+        a caller on an event loop must not block it, and tries again later itself."""
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS if wait else 0}")
 
     def sync_commits(self, sync: bool) -> None:
         """Whether a commit ends in an fsync of the WAL (``synchronous=FULL``, the default) or

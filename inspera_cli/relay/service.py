@@ -174,6 +174,7 @@ class Relay:
             log.warning("cannot start the queue's sync processes (%s): each commit syncs itself", exc)
             return None
         self._queue.sync_commits(False)
+        self._queue.wait_for_locks(False)  # the batches then run on the loop: see relay/worker.py
         return wal_sync
 
     def _changed(self, change: Change) -> None:

@@ -9,7 +9,13 @@ error)`` comes back on the loop. A failed transaction fails every call in its ba
 committed is answered 503, never 200). The events of one turn travel as one call, and their
 outcomes come back in one callback (not one hand-off each: under load a turn carries dozens).
 With a ``WalSync`` (the queue then commits without an fsync), a write's ``done`` waits on the loop
-for a sync of the WAL that began after its commit returned; the thread goes on meanwhile.
+for a sync of the WAL that began after its commit returned -- and then there is no thread: the
+batch runs on the loop itself, at the end of the turn. A commit that does not wait for the disk
+takes a few hundred µs; handing it to a thread and back cost more than that, in the GIL passed
+to and fro and the threads' wake-ups (measured under wrk at 32 connections: 110 -> 74 µs of CPU
+per event, 8,200 -> 13,300 events/s). Then the queue must not wait for a lock on the loop: while
+another process (`relay retry`, `purge`) holds the write lock, the batch is tried again every
+few ms, up to the usual BUSY_TIMEOUT_MS, and the loop serves on meanwhile.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from inspera_cli.groupcommit import GroupCommit
-from inspera_cli.relay.queue import EventQueue, NewEvent, Stored
+from inspera_cli.groupcommit import CommitterClosed, GroupCommit
+from inspera_cli.relay.queue import BUSY_TIMEOUT_MS, EventQueue, NewEvent, Stored, busy
 from inspera_cli.relay.walsync import WalSync
 
 R = TypeVar("R")
 Done = Callable[[R | None, BaseException | None], None]
 Receive = Callable[[EventQueue, list[NewEvent]], list[Stored]]
+Finished = Callable[[BaseException | None], None]
+BUSY_RETRY = 0.005  # seconds between tries while another process holds the write lock
 
 
 class _Call(Generic[R]):
@@ -53,8 +61,13 @@ class QueueWorker:
         self._loop = loop
         self._receive = receive
         self._wal_sync = wal_sync
-        self._commits = 0  # on the thread: transactions committed
-        self._committer: GroupCommit[_Call[Any]] = GroupCommit(self._run, loop=loop, name="relay-queue")
+        self._commits = 0  # on the thread (or the loop): transactions committed
+        self._committer: GroupCommit[_Call[Any]] | None = (
+            None if wal_sync is not None else GroupCommit(self._run, loop=loop, name="relay-queue"))
+        self._batch: list[tuple[_Call[Any], Finished]] = []  # on the loop, without a committer
+        self._batch_due = False  # a run of the batch is scheduled
+        self._busy_since: float | None = None
+        self._closed = False
         self._turn: list[NewEvent] = []  # received during this turn of the loop
         self._turn_done: list[Done[Stored]] = []
 
@@ -106,16 +119,86 @@ class QueueWorker:
                 return
             done(None if error else call.result, error)
 
+        if self._committer is None:
+            self._add(call, finished, now=now)
+            return
         try:
             (self._committer.submit_now if now else self._committer.submit)(call, finished)
         except OSError as exc:  # closed: shutting down
             done(None, exc)
 
+    def _add(self, call: _Call[Any], finished: Finished, *, now: bool = False) -> None:
+        """On the loop: into the batch run at the end of this turn (``now``: at once, with what
+        is waiting -- the events of a turn, gathered by ``_end_of_turn``; unless a lock is)."""
+        if self._closed:
+            finished(CommitterClosed("closed: nothing more is committed"))
+            return
+        self._batch.append((call, finished))
+        if now and self._busy_since is None:
+            self._run_batch()
+        elif not self._batch_due:
+            self._batch_due = True
+            self._loop.call_soon(self._run_batch)
+
+    def _run_batch(self) -> None:
+        """On the loop: what the committer thread does with a batch."""
+        self._batch_due = False
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        error: BaseException | None = None
+        try:
+            self._run([call for call, _ in batch])
+        except Exception as exc:
+            now = self._loop.time()
+            if busy(exc) and not self._closed and now - (self._busy_since or now) < BUSY_TIMEOUT_MS / 1000:
+                self._busy_since = self._busy_since or now
+                self._batch[:0] = batch  # first, when tried again
+                self._batch_due = True
+                self._loop.call_later(BUSY_RETRY, self._run_batch)
+                return
+            error = exc
+        self._busy_since = None
+        for _, finished in batch:
+            finished(error)
+
     def close(self) -> None:
-        """Run what is queued, then stop the thread (the queue itself stays open) and the syncs."""
-        self._committer.close()
+        """Run what is queued, then stop the thread (the queue itself stays open) and the syncs.
+        Without a thread, the batch left runs on the loop (waited for, from another thread)."""
+        if self._committer is not None:
+            self._committer.close()
+        else:
+            self._close_batch()
         if self._wal_sync is not None:
             self._wal_sync.close()
+
+    def _close_batch(self) -> None:
+        def last_run() -> None:
+            self._closed = True
+            self._run_batch()
+
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop or not self._loop.is_running():
+            last_run()
+            return
+        import concurrent.futures
+
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run_and_tell() -> None:
+            try:
+                last_run()
+            finally:
+                done.set_result(None)
+
+        self._loop.call_soon_threadsafe(run_and_tell)
+        try:
+            done.result(BUSY_TIMEOUT_MS / 1000 + 30)
+        except concurrent.futures.TimeoutError:
+            self._closed = True
 
     def _run(self, calls: Sequence[_Call[Any]]) -> None:
         received = [call for call in calls if call.new is not None]
