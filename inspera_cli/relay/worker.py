@@ -12,8 +12,8 @@ With a ``WalSync`` (the queue then commits without an fsync), a write's ``done``
 for a sync of the WAL that began after its commit returned -- and then there is no thread: the
 batch runs on the loop itself, at the end of the turn. A commit that does not wait for the disk
 takes a few hundred µs; handing it to a thread and back cost more than that, in the GIL passed
-to and fro and the threads' wake-ups (measured under wrk at 32 connections: 110 -> 74 µs of CPU
-per event, 8,200 -> 13,300 events/s). Then the queue must not wait for a lock on the loop: while
+to and fro and the threads' wake-ups (bench_relay, accept rate / listen --record: 0.52 -> 0.60 at
+32 connections, 0.88 -> 0.97 at 256). Then the queue must not wait for a lock on the loop: while
 another process (`relay retry`, `purge`) holds the write lock, the batch is tried again every
 few ms, up to the usual BUSY_TIMEOUT_MS, and the loop serves on meanwhile.
 """
