@@ -164,6 +164,25 @@ def wait_for(start: Callable[[DirectCallback], None], timeout: float | None = No
         raise outcome[0]
 
 
+def run_on_loop(loop: asyncio.AbstractEventLoop, function: Callable[[], None], timeout: float) -> None:
+    """Run ``function`` on ``loop``: now, when called on the loop or once it has stopped; else
+    (from another thread) on the loop, waiting for it up to ``timeout`` (then TimeoutError)."""
+    import asyncio
+
+    try:
+        on_loop = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        on_loop = False
+    if on_loop or not loop.is_running():
+        function()
+        return
+    asyncio.run_coroutine_threadsafe(_call(function), loop).result(timeout)
+
+
+async def _call(function: Callable[[], None]) -> None:
+    function()
+
+
 class DirectCallback:
     """A callback run on the committing thread itself (a caller blocked waiting for it)."""
 

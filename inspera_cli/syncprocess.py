@@ -212,21 +212,10 @@ class SyncPool:
 
     def close(self) -> None:
         """Stop every helper: on the loop, from any thread (waiting for it), or once it stopped."""
-        import asyncio
+        from inspera_cli.groupcommit import run_on_loop
 
         def stop() -> None:
             for helper in self._helpers:
                 helper.close()
 
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop or not self._loop.is_running():
-            stop()
-            return
-        asyncio.run_coroutine_threadsafe(_call(stop), self._loop).result(_STOP_TIME)
-
-
-async def _call(function: Callable[[], None]) -> None:
-    function()
+        run_on_loop(self._loop, stop, _STOP_TIME)

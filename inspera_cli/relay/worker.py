@@ -24,7 +24,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from inspera_cli.groupcommit import CommitterClosed, GroupCommit
+from inspera_cli.groupcommit import CommitterClosed, GroupCommit, run_on_loop
 from inspera_cli.relay.queue import BUSY_TIMEOUT_MS, EventQueue, NewEvent, Stored, busy
 from inspera_cli.relay.walsync import WalSync
 
@@ -178,26 +178,8 @@ class QueueWorker:
             self._run_batch()
 
         try:
-            on_loop = asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop or not self._loop.is_running():
-            last_run()
-            return
-        import concurrent.futures
-
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def run_and_tell() -> None:
-            try:
-                last_run()
-            finally:
-                done.set_result(None)
-
-        self._loop.call_soon_threadsafe(run_and_tell)
-        try:
-            done.result(BUSY_TIMEOUT_MS / 1000 + 30)
-        except concurrent.futures.TimeoutError:
+            run_on_loop(self._loop, last_run, BUSY_TIMEOUT_MS / 1000 + 30)
+        except TimeoutError:
             self._closed = True
 
     def _run(self, calls: Sequence[_Call[Any]]) -> None:
