@@ -17,7 +17,11 @@ import functools
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-FOLD_AT = 4096  # events known from memory at most
+# Events known from memory at most (about 250 bytes each: 4 MB). The digests are random, so a
+# fold writes every leaf of the table that one of them falls into: folding more at once writes
+# fewer pages per event (enqueue in batches of 12, over 96,000 events: 18.4 us an event with
+# 4,096, 16.7 with 16,384; 32,768 gained nothing more).
+FOLD_AT = 16384
 _LOOKUP_CHUNK = 64
 
 
