@@ -1,5 +1,6 @@
-"""The queue file's versions: a version-1 file (before the accept-rate work) is upgraded by the
-relay and read as it is by the subcommands; a newer one is refused in one line."""
+"""The queue file's versions: a version-1 file (before the accept-rate work) or a version-2 one
+(pending events in the finished index) is upgraded by the relay and read as it is by the
+subcommands; a newer one is refused in one line."""
 
 from __future__ import annotations
 
@@ -98,6 +99,57 @@ def test_the_subcommands_read_a_version_1_queue_without_upgrading_it(cli: Any, t
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 1
     db.close()
+
+
+def version_2_queue(path: Path) -> None:
+    """A version-2 file: this build's, with the finished index over every event, pending ones too;
+    one event delivered, one pending."""
+    queue = SQLiteQueue(path, create=True)
+    stored = queue.enqueue([NewEvent(event_body(1), APP), NewEvent(event_body(2), APP)], now=T0,
+                           dedupe_since=0)
+    seq = queue._db.execute("SELECT seq FROM events WHERE id = ?", (stored[0].id,)).fetchone()[0]
+    queue.delivered(seq, now=T0 + 1)
+    queue.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("DROP INDEX events_finished")
+    db.execute("CREATE INDEX events_finished ON events (state, finished_at)")
+    db.execute("PRAGMA user_version = 2")
+    db.close()
+
+
+def finished_index(path: Path) -> str:
+    db = sqlite3.connect(path)
+    try:
+        return str(db.execute("SELECT sql FROM sqlite_master WHERE name = 'events_finished'").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_the_relay_upgrades_a_version_2_queue_to_a_finished_index_without_pending_events(
+    cli: Any, tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.sqlite"
+    version_2_queue(path)
+    status = cli("relay", "status", "--queue", str(path), "--json").json  # read as it is
+    assert (status["pending"], status["delivered"]) == (1, 1)
+    assert "WHERE" not in finished_index(path)
+    queue = SQLiteQueue(path, create=True)
+    try:
+        assert queue.upgraded_from == 2
+        assert queue._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert queue._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # What the subcommands ask goes through the index; new events do not enter it.
+        plan = " ".join(row[-1] for row in queue._db.execute(
+            "EXPLAIN QUERY PLAN SELECT digest, seq FROM events WHERE state = 'delivered'"
+            " AND state != 'pending' AND finished_at < 5 LIMIT 10"))
+        assert "USING INDEX events_finished" in plan
+        stats = queue.stats(now=T0 + 10)
+        assert (stats.pending, stats.delivered, stats.dead) == (1, 1, 0)
+        assert queue.purge_delivered(before=T0 + 2) == 1
+    finally:
+        queue.close()
+    assert finished_index(path).endswith("WHERE state != 'pending'")
+    assert cli("relay", "status", "--queue", str(path), "--json").json["delivered"] == 0
 
 
 def test_a_queue_of_a_newer_version_is_refused_in_one_line(cli: Any, tmp_path: Path) -> None:

@@ -455,7 +455,9 @@ class SQLiteQueue:
         return int(self._db.execute("SELECT count(*) FROM events WHERE state = 'pending'").fetchone()[0])
 
     def stats(self, *, now: float) -> QueueStats:
-        counts = dict(self._db.execute("SELECT state, count(*) FROM events GROUP BY state").fetchall())
+        counts = dict(self._db.execute(
+            "SELECT state, count(*) FROM events WHERE state != 'pending' GROUP BY state").fetchall())
+        counts["pending"] = self.pending_count()
         oldest = self._db.execute("SELECT min(received_at) FROM events WHERE state = 'pending'").fetchone()[0]
         per_route = {
             url: (pending, dead)
@@ -541,7 +543,8 @@ class SQLiteQueue:
         while True:
             with self.transaction():
                 rows = self._db.execute(
-                    "SELECT digest, seq FROM events WHERE state = 'delivered' AND finished_at < ? LIMIT ?",
+                    "SELECT digest, seq FROM events WHERE state = 'delivered' AND state != 'pending'"
+                    " AND finished_at < ? LIMIT ?",  # the second term: the index (relay/schema.py)
                     (before, PURGE_CHUNK),
                 ).fetchall()
                 if self.version >= 2:
