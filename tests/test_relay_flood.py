@@ -78,8 +78,8 @@ def test_a_flood_paces_the_deliveries_of_a_fast_app(tmp_path: Path, flood: bool)
     taken = app.taken()
     assert len({d.delivery_id for d in taken}) == 12
     gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(taken)]
-    if flood:
-        assert min(gaps) >= FLOOD_PACE * 0.8, gaps
+    if flood:  # a late answer may shorten one gap, not the whole run
+        assert sum(gaps) >= 11 * FLOOD_PACE * 0.8, gaps
     else:
         assert min(gaps) < FLOOD_PACE / 2, gaps
 
