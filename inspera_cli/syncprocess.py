@@ -200,6 +200,11 @@ class SyncPool:
             self._targets[index], self._current[index] = target, True
             self._helpers[index].request()
 
+    @property
+    def idle(self) -> bool:
+        """No sync under way."""
+        return all(target is None for target in self._targets)
+
     def forget(self) -> None:
         """The syncs under way no longer count (a sync failed and the file was rolled back)."""
         self._current = [False] * len(self._current)

@@ -59,6 +59,14 @@ class WalSync:
         self._waiting: deque[tuple[int, Synced]] = deque()  # (commit, done), commits in order
         self._durable = 0  # every commit up to this one is on disk
         self._failed: OSError | None = None
+        #: On the loop, when the last sync under way has returned and none follows (``syncing``).
+        self.on_idle: Callable[[], None] = lambda: None
+
+    @property
+    def syncing(self) -> bool:
+        """A sync is under way (and they still work): a commit made now waits for it to end
+        before a sync that covers it can begin."""
+        return self._failed is None and not self._pool.idle
 
     def after(self, commit: int, done: Synced) -> None:
         """On the loop, once commit number ``commit`` (1, 2, ... in the order of the commits) has
@@ -86,6 +94,8 @@ class WalSync:
             done(self._failed)
         if waiting:  # commits that came while both helpers were busy
             self._pool.request(waiting[-1][0])
+        if not self.syncing:
+            self.on_idle()
 
     def close(self) -> None:
         """From a thread that is not the loop's while it runs: let the commits handed back to it
