@@ -1,6 +1,6 @@
 """The relay's queue worker with its WAL synced by helpers (relay/worker.py): events received while
-a sync is under way wait for it to end, then go in one commit, and are answered only once a sync
-that began after that commit has returned."""
+a sync is under way wait for it to end, then go in one commit with those of the turn in which it
+ended, and are answered only once a sync that began after that commit has returned."""
 
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def test_events_received_while_a_sync_is_under_way_wait_for_it_and_go_in_one_com
             receive(n)
             await asyncio.sleep(0)
         seen += [rows(path), [n for n, _, _ in answered]]
-        syncs.end()  # the first sync returns: event 1 is answered, 2-4 are committed now, together
+        syncs.end()  # the first sync returns: event 1 is answered, 2-4 are committed
+        receive(5)  # in the same turn: with them
         await asyncio.sleep(0)
         seen += [rows(path), [n for n, _, _ in answered], list(syncs.started)]
         syncs.end()
@@ -102,7 +103,7 @@ def test_events_received_while_a_sync_is_under_way_wait_for_it_and_go_in_one_com
     assert seen == [
         1, [1],  # event 1: its commit (number 1), then a sync
         1, [],  # 2-4 wait in memory; nothing is answered before its sync
-        4, [1], [1, 2],  # after the sync: one commit (number 2) for 2-4, then a sync of it
-        [1, 2, 3, 4],
+        5, [1], [1, 2],  # at the end of that turn: one commit (number 2) for 2-5, a sync of it
+        [1, 2, 3, 4, 5],
     ]
     assert all(error is None and stored is not None and not stored.duplicate for _, stored, error in answered)

@@ -10,15 +10,16 @@ committed is answered 503, never 200). The events of one turn travel as one call
 outcomes come back in one callback (not one hand-off each: under load a turn carries dozens).
 With a ``WalSync`` (the queue then commits without an fsync), a write's ``done`` waits on the loop
 for a sync of the WAL that began after its commit returned -- and then there is no thread: the
-batch runs on the loop itself, at the end of the turn; or, while a sync is under way, once it has
-returned, with the events of every turn meanwhile. Their answers would wait for it anyway (a sync
-that covers a commit begins after it), and most of a commit's cost is the same for one event or
-fifty -- locks, a WAL frame per page, the index pages -- so fewer, larger commits cost less CPU
-per event (bench_relay at 32 connections: about 13 events a commit -> 18, CPU per request 92 ->
-82 us and 83 -> 77 in two paired runs). A commit that does not wait for the disk
-takes a few hundred µs; handing it to a thread and back cost more than that, in the GIL passed
-to and fro and the threads' wake-ups (bench_relay, accept rate / listen --record: 0.52 -> 0.60 at
-32 connections, 0.88 -> 0.97 at 256). Then the queue must not wait for a lock on the loop: while
+batch runs on the loop itself. A commit that does not wait for the disk takes a few hundred µs;
+handing it to a thread and back cost more than that, in the GIL passed to and fro and the
+threads' wake-ups (bench_relay, accept rate / listen --record: 0.52 -> 0.60 at 32 connections,
+0.88 -> 0.97 at 256). The events of a turn are committed at its end; or, while a sync is under
+way, at the end of the turn in which it returned, with the events of every turn meanwhile. Their
+answers would wait for it anyway (a sync that covers a commit begins after it), and most of a
+commit's cost is the same for one event or fifty -- locks, a WAL frame per page, the index pages
+-- so fewer, larger commits cost less CPU per event (bench_relay at 32 connections: 13 events a
+commit -> 18, CPU per request 92 -> 82 us and 83 -> 77 in two paired runs; then waiting for the
+end of that turn: 18 -> 21, 79 -> 73 us). Then the queue must not wait for a lock on the loop: while
 another process (`relay retry`, `purge`) holds the write lock, the batch is tried again every
 few ms, up to the usual BUSY_TIMEOUT_MS, and the loop serves on meanwhile.
 """
@@ -87,6 +88,8 @@ class QueueWorker:
         self._turn_done.append(done)
 
     def _end_of_turn(self) -> None:
+        if not self._turn:  # taken already, by _after_sync
+            return
         news, dones, self._turn, self._turn_done = self._turn, self._turn_done, [], []
 
         def done(stored: list[Stored] | None, error: BaseException | None) -> None:
@@ -153,7 +156,15 @@ class QueueWorker:
             self._loop.call_soon(self._run_batch)
 
     def _sync_ended(self) -> None:
-        if self._held and not self._batch_due:
+        """The sync under way has returned: the events held for it go at the end of this turn,
+        with those received in it (a sync's answer is one of the turn's many reads)."""
+        if self._held:
+            self._loop.call_soon(self._after_sync)
+
+    def _after_sync(self) -> None:
+        if self._turn:
+            self._end_of_turn()  # and with it what is held
+        elif self._held and not self._batch_due:
             self._run_batch()
 
     def _run_batch(self) -> None:
