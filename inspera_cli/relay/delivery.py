@@ -116,7 +116,6 @@ class DeliveryEngine:
             self._flood_until = now + BURST_WINDOW
         self.notify(url)
 
-
     def notify(self, url: str | None = None) -> None:
         """On the loop: events were queued (for ``url``, or any lane): look for due work now."""
         for lane in self.lanes.values() if url is None else [self.lanes[url]] if url in self.lanes else []:
