@@ -8,6 +8,10 @@
   the block runs to its end (a request ends at its timeout at most), and only then is the signal
   raised, so the caller has recorded what the request made. A second signal stops the wait: it is
   raised at once, inside the request.
+- A message being printed is not cut in half: ``printing()`` holds the first signal, silently,
+  until the print returns. An interrupt raised inside Rich's ``Console.print`` (between its
+  buffer's enter and exit) left the console buffering for good, and every later line -- the
+  summary `listen` ends with -- was lost.
 - At most one interrupt is raised per run. Once it has been, the program is stopping: later
   signals are announced, never raised, so cleanup (deleting temporary subscriptions, stopping a
   tunnel, flushing a record file) is never cut short. ``cleanup()`` gives the same protection to
@@ -48,6 +52,7 @@ class _Guard:
 
     what: str
     hold_once: bool
+    quiet: bool = False  # hold without announcing it (a line being printed: a moment)
     held: int | None = None
     signalled: threading.Event = field(default_factory=threading.Event)
 
@@ -191,8 +196,9 @@ class _Policy:
             guard.signalled.set()
         if guard is not None and guard.hold_once and guard.held is None and not self.stopping:
             guard.held = signum
-            self.announce(f"Interrupted: waiting for {guard.what}, so that nothing is left unknown "
-                          "(press Ctrl-C again to stop waiting)")
+            if not guard.quiet:
+                self.announce(f"Interrupted: waiting for {guard.what}, so that nothing is left "
+                              "unknown (press Ctrl-C again to stop waiting)")
             return
         if self.stopping or (guard is not None and not guard.hold_once):
             self.announce(f"Stopping: {guard.what} first." if guard else "Stopping...")
@@ -257,6 +263,18 @@ def write(what: str) -> AbstractContextManager[threading.Event]:
     once. ``what`` completes "waiting for …". The event yielded is set by the first signal, so
     that workers can stop starting new writes."""
     return _guarded(_Guard(what, hold_once=True))
+
+
+@contextmanager
+def printing() -> Iterator[None]:
+    """Hold the first signal, silently, until the block (one print) ends, then raise it; inside
+    another guard (a write, a cleanup), that guard's rule applies."""
+    policy = _policy
+    if policy is None or policy.guards or not _in_main_thread():
+        yield
+        return
+    with _guarded(_Guard("a line", hold_once=True, quiet=True)):
+        yield
 
 
 def cleanup(what: str) -> AbstractContextManager[threading.Event]:

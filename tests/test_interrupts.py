@@ -194,6 +194,39 @@ def test_a_signal_that_lands_on_another_thread_still_interrupts_the_blocked_main
     assert time.monotonic() - started < 5
 
 
+def test_a_signal_in_the_middle_of_a_message_loses_no_line_after_it(
+    python_signals: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while `listen` prints its banner: the interrupt used to be raised inside Rich's
+    print, between its buffer's enter and exit, and the console buffered every later line for good
+    -- `listen` exited 0 without its summary. Now the print ends first, then the signal is raised."""
+    from rich.console import Console
+
+    from inspera_cli import output
+
+    enter = Console._enter_buffer
+    signalled: list[bool] = []
+
+    def enter_then_signal(console: Console) -> None:
+        enter(console)
+        if not signalled:  # lands right after the buffer's enter, as a signal may
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Console, "_enter_buffer", enter_then_signal)
+    output.configure()  # consoles on this test's captured stderr
+    with interrupts.handled(print):
+        with pytest.raises(interrupts.Terminated):
+            output.info("  Forwarding every event to http://127.0.0.1:5000/")
+        output.info("Stopped after 1.0 s: 1 webhook request, 0 accepted.")
+    output.configure()
+    assert signalled
+    assert capsys.readouterr().err.splitlines() == [
+        "  Forwarding every event to http://127.0.0.1:5000/",
+        "Stopped after 1.0 s: 1 webhook request, 0 accepted.",
+    ]
+
+
 def test_a_signal_ignored_by_the_parent_stays_ignored(python_signals: None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup, or in a background job
     with interrupts.handled(print):

@@ -7,6 +7,7 @@ Data goes to stdout; messages, progress and errors go to stderr.
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import os
 import sys
@@ -58,9 +59,7 @@ def configure(*, no_color: bool = False) -> None:
 def console(stderr: bool = True) -> Console:
     """The stderr console for messages (default) or the stdout console for data."""
     if stderr not in _consoles:
-        from rich.console import Console
-
-        _consoles[stderr] = Console(
+        _consoles[stderr] = _console_class()(
             stderr=stderr,
             no_color=_no_color or bool(os.environ.get("NO_COLOR")),
             highlight=False,
@@ -69,6 +68,22 @@ def console(stderr: bool = True) -> Console:
         # Rich exits 1 on a closed pipe; let it reach cli.InsperaGroup, which ends quietly with 0.
         _consoles[stderr].on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
     return _consoles[stderr]
+
+
+@functools.cache
+def _console_class() -> type[Console]:
+    from rich.console import Console
+
+    from inspera_cli import interrupts
+
+    class PrintsWhole(Console):
+        """A Console whose print a Ctrl-C or SIGTERM does not cut in half (interrupts.printing)."""
+
+        def print(self, *objects: Any, **options: Any) -> None:
+            with interrupts.printing():
+                super().print(*objects, **options)
+
+    return PrintsWhole
 
 
 def _raise_broken_pipe() -> None:
