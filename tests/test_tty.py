@@ -101,8 +101,10 @@ class Terminal(processes.Terminal):
         sequences, such as a spinner's line erase, are not seen), which must hold all of it."""
         shown = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).rsplit("\r", 1)[-1]
                  for line in self.screen.split("\r\n")]
-        (secret,) = [line.removeprefix("Webhook secret: ") for line in shown
-                     if line.startswith("Webhook secret: ")]
+        found = [line.removeprefix("Webhook secret: ") for line in shown
+                 if line.startswith("Webhook secret: ")]
+        assert len(found) == 1, repr(self.screen)  # what the terminal showed, control sequences too
+        (secret,) = found
         assert re.fullmatch(r"[0-9a-f]{64}", secret), self.screen
         assert self.screen.count(secret) == 1, self.screen  # whole in the bytes, and not in a table
         return secret
