@@ -5,8 +5,10 @@ delivered, and full concurrency returns once the flood is over."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,24 +25,23 @@ DELAY = 0.2  # the app's answer time: sequential POSTs are at least this far apa
 EVENTS = 8
 
 
-async def deliver_all(path: Path, app: AppStub, *, flood: bool, events: int = EVENTS) -> float:
-    """Seconds to deliver ``events`` queued events with --concurrency 4, events flooding in or not."""
+@contextlib.asynccontextmanager
+async def delivering(path: Path, app: AppStub, events: int, *, flooded: bool = False
+                     ) -> AsyncIterator[DeliveryEngine]:
+    """A delivery engine (--concurrency 4) running on ``events`` queued events for ``app``; with
+    ``flooded``, told of a flood before it starts."""
     queue = SQLiteQueue(path, create=True)
     now = time.time()
     queue.enqueue([NewEvent(event_body(n), app.url, "e", n) for n in range(events)], now=now, dedupe_since=0)
     worker = QueueWorker(queue, asyncio.get_running_loop(), lambda q, events: [])
     engine = DeliveryEngine(worker, [app.url], concurrency=4, retry=RetryPolicy(), clock=SystemClock(),
                             metrics=Metrics())
+    if flooded:
+        for _ in range(BURST_EVENTS):
+            engine.received(app.url)
     running = asyncio.create_task(engine.run())
-    started = time.monotonic()
     try:
-        while len(app.taken()) < events:
-            if flood:  # what RelayPolicy's commits tell the engine: BURST_EVENTS per window
-                for _ in range(BURST_EVENTS):
-                    engine.received(app.url)
-            await asyncio.sleep(BURST_WINDOW / 2)
-            assert time.monotonic() - started < 30, "not delivered"
-        return time.monotonic() - started
+        yield engine
     finally:
         engine.stop_starting()
         await engine.finish(5)
@@ -48,6 +49,19 @@ async def deliver_all(path: Path, app: AppStub, *, flood: bool, events: int = EV
         await asyncio.gather(running, return_exceptions=True)
         worker.close()
         queue.close()
+
+
+async def deliver_all(path: Path, app: AppStub, *, flood: bool, events: int = EVENTS) -> float:
+    """Seconds to deliver ``events`` queued events with --concurrency 4, events flooding in or not."""
+    async with delivering(path, app, events) as engine:
+        started = time.monotonic()
+        while len(app.taken()) < events:
+            if flood:  # what RelayPolicy's commits tell the engine: BURST_EVENTS per window
+                for _ in range(BURST_EVENTS):
+                    engine.received(app.url)
+            await asyncio.sleep(BURST_WINDOW / 2)
+            assert time.monotonic() - started < 30, "not delivered"
+        return time.monotonic() - started
 
 
 @pytest.mark.parametrize("flood", [True, False], ids=["flood", "calm"])
@@ -89,28 +103,12 @@ def test_full_concurrency_returns_after_a_flood(tmp_path: Path) -> None:
     does not leave the lane at one)."""
 
     async def scenario() -> list[float]:
-        queue = SQLiteQueue(tmp_path / "q.sqlite", create=True)
-        now = time.time()
-        queue.enqueue([NewEvent(event_body(n), app.url, "e", n) for n in range(40)], now=now, dedupe_since=0)
-        worker = QueueWorker(queue, asyncio.get_running_loop(), lambda q, events: [])
-        engine = DeliveryEngine(worker, [app.url], concurrency=4, retry=RetryPolicy(), clock=SystemClock(),
-                                metrics=Metrics())
-        for _ in range(BURST_EVENTS):
-            engine.received(app.url)
-        running = asyncio.create_task(engine.run())
-        try:
+        async with delivering(tmp_path / "q.sqlite", app, 40, flooded=True):
             started = time.monotonic()
             while len(app.taken()) < 40:
                 await asyncio.sleep(0.01)
                 assert time.monotonic() - started < 20, "not delivered"
             return [d.at - started for d in app.taken()]
-        finally:
-            engine.stop_starting()
-            await engine.finish(5)
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            worker.close()
-            queue.close()
 
     app = AppStub(delay=0.05).start()
     try:
