@@ -99,6 +99,65 @@ def test_a_chunk_extension_and_trailers_are_still_fine(listener: Listener) -> No
         assert read_responses(sock, 1)[0][0] == 200
 
 
+def _head(target: str = "/", headers: int = 0, value: str = "v") -> bytes:
+    extra = "".join(f"X-Extra-{n}: {value}\r\n" for n in range(headers))
+    return f"POST {target} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 2\r\n\r\n{{}}".encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (_head(headers=99), 431),  # with Host and Content-Length: 101 headers, one too many
+        (_head(headers=1, value="v" * (64 * 1024)), 431),
+        (_head(headers=20, value="v" * 4000), 431),  # 80 kB of headers, none large
+        (_head(target="/" + "a" * (64 * 1024)), 414),
+    ],
+    ids=["101 headers", "one header of 64 KiB", "20 headers of 4 kB", "a target of 64 KiB"],
+)
+def test_a_head_beyond_the_bounds_is_refused_not_held(
+    listener: Listener, received: list[Report], data: bytes, status: int
+) -> None:
+    answer = exchange(listener, data)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+    assert b"Connection: close" in answer
+    assert received == [] and listener.stats().bad_requests == 1
+
+
+def test_a_header_that_never_ends_is_refused_once_past_the_bound(listener: Listener) -> None:
+    # Without a count of the bytes the parser holds for a header not yet ended, this header grew
+    # until the 10 s deadline closed the connection: memory from one request, unbounded.
+    with connect(listener) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        sent = 0
+        try:
+            while sent < (4 << 20):
+                sock.sendall(b"v" * 16384)
+                sent += 16384
+        except OSError:  # closed after the 431: what was still on its way was refused
+            pass
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    assert listener.stats().bad_requests == 1
+
+
+def test_heads_within_the_bounds_get_through_however_they_are_cut(listener: Listener) -> None:
+    # 100 headers and nearly 64 KiB of them, sent in 1 kB pieces (many reads of head alone), then
+    # two requests in one write whose bodies are far larger than a head may be.
+    body = event_body()
+    big = [(f"X-Filler-{n}", "f" * 600) for n in range(96)]
+    head = raw_request(body, extra="".join(f"{name}: {value}\r\n" for name, value in big))
+    assert len(head) < 64 * 1024 and head.count(b"\r\n") - 2 == 100
+    large = b'{"contextObjectId": 1, "event": "confirm_final_grades", "pad": "' + b"p" * 500_000 + b'"}'
+    with connect(listener) as sock:
+        for start in range(0, len(head), 1000):
+            sock.sendall(head[start : start + 1000])
+            time.sleep(0.001)
+        assert read_responses(sock, 1)[0][0] == 200
+        sock.sendall(raw_request(large) + raw_request(large))
+        assert [status for status, _, _ in read_responses(sock, 2)] == [200, 200]
+    assert listener.wait_accepted(3, timeout=5) and listener.stats().bad_requests == 0
+
+
 # -- connections -----------------------------------------------------------------------------------
 
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 SMALL_BODY = 16 * 1024  # the part of each body that never waits for memory
 _DRAIN_LIMIT = 16 * 1024 * 1024  # of a refused body, read and dropped so that the 413 arrives
 _DRAIN_TIME = 1.0
+MAX_HEAD = 64 * 1024  # a request's target and header lines, together: more is a 431 (414: the target)
+MAX_HEADERS = 100
 _NEVER = math.inf
 # Reasons to stop reading a connection (bits of Connection.paused).
 _WRITE_FULL, _NO_MEMORY, _QUEUE_FULL = 1, 2, 4
@@ -89,6 +91,8 @@ class Connection(asyncio.Protocol):
         self.draining: asyncio.Transport | None = None
         self.deadline = _NEVER
         self.waiting_since: float | None = None
+        self.in_head = False  # between a request's first byte and the end of its headers
+        self.head_read = self.read_size = 0  # see _head_goes_on
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -116,6 +120,7 @@ class Connection(asyncio.Protocol):
             if self.draining is not None and self.drained > _DRAIN_LIMIT:
                 self.draining.abort()
             return
+        self.read_size = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -128,6 +133,9 @@ class Connection(asyncio.Protocol):
                 self._stop_parsing(fatal.status)
         except httptools.HttpParserError as exc:
             self._stop_parsing(status_of(exc))
+        else:
+            if self.in_head:
+                self._head_goes_on()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -156,6 +164,7 @@ class Connection(asyncio.Protocol):
         if self.parsing_done:
             raise _Fatal(0)  # a request after a refused one: not read
         self._reset_request()
+        self.in_head, self.head_read = True, -1
         self.waiting_since = None
 
     def on_url(self, url: bytes) -> None:
@@ -166,7 +175,37 @@ class Connection(asyncio.Protocol):
         self.headers.append((text, value.decode("latin-1")))
         self.lower[text.lower()] = self.headers[-1][1]
 
+    # -- the head's bounds: MAX_HEAD bytes, MAX_HEADERS headers -------------------------------------
+    # Checked where it costs nothing to a request that comes in one read of at most MAX_HEAD bytes
+    # (nearly every webhook): its head cannot be larger, so only its header count is looked at.
+
+    def _head_goes_on(self) -> None:
+        """After a read that ended inside a head. The parser keeps a header's part until the
+        header ends, so a head is also bounded while it goes on: by the reads that were all head
+        (the first read of it may have held the end of another request; it is counted when the
+        head ends), and by the headers parsed so far."""
+        if self.head_read < 0:
+            self.head_read = 0  # it began in this read
+        else:
+            self.head_read += self.read_size
+        if self.head_read > MAX_HEAD or len(self.headers) > MAX_HEADERS:
+            self._stop_parsing(self._head_refusal())
+
+    def _head_refusal(self) -> int:
+        return HTTPStatus.REQUEST_URI_TOO_LONG if len(self.url) > MAX_HEAD else \
+            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+
+    def _head_too_large(self) -> bool:
+        """The exact check, for a head that came in more than one read or in a large one."""
+        size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
+        return size > MAX_HEAD
+
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        if len(self.headers) > MAX_HEADERS or (
+            (self.head_read >= 0 or self.read_size > MAX_HEAD) and self._head_too_large()
+        ):
+            raise _Fatal(self._head_refusal())
         coding = self.lower.get("transfer-encoding")
         if coding is not None and coding.strip().lower() != "chunked":
             raise _Fatal(HTTPStatus.NOT_IMPLEMENTED)
