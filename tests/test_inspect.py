@@ -481,6 +481,40 @@ def test_the_store_keeps_the_newest_rows_within_its_bounds() -> None:
     assert len(small) == 2  # bodies of 1 MiB: the byte bound, not the count
 
 
+def test_rows_the_count_bound_dropped_no_longer_count_against_the_byte_bound() -> None:
+    # Two bodies of 1 MiB that a store of three rows drops by count, then two more: they fit in
+    # its 2.5 MiB beside a small row only if the first two gave their bytes back; a third goes
+    # beyond the bytes (live rows, as the listener adds them, too).
+    from inspera_cli.listener.http import Answer, Request
+    from inspera_cli.listener.report import Report, RequestKind, SignatureState
+
+    bodies = [build_body("confirm_final_grades", number) for number in range(12)]
+    for number in (3, 4, 9, 10, 11):
+        bodies[number] = bodies[number][:-1] + b', "pad": "' + b"p" * (1 << 20) + b'"}'
+
+    def live(store: Store, body: bytes) -> None:
+        headers = [("Host", "127.0.0.1:8000"), ("Content-Length", str(len(body)))]
+        store.add_answered(
+            Report("2024-05-01T12:00:00.000Z", RequestKind.EVENT, "POST", "/", 200, SignatureState.VALID,
+                   "confirm_final_grades", 1, None, body),
+            Request("POST", "/", "/", "1.1", headers, {k.lower(): v for k, v in headers}, body,
+                    "2024-05-01T12:00:00.000Z", True),
+            Answer(200, b"OK\n"))
+
+    for add in (lambda store, body: store.add(from_record(_record(0, body))), live):  # type: ignore[arg-type]
+        store = Store(keep=3, max_bytes=(5 << 20) // 2)
+        for number in range(9):
+            add(store, bodies[number])
+            if number == 4:
+                assert [e.report.body for e in store.newest(Query())] == bodies[4:1:-1]
+        assert len(store) == 3  # rows 6, 7 and 8: the big ones were dropped by count
+        add(store, bodies[9])
+        add(store, bodies[10])
+        assert [e.id for e in store.newest(Query())] == [11, 10, 9], "bytes counted for rows gone"
+        add(store, bodies[11])
+        assert [e.id for e in store.newest(Query())] == [12, 11]
+
+
 def test_a_restart_keeps_the_history_from_the_record_file(tmp_path: Path) -> None:
     record = tmp_path / "events.jsonl"
     with inspecting(record=record) as (listener, inspector):

@@ -83,3 +83,16 @@ def test_an_app_echoing_the_secret_in_a_binary_answer_does_not_show_it(local_app
     assert shown.startswith(b"\xff\xfe configured with ") and canary.encode() not in shown
     assert b"***" in shown
     assert canary not in json.dumps(replayed)
+
+
+def test_a_request_without_a_single_header_is_shown_with_none(capfd) -> None:
+    # HTTP/1.0 needs no Host, and a POST needs no Content-Length to have no body: a row with no
+    # headers at all (its detail failed once, reading "no headers" as one header without a value).
+    with inspecting() as (listener, inspector):
+        assert raw_status(listener.port, b"POST / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 401 ")
+        row = wait_rows(inspector, 1)[0]
+        detail = call(inspector, "GET", f"/api/requests/{row['id']}")
+        curl = call(inspector, "GET", f"/api/requests/{row['id']}/curl")
+    assert detail.status == 200 and detail.json["requestHeaders"] == [], detail.body[:200]
+    assert detail.json["signature"] == "missing" and curl.status == 200
+    assert "Traceback" not in capfd.readouterr().err

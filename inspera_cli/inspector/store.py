@@ -5,13 +5,11 @@ file line, or a replay), the request headers and, when seen live, our answer. Ro
 the order they arrive (``id``) and kept up to ``keep`` rows and ``max_bytes`` of bodies; the
 oldest go first.
 
-An entry is one flat tuple of strings, numbers and bytes -- not the receiver's ``Report`` with its
-parsed payload, nor a tuple per header (a live row's headers are one string) -- because the
-listener adds one per request it answers and a thousand are kept: measured on the loop, keeping
-the exchange as it came (some thirty objects a row) cost about 3 µs a request (the objects
-outlive the CPU cache before they are freed), keeping this one about 0.3 µs. What a detail page
-needs is rebuilt when it is asked for: ``report`` (the payload parsed again from the body),
-``headers``, ``answer``.
+A row is kept as a plain tuple of strings, numbers and bytes (see ``Row``) -- not the receiver's
+``Report`` with its parsed payload, nor a tuple per header -- because the listener adds one per
+request it answers and a thousand are kept, long after the request, out of the CPU's caches: what
+a row holds costs a miss to free. What a detail page needs is rebuilt when it is asked for:
+``report`` (the payload parsed again from the body), ``headers``, ``answer``.
 
 A ``Store`` lives on one thread -- the event loop the inspector serves on -- so it takes no lock.
 """
@@ -20,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,13 +49,16 @@ class SeenAnswer(NamedTuple):
 class Entry(NamedTuple):
     """One row. ``payload`` is None for a live row: parsed from the body when asked.
     ``replay_of`` is the row it replays (then ``forward`` holds the app's answer and the headers
-    what was sent). ``size``: bytes held, about. Read the request's headers as ``headers`` and
+    what was sent). Read the request's headers as ``headers`` and
     our answer as ``answer`` (None when it was not seen: a record line); the fields behind them
     are kept in the form cheapest to keep (see ``Store.add_answered``)."""
 
+    body: bytes  # these three first: where a kept row of either form has them (see _held)
+    forward: ForwardResult | None
+    answer_body: bytes
     id: int
     received_at: str
-    kind: str  # RequestKind's value, and signature SignatureState's: see _kept_fields
+    kind: str  # RequestKind's value, and signature SignatureState's: see Store.add_answered
     method: str
     path: str
     status: int
@@ -64,18 +66,14 @@ class Entry(NamedTuple):
     event: str | None
     context_object_id: int | None
     delivery: int
-    forward: ForwardResult | None
     verification: bool
     note: str | None
-    body: bytes
     raw_headers: str | Headers  # a live row's: names and values in one string, NUL between them
     answer_type: str | None  # our answer's Content-Type; None: the answer was not seen
     answer_headers: Headers  # its other headers
-    answer_body: bytes
     payload: dict[str, Any] | None
     replay_of: int | None
     diagnosis: dict[str, Any] | None
-    size: int
 
     @property
     def report(self) -> Report:
@@ -99,6 +97,8 @@ class Entry(NamedTuple):
         raw = self.raw_headers
         if not isinstance(raw, str):
             return raw
+        if not raw:
+            return ()
         parts = raw.split(_NUL)
         return tuple(zip(parts[::2], parts[1::2], strict=True))
 
@@ -138,7 +138,7 @@ class Entry(NamedTuple):
 
 
 _new_entry = tuple.__new__
-_flat = itertools.chain.from_iterable
+_intern = sys.intern
 _NUL = "\x00"
 _EVENT, _OTHER = RequestKind.EVENT, RequestKind.OTHER
 
@@ -146,29 +146,55 @@ _EVENT, _OTHER = RequestKind.EVENT, RequestKind.OTHER
 def entry_of(report: Report, headers: Headers, *, replay_of: int | None = None) -> Entry:
     """A row, not numbered yet, of a report that did not come from a live answer (a record
     line, a replay)."""
-    return _new_entry(Entry, _kept_fields(0, report, headers, None, (), b"", report.payload, replay_of))
-
-
-# How the Store keeps a row: the Entry's fields in a plain tuple. The cyclic GC untracks a tuple
-# -- an exact tuple, not a NamedTuple -- that holds only strings, numbers, bytes and such tuples
-# at its first collections, so a thousand kept rows are not traversed again and again as they
-# age; hence also the enums' plain string values, not the members (a member is a tracked object
-# and would keep the row tracked). Measured with the display off: --inspect / listen 0.84 -> 0.87-0.89.
-Fields = tuple[Any, ...]
-_ID, _EVENT_NAME, _SIZE = (Entry._fields.index(name) for name in ("id", "event", "size"))
-
-
-def _kept_fields(entry_id: int, report: Report, headers: str | Headers, answer_type: str | None,
-                 answer_headers: Headers, answer_body: bytes, payload: dict[str, Any] | None,
-                 replay_of: int | None) -> Fields:
-    body, forward = report.body, report.forward
-    size = len(body) + (len(forward.body) if forward else 0) + len(answer_body) + _ENTRY_OVERHEAD
-    return (
-        entry_id, report.received_at, report.kind.value, report.method, report.path, report.status,
-        report.signature.value, report.event, report.context_object_id, report.delivery, forward,
-        report.verification, report.note, body, headers, answer_type, answer_headers, answer_body,
-        payload, replay_of, None, size,
+    return Entry(
+        body=report.body, forward=report.forward, answer_body=b"", id=0, received_at=report.received_at,
+        kind=report.kind.value, method=report.method, path=report.path, status=report.status,
+        signature=report.signature.value, event=report.event, context_object_id=report.context_object_id,
+        delivery=report.delivery, verification=report.verification, note=report.note, raw_headers=headers,
+        answer_type=None, answer_headers=(), payload=report.payload, replay_of=replay_of, diagnosis=None,
     )
+
+
+# How the Store keeps a row: a plain tuple, in one of two forms.
+# - An Entry's fields: rows from record files and replays.
+# - A live row (the listener's, one per request answered), made to be cheap to keep: every
+#   object a row holds is freed a thousand requests later, long out of the CPU's caches, and
+#   each costs a miss to free then (measured under wrk: --inspect-keep 10 cost 3.3 µs a request,
+#   the default 1,000 rows 7.1 µs). So the strings that are the request's own -- its time, its
+#   contextObjectId, its headers -- are one string, NUL between them (the parser refuses a NUL
+#   in a header, and the other two are ours); the event name is interned, one string for all the
+#   rows of an event. Its method is always POST; its id is its place; its size is worked out from
+#   its lengths. That leaves three blocks a row (the tuple, that string, the body) of nine.
+# The cyclic GC untracks a tuple -- an exact tuple, not a NamedTuple -- that holds only strings,
+# numbers, bytes and such tuples at its first collections, so kept rows are not traversed again
+# and again as they age; hence the enums' plain string values, not the members.
+Row = tuple[Any, ...]
+_LIVE = 14  # a live row's length: (body, forward, answer_body, packed, event, status, signature,
+# delivery, verification, note, kind, path, answer_type, answer_headers)
+_EVENT_FIELD = Entry._fields.index("event")
+_POST = "POST"
+
+
+def _held(row: Row) -> int:
+    """The bytes a row is counted for (either form: body, forward and answer_body come first)."""
+    forward = row[1]
+    return len(row[0]) + len(row[2]) + _ENTRY_OVERHEAD + (len(forward.body) if forward is not None else 0)
+
+
+def _entry(row: Row, entry_id: int) -> Entry:
+    """The Entry a kept row stands for; ``entry_id``: its place."""
+    if len(row) != _LIVE:
+        return _new_entry(Entry, row)
+    (body, forward, answer_body, packed, event, status, signature, delivery, verification, note, kind,
+     path, answer_type, answer_headers) = row
+    received_at, object_id, *headers = packed.split(_NUL, 2)
+    return Entry(body, forward, answer_body, entry_id, received_at, kind, _POST, path, status, signature,
+                 event, int(object_id) if object_id else None, delivery, verification, note,
+                 headers[0] if headers else "", answer_type, answer_headers, None, None, None)
+
+
+def _event_of(row: Row) -> str | None:
+    return row[4 if len(row) == _LIVE else _EVENT_FIELD]  # type: ignore[no-any-return]
 
 
 def from_record(record: RecordedRequest) -> Entry:
@@ -275,7 +301,9 @@ class Store:
 
     def __init__(self, *, keep: int = KEEP, max_bytes: int = MAX_BYTES) -> None:
         self.keep, self.max_bytes = keep, max_bytes
-        self._entries: deque[Fields] = deque()  # ids are consecutive: the first's + position
+        # Ids are consecutive: the oldest's is last_id + 1 - len. An append beyond ``keep``
+        # drops the oldest.
+        self._rows: deque[Row] = deque(maxlen=keep)
         self._bytes = 0
         self._last_id = 0
         self.on_added: Callable[[], None] | None = None
@@ -289,60 +317,82 @@ class Store:
         another path (a subscription with the wrong URL); not the health checks of tunnels and
         load balancers. The listener's loop observer: called for every request it answers.
 
-        The request's headers are kept as one string, not the parser's pairs: a thousand rows
-        of some twenty objects each, freed long after they were made, cost the loop 1.7 µs a
-        request in freeing alone. The parser refuses a NUL in a header, so NUL separates them.
-        The answer's parts are the listener's own (shared by the answers that are alike)."""
+        It makes a live row (see Row), in one function: it runs for every request. The
+        enums' plain values are read as ``_value_`` (an attribute; ``value`` is two Python
+        calls). The headers are flattened by ``sum``: its copies grow with the square of the
+        count, but the receiver takes at most 100 headers, and for the few a webhook has it is
+        the quickest way. The answer's parts are the listener's own (shared by the answers
+        that are alike)."""
         kind = report.kind
         if kind is _EVENT or (kind is _OTHER and report.method == "POST"):
             self._last_id += 1
-            self._keep(_kept_fields(self._last_id, report, _NUL.join(_flat(request.headers)),
-                                    answer.content_type, answer.headers, answer.body, None, None))
+            body, forward, answer_body, event = report.body, report.forward, answer.body, report.event
+            object_id = report.context_object_id
+            own = (report.received_at, "" if object_id is None else str(object_id))
+            size = len(body) + len(answer_body) + _ENTRY_OVERHEAD
+            self._keep((
+                body, forward, answer_body, _NUL.join(sum(request.headers, own)), event and _intern(event),
+                report.status, report.signature._value_, report.delivery, report.verification, report.note,
+                kind._value_, _intern(report.path), answer.content_type, answer.headers,
+            ), size if forward is None else size + len(forward.body))
 
     def add(self, entry: Entry) -> Entry:
         """Number the entry and keep it (dropping the oldest beyond the bounds); the entry as kept."""
         self._last_id += 1
         entry = entry._replace(id=self._last_id)
-        self._keep(tuple(entry))
+        row = tuple(entry)
+        self._keep(row, _held(row))
         return entry
 
-    def _keep(self, fields: Fields) -> None:
-        entries = self._entries
-        entries.append(fields)
-        self._bytes += fields[_SIZE]
-        while len(entries) > self.keep or (self._bytes > self.max_bytes and len(entries) > 1):
-            self._bytes -= entries.popleft()[_SIZE]
+    def _keep(self, row: Row, size: int) -> None:
+        rows = self._rows
+        if len(rows) == self.keep:  # the append drops the oldest: _held(rows[0]), written out
+            old = rows[0]
+            forward = old[1]
+            self._bytes -= len(old[0]) + len(old[2]) + _ENTRY_OVERHEAD + (
+                len(forward.body) if forward is not None else 0)
+        rows.append(row)
+        self._bytes += size
+        if self._bytes > self.max_bytes:
+            self._trim()
         if self.on_added is not None:
             self.on_added()
+
+    def _trim(self) -> None:
+        """Drop the oldest rows until their bodies are within ``max_bytes`` (the newest stays)."""
+        rows = self._rows
+        while self._bytes > self.max_bytes and len(rows) > 1:
+            self._bytes -= _held(rows.popleft())
 
     def add_all(self, entries: Iterable[Entry]) -> None:
         for entry in entries:
             self.add(entry)
 
+    def _first_id(self) -> int:
+        return self._last_id + 1 - len(self._rows)
+
     def get(self, entry_id: int) -> Entry | None:
-        entries = self._entries
-        index = entry_id - entries[0][_ID] if entries else -1
-        return _new_entry(Entry, entries[index]) if 0 <= index < len(entries) else None
+        index = entry_id - self._first_id()
+        return _entry(self._rows[index], entry_id) if 0 <= index < len(self._rows) else None
 
     def update(self, entry: Entry) -> None:
         """Keep this version of a row (e.g. with its diagnosis), if the row is still kept."""
-        entries = self._entries
-        index = entry.id - entries[0][_ID] if entries else -1
-        if 0 <= index < len(entries):
-            entries[index] = tuple(entry)
+        index = entry.id - self._first_id()
+        if 0 <= index < len(self._rows):
+            self._rows[index] = tuple(entry)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._rows)
 
     def events(self) -> list[str]:
         """The event names among the rows kept, sorted."""
-        return sorted({e[_EVENT_NAME] for e in self._entries if e[_EVENT_NAME] is not None})
+        return sorted({event for row in self._rows if (event := _event_of(row)) is not None})
 
     def newest(self, query: Query) -> list[Entry]:
         """Matching rows, newest first, at most ``query.limit``."""
         found: list[Entry] = []
-        for fields in reversed(self._entries):
-            entry = _new_entry(Entry, fields)
+        for entry_id, row in zip(itertools.count(self._last_id, -1), reversed(self._rows)):
+            entry = _entry(row, entry_id)
             if query.matches(entry):
                 found.append(entry)
                 if len(found) >= query.limit:
@@ -352,19 +402,19 @@ class Store:
     def after(self, entry_id: int) -> Sequence[Entry]:
         """Rows newer than ``entry_id``, oldest first (made Entries as they are read: a page sent
         the newest 50 of a burst's thousands reads 50)."""
-        entries = self._entries
-        if entry_id >= self._last_id or not entries:
+        if entry_id >= self._last_id or not self._rows:
             return []
-        return _Rows(list(itertools.islice(entries, max(0, entry_id + 1 - entries[0][_ID]), None)))
+        start = max(0, entry_id + 1 - self._first_id())
+        return _Rows(self._first_id() + start, list(itertools.islice(self._rows, start, None)))
 
 
 class _Rows(Sequence[Entry]):
-    """Kept rows (plain tuples) read as Entries."""
+    """Kept rows read as Entries; ``first``: the id of the first."""
 
-    __slots__ = ("_kept",)
+    __slots__ = ("_first", "_kept")
 
-    def __init__(self, kept: list[Fields]) -> None:
-        self._kept = kept
+    def __init__(self, first: int, kept: list[Row]) -> None:
+        self._first, self._kept = first, kept
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -377,5 +427,10 @@ class _Rows(Sequence[Entry]):
 
     def __getitem__(self, index: int | slice) -> Entry | Sequence[Entry]:
         if isinstance(index, slice):
-            return _Rows(self._kept[index])
-        return _new_entry(Entry, self._kept[index])
+            start, _, step = index.indices(len(self._kept))
+            if step != 1:
+                raise ValueError("rows are read in order, one after the other")
+            return _Rows(self._first + start, self._kept[index])
+        if index < 0:
+            index += len(self._kept)
+        return _entry(self._kept[index], self._first + index)
