@@ -2,6 +2,7 @@
 
     python tests/bench_listen.py [--duration S] [--repeat N] [--generator wrk|python] [--events N]
                                  [--only NAME,NAME] [--connections N,N] [--before DIR]
+                                 [--side-by-side N]
 
 In one go, each at 32 and 256 keep-alive connections on 127.0.0.1, with signed Inspera events:
 
@@ -32,7 +33,14 @@ give: the work a request costs. It moves with the machine's other load too (cach
 
 Compare ratios within one run: other work on the machine moves absolute numbers. With --repeat N
 the whole table is measured N times, the servers one after the other in each run, and the goals
-are judged on each ratio's median over the runs. Not a pytest test.
+are judged on each ratio's median over the runs.
+
+A few per cent is beyond what three rounds can settle on a shared machine, whose speed drifts over
+seconds. `--side-by-side N` (wrk only) starts the chosen servers (and their `--before` twins) once,
+all of them, then N times sends each its `--duration` of load in turn (1 s is enough), the order
+reversed every other round: the ratios are judged on the medians of N paired rounds, the servers'
+CPU a request beside them. No server is restarted between rounds, so a `--inspect` keeps its full
+store, as a page left open would. Not a pytest test.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from load_harness import SECRET, Server, build_requests, drive, load, settle
+from load_harness import SECRET, Server, build_requests, drive, load, settle, wrk, wrk_script
 
 CONNECTIONS = (32, 256)
 BEFORE = "(before)"
@@ -130,6 +138,7 @@ def servers(tmp: Path) -> dict[str, list[str]]:
 
 
 Figures = dict[tuple[str, int], tuple[float, float]]
+Costs = dict[tuple[str, int], float | None]
 
 
 def measure(args: argparse.Namespace, chosen: dict[str, list[str]], tmp: Path,
@@ -164,6 +173,49 @@ def measure(args: argparse.Namespace, chosen: dict[str, list[str]], tmp: Path,
                 print(f"{label:>29} @ {connections:>3} connections: {rate:8.0f} req/s  p99 {p99:8.2f} ms"
                       f"{shown}", flush=True)
     return figures
+
+
+def side_by_side(args: argparse.Namespace, chosen: dict[str, list[str]], tmp: Path,
+                 env: dict[str, str]) -> tuple[list[Figures], list[Costs]]:
+    """--side-by-side N: every server up at once, each loaded in turn; one Figures a round."""
+    runs: list[Figures] = [{} for _ in range(args.side_by_side)]
+    costs: list[Costs] = [{} for _ in range(args.side_by_side)]
+    before = {**env, "PYTHONPATH": args.before} if args.before else None
+    for connections in args.connections:
+        started: dict[str, tuple[Server, Path]] = {}
+        try:
+            for number, (name, argv) in enumerate(chosen.items()):
+                twins = [(name, env, None)]
+                if before is not None and name.startswith("listen"):
+                    twins.append((f"{name} {BEFORE}", before, args.before))
+                for label, server_env, cwd in twins:
+                    server = Server(argv, server_env, cwd)
+                    started[label] = server, wrk_script(server.port, (len(started) + 1) * 1_000_000,
+                                                        tmp / f"requests-{number}-{len(started)}.lua")
+            for server, script in started.values():  # warm: caches, connections, a full store
+                wrk(server.port, connections, args.duration, 0, tmp, script)
+            labels = list(started)
+            for round_ in range(args.side_by_side):
+                for label in labels if round_ % 2 == 0 else labels[::-1]:
+                    server, script = started[label]
+                    before_cpu = server.cpu_seconds()
+                    rate, p99 = wrk(server.port, connections, args.duration, 0, tmp, script)
+                    after_cpu = server.cpu_seconds()
+                    runs[round_][label, connections] = (rate, p99)
+                    costs[round_][label, connections] = (
+                        None if before_cpu is None or after_cpu is None
+                        else (after_cpu - before_cpu) / (rate * args.duration) * 1e6)
+            for label in labels:
+                rates = [run[label, connections][0] for run in runs]
+                cpus = [cost[label, connections] for cost in costs]
+                cpu = statistics.median(c for c in cpus if c is not None) if None not in cpus else None
+                shown = "" if cpu is None else f"  {cpu:6.1f} us CPU/request"
+                print(f"{label:>29} @ {connections:>3} connections: median {statistics.median(rates):8.0f} "
+                      f"req/s over {args.side_by_side} rounds{shown}", flush=True)
+        finally:
+            for server, _ in started.values():
+                server.stop()
+    return runs, costs
 
 
 def displayed(lines: int, requests: float) -> str:
@@ -215,8 +267,6 @@ def ratios(figures: Figures) -> dict[tuple[str, str, int], float]:
     return found
 
 
-Costs = dict[tuple[str, int], float | None]
-
 
 def report(runs: list[Figures], costs: list[Costs]) -> bool:
     """The ratios of each run, then their medians over the runs against the goals. Beside each,
@@ -235,7 +285,10 @@ def report(runs: list[Figures], costs: list[Costs]) -> bool:
             met = median >= goal
             ok = ok and met
             verdict = f"  (goal >= {goal}: {'met' if met else 'NOT met'})"
-        spread = f" (runs: {', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
+        spread = f" (runs: {', '.join(f'{v:.2f}' for v in values)})" if 1 < len(values) <= 5 else ""
+        if len(values) > 5:
+            low, _, high = statistics.quantiles(values, n=4)
+            spread = f" (middle half of {len(values)} rounds: {low:.2f}-{high:.2f})"
         work = [cost[against, connections] / cost[what, connections] for cost in costs  # type: ignore[operator]
                 if cost.get((what, connections)) and cost.get((against, connections))]
         by_cpu = f"; by CPU per request: {statistics.median(work):.2f}" if work else ""
@@ -266,7 +319,11 @@ def main() -> int:
                         default="wrk" if shutil.which("wrk") else "python")
     parser.add_argument("--events", type=int, default=20_000,
                         help="distinct events for the exactly-once check")
+    parser.add_argument("--side-by-side", type=int, default=0, metavar="N",
+                        help="start the servers once and load each in turn, N rounds (see above)")
     args = parser.parse_args()
+    if args.side_by_side and args.generator != "wrk":
+        parser.error("--side-by-side needs wrk on PATH")
     env = {**os.environ, "BENCH_SECRET": SECRET}
     print(f"load generator: {args.generator}" + ("" if shutil.which("wrk") else " (wrk is not on PATH)"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -277,8 +334,12 @@ def main() -> int:
                 parser.error(f"no such server: {', '.join(sorted(unknown))} "
                              f"(choose from {', '.join(chosen)})")
             chosen = {name: argv for name, argv in chosen.items() if name in args.only}
-        runs, costs = [], []
-        for run in range(1, args.repeat + 1):
+        runs: list[Figures] = []
+        costs: list[Costs] = []
+        if args.side_by_side:
+            print(f"-- side by side: {args.side_by_side} rounds of {args.duration:g} s per server")
+            runs, costs = side_by_side(args, chosen, Path(tmp), env)
+        for run in range(1, args.repeat + 1 if not args.side_by_side else 1):
             print(f"-- run {run} of {args.repeat}: {args.duration:g} s per measurement")
             costs.append({})
             runs.append(measure(args, chosen, Path(tmp), env, costs[-1]))

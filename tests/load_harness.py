@@ -147,14 +147,22 @@ def lua_string(data: bytes) -> str:
     return '"' + text.replace("\r", "\\r").replace("\n", "\\n") + '"'
 
 
-def wrk(port: int, connections: int, duration: float, first_id: int, tmp: Path) -> tuple[float, float]:
-    """req/s and p99 (ms) from wrk with one thread, cycling through WRK_POOL distinct signed events."""
-    script = tmp / "requests.lua"
+def wrk_script(port: int, first_id: int, path: Path) -> Path:
+    """A wrk script at ``path`` cycling through WRK_POOL distinct signed events for ``port``."""
     pool = ",\n".join(lua_string(signed_request(port, first_id + i)) for i in range(WRK_POOL))
-    script.write_text(
+    path.write_text(
         f"local pool = {{\n{pool}\n}}\nlocal n = 0\n"
         "function request()\n  n = n + 1\n  return pool[(n % #pool) + 1]\nend\n"
     )
+    return path
+
+
+def wrk(port: int, connections: int, duration: float, first_id: int, tmp: Path,
+        script: Path | None = None) -> tuple[float, float]:
+    """req/s and p99 (ms) from wrk with one thread, cycling through WRK_POOL distinct signed events
+    (``script``: one wrk_script made before, for this port)."""
+    if script is None:
+        script = wrk_script(port, first_id, tmp / "requests.lua")
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(script),
          f"http://127.0.0.1:{port}/"],
