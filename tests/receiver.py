@@ -14,6 +14,7 @@ exactly as it arrived and answers as the test says. A real stdlib server on port
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -185,9 +186,23 @@ def _handler(receiver: Receiver, keep_alive: bool) -> type[BaseHTTPRequestHandle
     return Handler
 
 
+# Below the ports the system hands out for port 0 (Linux 32768-60999, macOS and Windows 49152 and
+# up): one picked from the system's own range could be handed to another test's server between
+# this check and the test's bind (it happened: "address already in use", under a parallel run).
+_FREE_PORTS = range(20_000, 32_768)
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound once, then released): connections to it
     are refused, and a server of the test's own may take it."""
+    for _ in range(200):
+        port = random.choice(_FREE_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
