@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 from pathlib import Path
 
 import pytest
 
+from tests.receiver import free_port
 from tests.stub_server import Reply
 
 EVENTS = "/api/v1/subscription/events"
@@ -239,9 +239,7 @@ def test_delete_unknown_id_exit_4_unless_missing_ok(cli, stub):
 
 
 def test_connection_refused_message(cli, monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     r = cli(
         "--url",
         f"http://127.0.0.1:{port}",

@@ -26,7 +26,7 @@ from inspera_cli.signing import diagnose_signature, sign
 from inspera_cli.webhook_body import build_body
 from tests.inspecting import SECRET, EventReader, call, inspecting, replay, rows
 from tests.processes import CLI, LineProcess, run
-from tests.receiver import Receiver
+from tests.receiver import Receiver, free_port
 
 STATIC = Path(__file__).resolve().parent.parent / "inspera_cli" / "inspector" / "static"
 
@@ -179,9 +179,7 @@ def test_replay_resends_re_signed_and_adds_a_row_marked_replay(local_app: Receiv
 
 
 def test_replay_goes_to_a_typed_url_and_reports_an_app_that_is_down(local_app: Receiver) -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        down = f"http://127.0.0.1:{closed.getsockname()[1]}/hooks"
+    down = f"http://127.0.0.1:{free_port()}/hooks"
     with inspecting() as (listener, inspector):
         send(listener.url, build_body("confirm_final_grades", 1))
         wait_rows(inspector, 1)

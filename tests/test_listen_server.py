@@ -20,7 +20,7 @@ from inspera_cli.errors import InsperaError
 from inspera_cli.listener import Listener, ListenerConfig, Report, RequestKind
 from inspera_cli.signing import sign
 from tests.openssl import openssl_sign
-from tests.receiver import Receiver
+from tests.receiver import Receiver, free_port
 from tests.test_listen import SECRET, event_body, signed_headers
 
 # Raw-socket checks sign hundreds of bodies with the package's own helper, which
@@ -117,9 +117,7 @@ def test_python_api_start_url_callback_wait_stats_shutdown(received: list[Report
 def test_a_failed_start_leaves_nothing_open_and_shutdown_is_safe(tmp_path: Path) -> None:
     never = Listener(ListenerConfig(port=0))
     never.shutdown()  # never started: nothing to do, no waiting
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     before = set(threading.enumerate())
     lst = Listener(ListenerConfig(port=port, record=tmp_path / "missing" / "events.jsonl"))
     with pytest.raises(InsperaError, match="cannot open the record file .*No such file or directory"):

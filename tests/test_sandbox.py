@@ -15,7 +15,7 @@ import requests
 
 from inspera_cli.sandbox import Sandbox, SandboxConfig
 from tests.openssl import openssl_sign
-from tests.receiver import Receiver
+from tests.receiver import Receiver, free_port
 
 CLIENT_ID = "sandbox"
 API_KEY = "sandbox-key-for-tests-9f1c"
@@ -205,9 +205,7 @@ def test_validation_answered_500_fails_without_retry(
 
 
 def test_validation_refused_connection(api: Api) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     response = api.create(f"http://127.0.0.1:{port}/hook")
     assert response.status_code == 400
     assert response.json()["error"].endswith(": connection refused")
