@@ -111,8 +111,13 @@ def _head(target: str = "/", headers: int = 0, value: str = "v") -> bytes:
         (_head(headers=1, value="v" * (64 * 1024)), 431),
         (_head(headers=20, value="v" * 4000), 431),  # 80 kB of headers, none large
         (_head(target="/" + "a" * (64 * 1024)), 414),
+        (b"POST / HTTP/1.1\r\nHost: x\r\n" + CHUNKED.encode() + b"\r\n2\r\n{}\r\n0\r\n"
+         + b"".join(b"X-Trailer-%d: v\r\n" % n for n in range(99)) + b"\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: x\r\n" + CHUNKED.encode() + b"\r\n2\r\n{}\r\n0\r\n"
+         + b"X-Trailer: " + b"t" * (64 * 1024) + b"\r\n\r\n", 431),
     ],
-    ids=["101 headers", "one header of 64 KiB", "20 headers of 4 kB", "a target of 64 KiB"],
+    ids=["101 headers", "one header of 64 KiB", "20 headers of 4 kB", "a target of 64 KiB",
+         "2 headers and 99 trailers", "a trailer of 64 KiB"],
 )
 def test_a_head_beyond_the_bounds_is_refused_not_held(
     listener: Listener, received: list[Report], data: bytes, status: int
@@ -138,6 +143,35 @@ def test_a_header_that_never_ends_is_refused_once_past_the_bound(listener: Liste
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
     assert listener.stats().bad_requests == 1
+
+
+def test_a_trailer_that_never_ends_is_refused_once_past_the_bound(listener: Listener) -> None:
+    with connect(listener) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\n{CHUNKED}\r\n2\r\n{{}}\r\n0\r\nX-Endless: ".encode())
+        sent = 0
+        try:
+            while sent < (4 << 20):
+                sock.sendall(b"v" * 16384)
+                sent += 16384
+        except OSError:
+            pass
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+
+
+def test_a_chunked_body_cut_anywhere_gets_through(listener: Listener) -> None:
+    # 300 kB in chunks of 10 kB, sent in pieces of 999 bytes: many reads end inside a chunk's size
+    # line or its data, none of which is head.
+    body = b'{"contextObjectId": 1, "event": "confirm_final_grades", "pad": "' + b"p" * 300_000 + b'"}'
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 10_000]), body[i:i + 10_000])
+                      for i in range(0, len(body), 10_000))
+    data = (f"POST / HTTP/1.1\r\nHost: x\r\nX-Inspera-Signature: {sign(body, SECRET)}\r\n{CHUNKED}\r\n"
+            .encode() + chunks + b"0\r\nX-Trailer: t\r\n\r\n")
+    with connect(listener) as sock:
+        for start in range(0, len(data), 999):
+            sock.sendall(data[start : start + 999])
+        assert read_responses(sock, 1)[0][0] == 200
+    assert listener.stats().bad_requests == 0
 
 
 def test_heads_within_the_bounds_get_through_however_they_are_cut(listener: Listener) -> None:

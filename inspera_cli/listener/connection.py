@@ -91,7 +91,7 @@ class Connection(asyncio.Protocol):
         self.draining: asyncio.Transport | None = None
         self.deadline = _NEVER
         self.waiting_since: float | None = None
-        self.in_head = False  # between a request's first byte and the end of its headers
+        self.in_head = False  # from a request's first byte to its headers' end (and see on_chunk_header)
         self.head_read = self.read_size = 0  # see _head_goes_on
         self._reset_request()
 
@@ -200,8 +200,22 @@ class Connection(asyncio.Protocol):
         size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
         return size > MAX_HEAD
 
-    def on_headers_complete(self) -> None:
+    # A chunked body ends with a chunk of size 0 and trailers: header lines after the body. So from
+    # a chunk's size line to its data (or, for the last, to the end of its trailers) the same
+    # bounds hold, headers and trailers together.
+
+    def on_chunk_header(self) -> None:
+        self.in_head, self.head_read = True, -1
+
+    def on_chunk_complete(self) -> None:
         self.in_head = False
+        if len(self.headers) > MAX_HEADERS or (
+            (self.head_read >= 0 or self.read_size > MAX_HEAD) and self._head_too_large()
+        ):
+            raise _Fatal(self._head_refusal())
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False  # the check of on_chunk_complete, written out: it runs for every request
         if len(self.headers) > MAX_HEADERS or (
             (self.head_read >= 0 or self.read_size > MAX_HEAD) and self._head_too_large()
         ):
@@ -224,6 +238,7 @@ class Connection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, data: bytes) -> None:
+        self.in_head = False  # a chunk's data: its size line is over
         if self.refused:
             return
         self.size += len(data)
