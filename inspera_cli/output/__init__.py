@@ -11,6 +11,7 @@ import functools
 import io
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -201,9 +202,25 @@ def json_line(data: Any) -> str:
     return json.dumps(data, ensure_ascii=_ascii_only(sys.stdout), separators=(",", ":")) + "\n"
 
 
+# While a spinner spins, Rich sends what is written to stdout through it (a FileProxy in place of
+# sys.stdout): the lines, then the spinner drawn again under them, at the cursor's place as it was
+# when the lines came. A line another thread wrote just as the spinner stopped drew it again after
+# it had been erased, and the next message went on the same line as that stale spinner
+# (`listen --subscribe`'s "Webhook secret:" line, while the display showed Inspera's validation
+# POST). So a spinner's start and stop and a line sent through it take turns. Only those lines: a
+# write to a stdout nobody reads may block, and must not hold up a spinner.
+_screen = threading.Lock()
+
+
 def write_stdout(text: str) -> None:
-    """Lines made before (``segment_line``, ``json_line``), buffered: ``flush_stdout()`` sends them."""
-    sys.stdout.write(text)
+    """Lines made before (``segment_line``, ``json_line``), buffered: ``flush_stdout()`` sends them.
+    Any thread may write them (see ``_screen``)."""
+    stream = sys.stdout
+    if type(stream).__module__ == "rich.file_proxy":  # a spinner's, or one that has just stopped
+        with _screen:
+            stream.write(text)
+    else:
+        stream.write(text)
 
 
 def flush_stdout() -> None:
@@ -381,12 +398,20 @@ def render(
 
 @contextmanager
 def spinner(message: str) -> Iterator[None]:
-    """A spinner on stderr while something slow happens (only on a terminal)."""
+    """A spinner on stderr while something slow happens (only on a terminal). Lines another
+    thread writes meanwhile (``write_stdout``) go above it, and take turns with its start and
+    stop (see ``_screen``)."""
     if not is_terminal(sys.stderr):
         yield
         return
-    with console().status(_escape(message)):
+    status = console().status(_escape(message))
+    with _screen:
+        status.start()
+    try:
         yield
+    finally:
+        with _screen:
+            status.stop()
 
 
 class _Progress:
