@@ -102,10 +102,17 @@ class EventReader:
         self.sock.sendall(f"GET /api/stream{query} HTTP/1.1\r\nHost: 127.0.0.1:{inspector.port}\r\n"
                           f"Accept: text/event-stream\r\n{extra}\r\n".encode())
         self.raw = b""
+        self._ended = False
         self.events: list[tuple[str, str | None, str]] = []
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
+        # Open once the inspector has sent its first line ("retry:"): the stream then gets every
+        # row that comes after. A test that sent a webhook right after the GET could see its row
+        # kept and flushed before the inspector had read that GET (a busy machine), and the
+        # stream, which starts with the rows that come next, never got it.
+        with self._changed:
+            self._changed.wait_for(lambda: b"retry:" in self.raw or self._ended, 30)
 
     def _read(self) -> None:
         buffer = b""
@@ -116,6 +123,7 @@ class EventReader:
                 data = b""
             with self._changed:
                 if not data:
+                    self._ended = True
                     self._changed.notify_all()
                     return
                 self.raw += data
